@@ -1,0 +1,8 @@
+"""agent-host: a user-mode security agent that runs each detection plugin in its own sandboxed worker.
+
+The host (``supervisor``) gathers events and fans them out over gRPC on a Unix socket to worker
+processes (``worker``), each of which imports one plugin. A plugin that crashes or misbehaves takes
+down its own worker only.
+"""
+
+__version__ = "0.1.0"

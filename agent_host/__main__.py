@@ -1,0 +1,7 @@
+"""``python -m agent_host`` is the ``agent-host`` command."""
+
+import sys
+
+from agent_host.cli import main
+
+sys.exit(main())

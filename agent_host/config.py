@@ -1,0 +1,44 @@
+"""Host settings, each declared once: name, default, bound and meaning.
+
+The CLI builds a HostConfig from its flags; tests and embedders build one directly. Values are
+checked when the object is made, so a bad one fails at start-up with the setting's name.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from agent_host.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class HostConfig:
+    """How the host batches, buffers and supervises."""
+
+    #: A batch is sent when it holds this many events ...
+    batch_size: int = 256
+    #: ... or when its oldest event has waited this long.
+    flush_interval_s: float = 0.005
+    #: Batches a worker may hold unacknowledged at once; keeps it busy without letting it hoard.
+    window: int = 4
+    #: Batches kept per subscription group until every plugin in it has processed them. When full,
+    #: the source waits (nothing is dropped); a plugin that falls this far behind holds up the source.
+    backlog_batches: int = 256
+    #: How long a worker has to connect, import its plugin and run on_start.
+    start_timeout_s: float = 20.0
+    #: How long a worker has to run on_stop and exit before it is killed.
+    stop_timeout_s: float = 5.0
+    #: The host name stamped on events and findings that carry none.
+    hostname: str = field(default_factory=socket.gethostname)
+    #: Where the host keeps state across runs (quarantine, dead letters); None for no state.
+    state_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+                raise ConfigError(f.name, f"must be positive, got {value!r}")
+        if self.batch_size > 65_536:
+            raise ConfigError("batch_size", f"at most 65536, got {self.batch_size}")

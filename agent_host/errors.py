@@ -1,0 +1,58 @@
+"""The exceptions agent-host raises, as one small tree.
+
+    AgentHostError
+    ├── ManifestError        a plugin.toml that cannot be used      (path, key)
+    ├── RecordingError       an event line that cannot be parsed    (path, line)
+    ├── ConfigError          a bad host setting                     (key)
+    └── ProtocolError        a worker broke the session protocol    (plugin)
+
+Each carries the structured fields that name the thing at fault, and its message says what to fix.
+Foreign errors (tomllib, json_format, grpc) are translated at the boundary with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class AgentHostError(Exception):
+    """Base class of every error agent-host raises on purpose."""
+
+
+class ManifestError(AgentHostError):
+    """A plugin manifest (plugin.toml) is missing, malformed or invalid."""
+
+    def __init__(self, path: Path, message: str, key: str | None = None) -> None:
+        self.path = path
+        self.key = key
+        self.message = message
+        where = f"{path}: {key}" if key else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+class RecordingError(AgentHostError):
+    """A line of a recording (JSON Lines of events) cannot be read."""
+
+    def __init__(self, path: str, line: int, message: str) -> None:
+        self.path = path
+        self.line = line
+        self.message = message
+        super().__init__(f"{path}:{line}: {message}")
+
+
+class ConfigError(AgentHostError):
+    """A host setting has a value it cannot take."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        self.message = message
+        super().__init__(f"{key}: {message}")
+
+
+class ProtocolError(AgentHostError):
+    """A worker sent something the session protocol does not allow."""
+
+    def __init__(self, plugin: str, message: str) -> None:
+        self.plugin = plugin
+        self.message = message
+        super().__init__(f"plugin {plugin}: {message}")

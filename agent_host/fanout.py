@@ -1,0 +1,168 @@
+"""Event fan-out: batching per subscription group, and the bounded backlog its workers read from.
+
+Plugins that subscribe to the same set of event kinds form a *group*. Each event is serialized once
+when the host accepts it; each group packs the events it wants into batches (by count or by age),
+and each batch is framed once and kept in the group's backlog until every plugin of the group has
+processed it. Every plugin reads the backlog through its own cursor, so a slow plugin falls behind
+on its own without holding up the others, until it is a whole backlog behind: then the source
+waits, because nothing may be dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from agent_host.protocol import EventKind, batch_frame, batch_payload
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    """One batch of one group, framed for the wire."""
+
+    batch_id: int
+    frame: bytes
+    records: list[bytes]  # each event's EventBatch.events element, kept to re-pack sub-batches
+    seqs: list[int]
+    #: Plugins of the group that have not processed it yet.
+    pending: set[str]
+    created: float = field(default_factory=time.monotonic)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+
+class Backlog:
+    """The batches of one group, oldest first, bounded by ``capacity``."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._batches: deque[Batch] = deque()
+        self._next_id = 1
+        self._space = asyncio.Condition()
+        self._listeners: list[Callable[[], None]] = []
+        self.subscribers: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    @property
+    def next_id(self) -> int:
+        """The id the next appended batch will have."""
+        return self._next_id
+
+    def on_append(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` whenever a batch is appended (workers use it to wake up)."""
+        self._listeners.append(listener)
+
+    async def append(self, records: list[bytes], seqs: list[int]) -> Batch | None:
+        """Frame the events as a batch and keep it; wait while the backlog is full.
+
+        Returns None without keeping anything when no plugin subscribes any more.
+        """
+        async with self._space:
+            await self._space.wait_for(lambda: len(self._batches) < self._capacity)
+        if not self.subscribers:
+            return None
+        batch_id = self._next_id
+        self._next_id += 1
+        frame = batch_frame(batch_payload(batch_id, records))
+        batch = Batch(batch_id, frame, records, seqs, set(self.subscribers))
+        self._batches.append(batch)
+        for listener in self._listeners:
+            listener()
+        # Give the workers' senders a turn now: a fast source would otherwise fill the whole
+        # backlog before any batch went out.
+        await asyncio.sleep(0)
+        return batch
+
+    def get(self, batch_id: int) -> Batch | None:
+        """The batch with ``batch_id`` if it is still kept."""
+        if not self._batches:
+            return None
+        index = batch_id - self._batches[0].batch_id
+        if 0 <= index < len(self._batches):
+            return self._batches[index]
+        return None
+
+    def first_pending(self, plugin: str) -> int:
+        """The id of the oldest batch ``plugin`` has not processed (next_id if none)."""
+        for batch in self._batches:
+            if plugin in batch.pending:
+                return batch.batch_id
+        return self._next_id
+
+    def pending_for(self, plugin: str) -> Iterable[Batch]:
+        return (b for b in self._batches if plugin in b.pending)
+
+    async def done(self, plugin: str, batch: Batch) -> None:
+        """``plugin`` is finished with ``batch``: free what nobody needs any more."""
+        batch.pending.discard(plugin)
+        await self._trim()
+
+    async def unsubscribe(self, plugin: str) -> int:
+        """Stop keeping batches for ``plugin``; return how many kept events it never processed."""
+        self.subscribers.discard(plugin)
+        missed = 0
+        for batch in self._batches:
+            if plugin in batch.pending:
+                batch.pending.discard(plugin)
+                missed += len(batch)
+        await self._trim()
+        return missed
+
+    async def _trim(self) -> None:
+        freed = False
+        while self._batches and not self._batches[0].pending:
+            self._batches.popleft()
+            freed = True
+        if freed:
+            async with self._space:
+                self._space.notify_all()
+
+    async def wait_empty(self) -> None:
+        async with self._space:
+            await self._space.wait_for(lambda: not self._batches)
+
+
+class Group:
+    """The plugins that subscribe to one set of event kinds, and their batcher and backlog."""
+
+    def __init__(self, kinds: frozenset[EventKind], batch_size: int, backlog_batches: int) -> None:
+        self.kinds = kinds
+        self.backlog = Backlog(backlog_batches)
+        self._batch_size = batch_size
+        self._records: list[bytes] = []
+        self._seqs: list[int] = []
+        self._oldest = 0.0
+        # The source and the flush timer both flush; one at a time keeps batches in event order.
+        self._flushing = asyncio.Lock()
+
+    @property
+    def name(self) -> str:
+        return "+".join(sorted(self.kinds))
+
+    async def add(self, record: bytes, seq: int) -> None:
+        """Add one serialized event; sends a batch when it is full."""
+        if not self._records:
+            self._oldest = time.monotonic()
+        self._records.append(record)
+        self._seqs.append(seq)
+        if len(self._records) >= self._batch_size:
+            await self.flush()
+
+    def age(self, now: float) -> float:
+        """How long the oldest unsent event has waited (0 if none)."""
+        return now - self._oldest if self._records else 0.0
+
+    async def flush(self) -> None:
+        """Send what is waiting as a batch, however few."""
+        async with self._flushing:
+            if not self._records:
+                return
+            records, seqs = self._records, self._seqs
+            self._records, self._seqs = [], []
+            await self.backlog.append(records, seqs)

@@ -1,0 +1,170 @@
+"""Plugin manifests: read and validate ``plugin.toml`` without importing any plugin code.
+
+The host decides everything about a plugin (its name, what it subscribes to, its limits) from the
+manifest alone; the plugin's code is imported only inside its worker.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from agent_host.errors import ManifestError
+from agent_host.protocol import EVENT_KINDS, EventKind
+
+MANIFEST_NAME: Final = "plugin.toml"
+_NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_ENTRYPOINT_PATTERN: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one worker may use. Defaults suit a detection that keeps modest state."""
+
+    batch_deadline_s: float = 5.0
+    memory_mb: int = 512
+    cpu_percent: float = 90.0
+    cpu_window_s: float = 10.0
+    open_files: int = 256
+    processes: int = 64
+    max_findings_per_event: int = 100
+
+    @classmethod
+    def from_table(cls, path: Path, table: Mapping[str, Any]) -> Limits:
+        known = {f for f in cls.__dataclass_fields__}
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in known:
+                raise ManifestError(path, f"unknown limit; known: {', '.join(sorted(known))}",
+                                    key=f"limits.{key}")
+            default = cls.__dataclass_fields__[key].default
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ManifestError(path, f"must be a positive number, got {value!r}",
+                                    key=f"limits.{key}")
+            values[key] = type(default)(value)
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """A validated plugin manifest."""
+
+    name: str
+    version: str
+    entrypoint: str
+    subscribe: frozenset[EventKind]
+    directory: Path
+    limits: Limits = field(default_factory=Limits)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def config_json(self) -> str:
+        """The [config] table as JSON; TOML dates and times become ISO strings."""
+        return json.dumps(self.config, default=str, sort_keys=True)
+
+    @classmethod
+    def load(cls, path: Path) -> Manifest:
+        """Read and validate the manifest at ``path``; raise ManifestError naming the problem."""
+        try:
+            with path.open("rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ManifestError(path, f"cannot read: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ManifestError(path, f"not valid TOML: {exc}") from exc
+        return cls.from_dict(path, data)
+
+    @classmethod
+    def from_dict(cls, path: Path, data: Mapping[str, Any]) -> Manifest:
+        plugin = data.get("plugin")
+        if not isinstance(plugin, dict):
+            raise ManifestError(path, "missing [plugin] table")
+        name = _required_str(path, plugin, "name")
+        if not _NAME_PATTERN.match(name):
+            raise ManifestError(path, f"{name!r} is not a valid name (lowercase letters, digits, "
+                                      "underscores; starting with a letter)", key="plugin.name")
+        version = _required_str(path, plugin, "version")
+        entrypoint = _required_str(path, plugin, "entrypoint")
+        if not _ENTRYPOINT_PATTERN.match(entrypoint):
+            raise ManifestError(path, f"{entrypoint!r} is not of the form 'module:Class'",
+                                key="plugin.entrypoint")
+        module_file = _module_file(path.parent, entrypoint.split(":", 1)[0])
+        if module_file is None:
+            raise ManifestError(path, f"module {entrypoint.split(':', 1)[0]!r} not found in "
+                                      f"{path.parent}", key="plugin.entrypoint")
+        subscribe = plugin.get("subscribe")
+        if (not isinstance(subscribe, list) or not subscribe
+                or not all(isinstance(k, str) and k in EVENT_KINDS for k in subscribe)):
+            raise ManifestError(path, f"must be a non-empty list of {', '.join(EVENT_KINDS)}; "
+                                      f"got {subscribe!r}", key="plugin.subscribe")
+        limits = data.get("limits", {})
+        config = data.get("config", {})
+        if not isinstance(limits, dict):
+            raise ManifestError(path, "must be a table", key="limits")
+        if not isinstance(config, dict):
+            raise ManifestError(path, "must be a table", key="config")
+        description = plugin.get("description", "")
+        return cls(
+            name=name,
+            version=version,
+            entrypoint=entrypoint,
+            subscribe=frozenset(subscribe),
+            directory=path.parent.resolve(),
+            limits=Limits.from_table(path, limits),
+            config=config,
+            description=description if isinstance(description, str) else "",
+        )
+
+
+def _required_str(path: Path, table: Mapping[str, Any], key: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ManifestError(path, "missing or not a non-empty string", key=f"plugin.{key}")
+    return value.strip()
+
+
+def _module_file(directory: Path, module: str) -> Path | None:
+    """Where ``module`` would be found in the plugin directory, without importing it."""
+    base = directory.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Discovery:
+    """What a plugins directory holds: the usable manifests and the errors of the others."""
+
+    manifests: list[Manifest]
+    errors: list[ManifestError]
+
+
+def discover(plugins_dir: Path) -> Discovery:
+    """Read every ``*/plugin.toml`` under ``plugins_dir``; never imports plugin code.
+
+    A bad manifest becomes an entry in ``errors`` and the others still load. Two plugins with
+    the same name are an error for the second one found (in path order).
+    """
+    manifests: list[Manifest] = []
+    errors: list[ManifestError] = []
+    seen: dict[str, Path] = {}
+    for path in sorted(plugins_dir.glob(f"*/{MANIFEST_NAME}")):
+        try:
+            manifest = Manifest.load(path)
+        except ManifestError as exc:
+            errors.append(exc)
+            continue
+        if manifest.name in seen:
+            errors.append(ManifestError(path, f"name {manifest.name!r} is already used by "
+                                              f"{seen[manifest.name]}", key="plugin.name"))
+            continue
+        seen[manifest.name] = path
+        manifests.append(manifest)
+    return Discovery(manifests, errors)

@@ -1,0 +1,135 @@
+"""The wire protocol: generated messages from ``protos/`` plus the few helpers built on them.
+
+Everything that crosses a process boundary is one of these messages. The generated code lives in
+``agent_host.protocol.v1`` (do not edit); this module re-exports the message types under short
+names and adds framing and the JSON Lines mapping used by recordings and findings files.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, TypeVar
+
+from google.protobuf import json_format
+
+from agent_host.protocol.v1.control_pb2 import PluginStatus
+from agent_host.protocol.v1.event_pb2 import (
+    Event,
+    EventBatch,
+    FileEvent,
+    NetworkEvent,
+    ProcessEvent,
+)
+from agent_host.protocol.v1.finding_pb2 import Finding
+from agent_host.protocol.v1.session_pb2 import (
+    BatchResult,
+    Hello,
+    HostMessage,
+    LoadFailed,
+    LogRecord,
+    Ready,
+    Start,
+    Stop,
+    Stopped,
+    WorkerMessage,
+)
+from agent_host.protocol.v1.session_pb2_grpc import (
+    WorkerSessionServicer,
+    WorkerSessionStub,
+    add_WorkerSessionServicer_to_server,
+)
+
+__all__ = [
+    "EVENT_KINDS",
+    "BatchResult",
+    "Event",
+    "EventBatch",
+    "EventKind",
+    "FileEvent",
+    "Finding",
+    "Hello",
+    "HostMessage",
+    "LoadFailed",
+    "LogRecord",
+    "NetworkEvent",
+    "PluginStatus",
+    "ProcessEvent",
+    "Ready",
+    "Start",
+    "Stop",
+    "Stopped",
+    "WorkerMessage",
+    "WorkerSessionServicer",
+    "WorkerSessionStub",
+    "add_WorkerSessionServicer_to_server",
+    "batch_frame",
+    "batch_payload",
+    "event_kind",
+    "event_record",
+    "message_from_json",
+    "message_to_json",
+]
+
+EventKind = Literal["process", "file", "network"]
+EVENT_KINDS: Final[tuple[EventKind, ...]] = ("process", "file", "network")
+
+# Field number of HostMessage.batch, and its wire tag: (field << 3) | LEN.
+_HOST_MESSAGE_BATCH_TAG: Final = bytes([(HostMessage.BATCH_FIELD_NUMBER << 3) | 2])
+
+_EVENT_BATCH_ID_TAG: Final = bytes([EventBatch.BATCH_ID_FIELD_NUMBER << 3])
+_EVENT_BATCH_EVENTS_TAG: Final = bytes([(EventBatch.EVENTS_FIELD_NUMBER << 3) | 2])
+
+# Every message on a session is bounded; a worker that sends more is cut off by gRPC itself.
+MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+
+
+def event_kind(event: Event) -> EventKind | None:
+    """The kind of ``event`` ("process", "file" or "network"), or None if it has none."""
+    kind = event.WhichOneof("kind")
+    return kind  # type: ignore[return-value]  # the oneof's names are exactly EventKind
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def batch_frame(serialized_batch: bytes) -> bytes:
+    """A serialized ``HostMessage`` whose ``batch`` field holds an already serialized EventBatch.
+
+    In the protobuf wire format an embedded message is encoded exactly like a length-delimited
+    bytes field, so the host serializes each batch once and wraps the same bytes for every worker
+    with a two-to-six byte prefix instead of re-encoding every event per worker.
+    """
+    return _HOST_MESSAGE_BATCH_TAG + _varint(len(serialized_batch)) + serialized_batch
+
+
+def event_record(serialized_event: bytes) -> bytes:
+    """``serialized_event`` encoded as one element of ``EventBatch.events``."""
+    return _EVENT_BATCH_EVENTS_TAG + _varint(len(serialized_event)) + serialized_event
+
+
+def batch_payload(batch_id: int, records: list[bytes]) -> bytes:
+    """A serialized EventBatch made of records from :func:`event_record`."""
+    return b"".join([_EVENT_BATCH_ID_TAG, _varint(batch_id), *records])
+
+
+def message_to_json(message: Event | Finding) -> str:
+    """One line of JSON in the protobuf JSON mapping, with the proto field names."""
+    return json_format.MessageToJson(
+        message, preserving_proto_field_name=True, indent=None, sort_keys=False
+    )
+
+
+_M = TypeVar("_M", Event, Finding)
+
+
+def message_from_json(text: str, message: _M) -> _M:
+    """Parse ``text`` into ``message`` (protobuf JSON mapping); raises json_format.ParseError."""
+    return json_format.Parse(text, message)

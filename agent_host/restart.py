@@ -1,0 +1,62 @@
+"""When to restart a failed worker, and when to stop trying.
+
+Exponential backoff with jitter between restarts, reset after a period of stable running; and a
+crash-loop breaker in the manner of Erlang/OTP's restart intensity and systemd's StartLimitBurst:
+``burst`` failures within ``window_s`` quarantine the plugin.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """How eagerly a failed worker is restarted."""
+
+    #: The first restart after a stable run is immediate; the next waits this long, then doubles.
+    backoff_s: float = 0.1
+    max_backoff_s: float = 30.0
+    #: Each delay is scaled by a random factor in [1 - jitter, 1 + jitter].
+    jitter: float = 0.2
+    #: A worker that has run this long without failing starts its backoff afresh.
+    stable_after_s: float = 30.0
+    #: This many failures within window_s quarantine the plugin.
+    burst: int = 5
+    window_s: float = 60.0
+
+
+@dataclass(slots=True)
+class RestartTracker:
+    """The failure history of one plugin under a RestartPolicy."""
+
+    policy: RestartPolicy
+    _failures: deque[float] = field(default_factory=deque)
+    _consecutive: int = 0
+    _rng: random.Random = field(default_factory=random.Random)
+
+    def record_failure(self, now: float, running_since: float | None) -> float | None:
+        """Note a failure at ``now``; return the delay before the next start, or None to quarantine.
+
+        ``running_since`` is when the failed worker became ready (None if it never did).
+        """
+        policy = self.policy
+        if running_since is not None and now - running_since >= policy.stable_after_s:
+            self._consecutive = 0
+        self._failures.append(now)
+        while self._failures and now - self._failures[0] > policy.window_s:
+            self._failures.popleft()
+        if len(self._failures) >= policy.burst:
+            return None
+        self._consecutive += 1
+        if self._consecutive == 1:
+            return 0.0
+        delay = min(policy.max_backoff_s, policy.backoff_s * 2 ** (self._consecutive - 2))
+        return delay * self._rng.uniform(1 - policy.jitter, 1 + policy.jitter)
+
+    def reset(self) -> None:
+        """Forget the history (an operator released the plugin from quarantine)."""
+        self._failures.clear()
+        self._consecutive = 0

@@ -1,0 +1,72 @@
+"""The host's gRPC server: one Unix socket in a private directory, one session per worker.
+
+A connection counts for nothing until its first message is a Hello carrying the secret the host
+created for that spawn. Handlers are registered by hand so that the host can write pre-framed
+bytes (see ``protocol.batch_frame``) while the worker still reads typed HostMessages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Final
+
+import grpc
+import structlog
+
+from agent_host.handle import WorkerHandle
+from agent_host.protocol import MAX_MESSAGE_BYTES, WorkerMessage
+
+log = structlog.get_logger("agent_host")
+
+SERVICE: Final = "agent_host.protocol.v1.WorkerSession"
+HELLO_TIMEOUT_S: Final = 5.0
+
+Claim = Callable[[str, bytes], WorkerHandle | None]
+
+
+class SessionServer:
+    """Serves worker sessions on ``socket_path``; ``claim`` maps (worker_id, secret) to a handle."""
+
+    def __init__(self, socket_path: Path, claim: Claim) -> None:
+        self.socket_path = socket_path
+        self._claim = claim
+        self._server = grpc.aio.server(options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            # Workers are local and few; a bounded number of concurrent sessions keeps a rogue
+            # process on the socket from piling up handlers.
+            ("grpc.max_concurrent_streams", 1024),
+        ])
+        handler = grpc.stream_stream_rpc_method_handler(
+            self._session,
+            request_deserializer=WorkerMessage.FromString,
+            response_serializer=None,  # responses are already serialized HostMessages
+        )
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"Session": handler}),))
+        self.refused = 0
+
+    async def start(self) -> None:
+        self._server.add_insecure_port(f"unix:{self.socket_path}")
+        await self._server.start()
+        self.socket_path.chmod(0o600)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        await self._server.stop(grace)
+
+    async def _session(self, requests: AsyncIterator[WorkerMessage],
+                       context: grpc.aio.ServicerContext[WorkerMessage, bytes]) -> None:
+        try:
+            first = await asyncio.wait_for(anext(requests), HELLO_TIMEOUT_S)
+        except (TimeoutError, StopAsyncIteration):
+            first = WorkerMessage()
+        hello = first.hello if first.WhichOneof("body") == "hello" else None
+        handle = self._claim(hello.worker_id, hello.token) if hello is not None else None
+        if handle is None:
+            self.refused += 1
+            log.warning("session refused: no valid worker secret", peer=context.peer())
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown worker or wrong secret")
+            return
+        await handle.converse(requests, context)

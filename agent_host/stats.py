@@ -1,0 +1,58 @@
+"""Per-plugin accounting: every event a plugin was owed ends in exactly one of these counters."""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from dataclasses import dataclass, field
+
+from agent_host.protocol import PluginStatus
+
+
+class State(enum.StrEnum):
+    """Where a plugin's worker is in its life."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    BACKING_OFF = "backing_off"
+    QUARANTINED = "quarantined"
+    FAILED = "failed"  # could not be loaded: bad manifest entrypoint, import error, on_start raised
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class PluginStats:
+    """Counters of one plugin. An event owed to the plugin is, in the end, exactly one of
+    processed, dead_lettered, dropped or undelivered; ``delivered`` and ``redelivered`` count sends.
+    """
+
+    delivered: int = 0
+    processed: int = 0
+    redelivered: int = 0
+    dead_lettered: int = 0
+    dropped: int = 0
+    #: Owed but never sent, with the reason in the plugin's state (failed, quarantined, died).
+    undelivered: int = 0
+    #: Processed events on which on_event raised (the plugin survived them).
+    errors: int = 0
+    findings: int = 0
+    duplicate_findings: int = 0
+    rejected_findings: int = 0
+    restarts: Counter[str] = field(default_factory=Counter)
+
+    def status(self, name: str, version: str, state: State, reason: str) -> PluginStatus:
+        return PluginStatus(
+            name=name,
+            version=version,
+            state=state.value,
+            reason=reason,
+            events_delivered=self.delivered,
+            events_processed=self.processed,
+            events_redelivered=self.redelivered,
+            events_dead_lettered=self.dead_lettered,
+            events_dropped=self.dropped,
+            events_failed=self.errors,
+            findings=self.findings,
+            restarts=sum(self.restarts.values()),
+            restarts_by_cause=dict(self.restarts),
+        )

@@ -1,0 +1,166 @@
+"""The host process: owns the workers, fans events out to them, and outlives every one of them.
+
+Life of a run::
+
+    sup = Supervisor(config, manifests, sink)
+    await sup.start()                # socket up, one worker per plugin, wait until each is ready
+    async for event in source:       # or any producer
+        await sup.publish(event)     # waits only when a backlog is full
+    await sup.stop()                 # deliver everything accepted, collect findings, stop workers
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import structlog
+
+from agent_host.config import HostConfig
+from agent_host.fanout import Group
+from agent_host.findings import Deduplicator, FindingSink, finding_id
+from agent_host.handle import WorkerHandle
+from agent_host.manifest import Manifest
+from agent_host.protocol import EVENT_KINDS, Event, EventKind, Finding, event_kind, event_record
+from agent_host.restart import RestartPolicy
+from agent_host.session import SessionServer
+from agent_host.stats import State
+
+log = structlog.get_logger("agent_host")
+
+
+class Supervisor:
+    """Hosts one worker per plugin and delivers every accepted event to every subscriber."""
+
+    def __init__(self, config: HostConfig, manifests: Iterable[Manifest], sink: FindingSink,
+                 restart_policy: RestartPolicy | None = None) -> None:
+        self.config = config
+        self.sink = sink
+        self._restart_policy = restart_policy or RestartPolicy()
+        self._manifests = list(manifests)
+        self._runtime_dir = Path(tempfile.mkdtemp(prefix="agent-host-"))  # mode 0700
+        self._server = SessionServer(self._runtime_dir / "host.sock", self._claim)
+        self.groups: dict[frozenset[EventKind], Group] = {}
+        self._groups_by_kind: dict[EventKind, list[Group]] = {k: [] for k in EVENT_KINDS}
+        self.handles: dict[str, WorkerHandle] = {}
+        self._dedup = Deduplicator()
+        self._seq = 0
+        self.accepted = 0
+        self.rejected_events = 0
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self._server.socket_path
+
+    @property
+    def refused_sessions(self) -> int:
+        return self._server.refused
+
+    def _claim(self, worker_id: str, token: bytes) -> WorkerHandle | None:
+        for handle in self.handles.values():
+            if handle.claim(worker_id, token):
+                return handle
+        return None
+
+    async def start(self) -> None:
+        """Open the socket, spawn every worker, and wait until each is ready or has failed."""
+        await self._server.start()
+        for manifest in self._manifests:
+            group = self.groups.get(manifest.subscribe)
+            if group is None:
+                group = Group(manifest.subscribe, self.config.batch_size,
+                              self.config.backlog_batches)
+                self.groups[manifest.subscribe] = group
+                for kind in manifest.subscribe:
+                    self._groups_by_kind[kind].append(group)
+            self.handles[manifest.name] = WorkerHandle(
+                manifest, group, self.config, self.socket_path, self._on_findings,
+                self._restart_policy)
+        await asyncio.gather(*(h.spawn() for h in self.handles.values()))
+        await asyncio.gather(*(h.wait_started() for h in self.handles.values()))
+        self._flusher = asyncio.create_task(self._flush_periodically())
+        for handle in self.handles.values():
+            log.info("plugin started" if handle.state is State.RUNNING else "plugin not started",
+                     plugin=handle.name, version=handle.manifest.version, pid=handle.pid,
+                     state=handle.state.value, subscribe=sorted(handle.manifest.subscribe))
+
+    async def publish(self, event: Event) -> bool:
+        """Accept one event: number it, stamp it, queue it for every group that wants its kind.
+
+        Returns False (and counts it) for an event of no kind. Waits while a backlog is full.
+        """
+        kind = event_kind(event)
+        if kind is None:
+            self.rejected_events += 1
+            return False
+        self._seq += 1
+        event.seq = self._seq
+        if not event.host:
+            event.host = self.config.hostname
+        if not event.HasField("time"):
+            event.time.GetCurrentTime()
+        record = event_record(event.SerializeToString())
+        for group in self._groups_by_kind[kind]:
+            if group.backlog.subscribers:
+                await group.add(record, self._seq)
+        self.accepted += 1
+        return True
+
+    async def publish_all(self, events: AsyncIterator[Event]) -> None:
+        async for event in events:
+            await self.publish(event)
+
+    async def _flush_periodically(self) -> None:
+        interval = self.config.flush_interval_s
+        while True:
+            await asyncio.sleep(interval / 2)
+            now = time.monotonic()
+            for group in self.groups.values():
+                if group.age(now) >= interval:
+                    await group.flush()
+
+    async def drain(self) -> None:
+        """Wait until every accepted event has been processed by every plugin that is owed it."""
+        for group in self.groups.values():
+            await group.flush()
+        await asyncio.gather(*(g.backlog.wait_empty() for g in self.groups.values()))
+
+    async def stop(self) -> None:
+        """Drain, then let every worker run on_stop and exit; close the socket."""
+        await self.drain()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await asyncio.gather(*(h.stop(self.config.stop_timeout_s) for h in self.handles.values()))
+        await self._server.stop()
+        shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    async def abort(self) -> None:
+        """Stop at once: kill every worker without draining (a second SIGINT)."""
+        for handle in self.handles.values():
+            handle.kill("host aborted")
+        await self._server.stop(0)
+        shutil.rmtree(self._runtime_dir, ignore_errors=True)
+
+    async def _on_findings(self, handle: WorkerHandle, findings: list[Finding]) -> None:
+        manifest = handle.manifest
+        fresh: list[Finding] = []
+        for finding in findings:
+            finding.plugin = manifest.name
+            finding.plugin_version = manifest.version
+            finding.host = self.config.hostname
+            finding.time.GetCurrentTime()
+            finding.id = finding_id(finding)
+            if self._dedup.first_time(finding.id):
+                fresh.append(finding)
+            else:
+                handle.stats.duplicate_findings += 1
+        handle.stats.findings += len(fresh)
+        self.sink.write(fresh)

@@ -1,0 +1,254 @@
+"""The worker runtime: one process, one plugin, one session with the host.
+
+The host starts it fresh with ``python -m agent_host.worker --socket PATH --worker-id ID`` and
+writes the spawn's secret to its standard input. The worker confines itself, connects, says Hello
+with the secret, and only then imports the plugin the host names in Start. From there it answers
+each EventBatch with a BatchResult, until Stop.
+
+The plugin's ``logging`` records travel to the host over the session; its stdout and stderr are
+pipes the host reads. Both reach the host's log tagged with the plugin's name and this pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import traceback
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Final
+
+import grpc
+
+from agent_host import sandbox, sdk
+from agent_host.protocol import (
+    MAX_MESSAGE_BYTES,
+    BatchResult,
+    EventBatch,
+    Finding,
+    Hello,
+    LoadFailed,
+    LogRecord,
+    Ready,
+    Start,
+    Stopped,
+    WorkerMessage,
+    WorkerSessionStub,
+)
+
+# Exit codes, so that the host's log can say why a worker ended.
+EXIT_OK: Final = 0
+EXIT_BOOT_ERROR: Final = 3  # no secret, or the session could not be opened
+EXIT_LOAD_ERROR: Final = 4  # the plugin failed to import or to start
+EXIT_SESSION_LOST: Final = 5  # the host went away mid-session
+
+TOKEN_BYTES: Final = 32
+HEARTBEAT_INTERVAL_S: Final = 1.0
+_OUTBOX_SIZE: Final = 1024
+_MAX_LOG_MESSAGE: Final = 4096
+
+
+class _SessionLogHandler(logging.Handler):
+    """Sends log records to the host over the session; never blocks the plugin.
+
+    When the outbox is full the record is dropped and counted, and the count is reported with the
+    next record that gets through.
+    """
+
+    def __init__(self, outbox: queue.Queue[WorkerMessage | None]) -> None:
+        super().__init__()
+        self._outbox = outbox
+        self._dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # a plugin's bad format string must not kill its logging
+            text = f"(unformattable log record: {record.msg!r})"
+        if self._dropped:
+            text = f"{text} ({self._dropped} earlier log records dropped: outbox full)"
+        message = WorkerMessage(log=LogRecord(
+            level=record.levelno, logger=record.name, message=text[:_MAX_LOG_MESSAGE]))
+        try:
+            self._outbox.put_nowait(message)
+            self._dropped = 0
+        except queue.Full:
+            self._dropped += 1
+
+
+def _where(exc: BaseException, plugin_dir: Path) -> str:
+    """The innermost frame of ``exc`` inside the plugin's folder, as ``file:line``."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{Path(exc.filename).name}:{exc.lineno}"
+    for frame in reversed(frames):
+        if Path(frame.filename).resolve().is_relative_to(plugin_dir):
+            return f"{Path(frame.filename).name}:{frame.lineno}"
+    return ""
+
+
+def describe_exception(exc: BaseException, plugin_dir: Path) -> str:
+    """One line naming the exception and where in the plugin it was raised."""
+    where = _where(exc, plugin_dir)
+    text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{text} (at {where})" if where else text
+
+
+def load_plugin(start: Start) -> sdk.Plugin:
+    """Import the plugin named by ``start`` and run its on_start; raises what the plugin raises."""
+    plugin_dir = Path(start.plugin_dir)
+    module_name, class_name = start.entrypoint.split(":", 1)
+    sys.path.insert(0, str(plugin_dir))
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, sdk.Plugin)):
+        raise TypeError(f"{start.entrypoint} is not a subclass of agent_host.sdk.Plugin")
+    plugin = cls()
+    config = json.loads(start.config_json or "{}")
+    plugin.config = config
+    plugin.log = logging.getLogger(f"plugin.{start.plugin_name}")
+    plugin.on_start(config)
+    return plugin
+
+
+def _to_proto(finding: object, default_event_id: int) -> Finding:
+    if not isinstance(finding, sdk.Finding):
+        raise TypeError(f"expected agent_host.sdk.Finding, got {type(finding).__name__}")
+    return Finding(
+        rule=finding.rule,
+        severity=int(finding.severity),  # type: ignore[arg-type]  # IntEnum matches the proto's
+        message=finding.message,
+        event_ids=finding.event_ids or (default_event_id,),
+        attributes=dict(finding.attributes),
+        techniques=finding.techniques,
+    )
+
+
+class Runtime:
+    """Runs one loaded plugin over batches of events."""
+
+    def __init__(self, plugin: sdk.Plugin, plugin_dir: Path) -> None:
+        self._plugin = plugin
+        self._plugin_dir = plugin_dir
+        self._log = logging.getLogger("agent_host.worker")
+
+    def process(self, batch: EventBatch) -> WorkerMessage:
+        message = WorkerMessage()
+        result: BatchResult = message.result
+        result.batch_id = batch.batch_id
+        on_event = self._plugin.on_event
+        findings = result.findings
+        errors = 0
+        for event in batch.events:
+            try:
+                produced = on_event(event)
+                if produced is not None:
+                    findings.extend(_to_proto(f, event.seq) for f in produced)
+            except Exception as exc:
+                errors += 1
+                if errors == 1:  # one line per batch is enough to debug; the count says the rest
+                    self._log.error("on_event raised on event %d: %s", event.seq,
+                                    describe_exception(exc, self._plugin_dir))
+        result.processed = len(batch.events)
+        result.errors = errors
+        return message
+
+    def stop(self) -> WorkerMessage:
+        message = WorkerMessage(stopped=Stopped())
+        try:
+            produced: Iterable[object] | None = self._plugin.on_stop()
+            if produced is not None:
+                message.stopped.findings.extend(_to_proto(f, 0) for f in produced)
+        except Exception as exc:
+            self._log.error("on_stop raised: %s", describe_exception(exc, self._plugin_dir))
+        return message
+
+
+def _drain(outbox: queue.Queue[WorkerMessage | None]) -> Iterator[WorkerMessage]:
+    while (message := outbox.get()) is not None:
+        yield message
+
+
+def _heartbeat(outbox: queue.Queue[WorkerMessage | None], stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_INTERVAL_S):
+        if outbox.empty():  # any message is a sign of life; only beat when there is none
+            outbox.put(WorkerMessage(heartbeat={}))
+
+
+def serve(channel: grpc.Channel, worker_id: str, token: bytes) -> int:
+    """Run the session until the host stops it; return the exit code."""
+    outbox: queue.Queue[WorkerMessage | None] = queue.Queue(_OUTBOX_SIZE)
+    handler = _SessionLogHandler(outbox)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    outbox.put(WorkerMessage(hello=Hello(worker_id=worker_id, token=token, pid=os.getpid())))
+    stopping = threading.Event()
+    threading.Thread(target=_heartbeat, args=(outbox, stopping), daemon=True).start()
+
+    runtime: Runtime | None = None
+    code = EXIT_SESSION_LOST
+    try:
+        for message in WorkerSessionStub(channel).Session(_drain(outbox)):
+            body = message.WhichOneof("body")
+            if body == "batch" and runtime is not None:
+                outbox.put(runtime.process(message.batch))
+            elif body == "start":
+                try:
+                    runtime = Runtime(load_plugin(message.start), Path(message.start.plugin_dir))
+                except BaseException as exc:  # noqa: BLE001  # SystemExit at import is a failure too
+                    reason = describe_exception(exc, Path(message.start.plugin_dir))
+                    outbox.put(WorkerMessage(load_failed=LoadFailed(reason=reason)))
+                    code = EXIT_LOAD_ERROR
+                    break
+                outbox.put(WorkerMessage(ready=Ready()))
+            elif body == "stop":
+                if runtime is not None:
+                    outbox.put(runtime.stop())
+                code = EXIT_OK
+                break
+    except grpc.RpcError:
+        code = EXIT_SESSION_LOST
+    finally:
+        stopping.set()
+        outbox.put(None)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agent_host.worker")
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--worker-id", required=True)
+    parser.add_argument("--host-pid", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    token = sys.stdin.buffer.read(TOKEN_BYTES)
+    sys.stdin.close()
+    if len(token) != TOKEN_BYTES:
+        print("worker: no session secret on stdin", file=sys.stderr)
+        return EXIT_BOOT_ERROR
+    sandbox.confine_self(args.host_pid)
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    with grpc.insecure_channel(f"unix:{args.socket}", options=options) as channel:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=10)
+        except grpc.FutureTimeoutError:
+            print(f"worker: cannot connect to {args.socket}", file=sys.stderr)
+            return EXIT_BOOT_ERROR
+        code = serve(channel, args.worker_id, token)
+    # Skip interpreter teardown: plugin threads or C extensions must not keep a stopped worker alive.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
