@@ -47,36 +47,70 @@ def _default_plugins_dir() -> Path:
 
 def _add_host_options(p: argparse.ArgumentParser) -> None:
     defaults = HostConfig()
-    p.add_argument("--plugins", type=Path, default=None, metavar="DIR",
-                   help="folder of plugin folders (default: ./plugins)")
-    p.add_argument("--findings", type=Path, default=None, metavar="FILE",
-                   help="append findings to this JSON Lines file")
+    p.add_argument(
+        "--plugins",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of plugin folders (default: ./plugins)",
+    )
+    p.add_argument(
+        "--findings",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="append findings to this JSON Lines file",
+    )
     p.add_argument("--quiet", action="store_true", help="do not show findings on the terminal")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                   help=f"events per batch (default {defaults.batch_size})")
-    p.add_argument("--flush-ms", type=float, default=defaults.flush_interval_s * 1000,
-                   help="send a partial batch after this long (default %(default)s ms)")
-    p.add_argument("--summary-json", type=Path, default=None, metavar="FILE",
-                   help="also write the end-of-run summary as JSON")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"events per batch (default {defaults.batch_size})",
+    )
+    p.add_argument(
+        "--flush-ms",
+        type=float,
+        default=defaults.flush_interval_s * 1000,
+        help="send a partial batch after this long (default %(default)s ms)",
+    )
+    p.add_argument(
+        "--summary-json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the end-of-run summary as JSON",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agent-host",
-        description="Run detection plugins, each in its own sandboxed worker process.")
+        description="Run detection plugins, each in its own sandboxed worker process.",
+    )
     parser.add_argument("--version", action="version", version=f"agent-host {__version__}")
     parser.add_argument("--log-format", choices=["auto", "console", "json"], default="auto")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                        default="info")
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run on a continuous source until SIGINT/SIGTERM")
-    run.add_argument("--source", default="synthetic",
-                     help="synthetic, or replay:FILE (default: synthetic)")
-    run.add_argument("--duration", type=float, default=0.0,
-                     help="stop after this many seconds (default: run until signalled)")
-    run.add_argument("--rate", type=float, default=200.0,
-                     help="events per second of the synthetic source (default %(default)s)")
+    run.add_argument(
+        "--source", default="synthetic", help="synthetic, or replay:FILE (default: synthetic)"
+    )
+    run.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds (default: run until signalled)",
+    )
+    run.add_argument(
+        "--rate",
+        type=float,
+        default=200.0,
+        help="events per second of the synthetic source (default %(default)s)",
+    )
     _add_host_options(run)
 
     replay = sub.add_parser("replay", help="run a recording through the plugins and exit")
@@ -99,8 +133,9 @@ def _source_for(args: argparse.Namespace) -> AsyncIterable[Event] | None:
     return None
 
 
-async def _pump(source: AsyncIterable[Event], sup: Supervisor, stopping: asyncio.Event,
-                deadline: float | None) -> None:
+async def _pump(
+    source: AsyncIterable[Event], sup: Supervisor, stopping: asyncio.Event, deadline: float | None
+) -> None:
     """Feed the source to the host until it ends, a signal comes, or the deadline passes.
 
     The loop checks between events rather than cancelling the source, so that no event is ever
@@ -178,18 +213,30 @@ async def _host(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _report(args: argparse.Namespace, sup: Supervisor, source: AsyncIterable[Event],
-            elapsed: float) -> None:
+def _report(
+    args: argparse.Namespace, sup: Supervisor, source: AsyncIterable[Event], elapsed: float
+) -> None:
     rows = summary_rows(sup.handles.values())
     bad_lines = source.bad_lines if isinstance(source, ReplaySource) else 0
-    print(f"\n{sup.accepted} events in {elapsed:.2f}s ({sup.accepted / elapsed:,.0f}/s), "
-          f"{bad_lines} bad lines skipped, {sup.sink.written} findings")
+    print(
+        f"\n{sup.accepted} events in {elapsed:.2f}s ({sup.accepted / elapsed:,.0f}/s), "
+        f"{bad_lines} bad lines skipped, {sup.sink.written} findings"
+    )
     print(render_table(rows))
     if args.summary_json:
-        args.summary_json.write_text(json.dumps({
-            "events": sup.accepted, "bad_lines": bad_lines, "findings": sup.sink.written,
-            "elapsed_s": elapsed, "refused_sessions": sup.refused_sessions, "plugins": rows,
-        }, indent=2))
+        args.summary_json.write_text(
+            json.dumps(
+                {
+                    "events": sup.accepted,
+                    "bad_lines": bad_lines,
+                    "findings": sup.sink.written,
+                    "elapsed_s": elapsed,
+                    "refused_sessions": sup.refused_sessions,
+                    "plugins": rows,
+                },
+                indent=2,
+            )
+        )
 
 
 def _list_plugins(args: argparse.Namespace) -> int:
@@ -199,8 +246,10 @@ def _list_plugins(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     discovery = discover(plugins_dir)
     for m in discovery.manifests:
-        print(f"{m.name:<24} {m.version:<10} {','.join(sorted(m.subscribe)):<22} "
-              f"{m.entrypoint}  ({m.directory.name}/)")
+        print(
+            f"{m.name:<24} {m.version:<10} {','.join(sorted(m.subscribe)):<22} "
+            f"{m.entrypoint}  ({m.directory.name}/)"
+        )
     for error in discovery.errors:
         print(f"error: {error}")
     print(f"{len(discovery.manifests)} usable, {len(discovery.errors)} with errors")

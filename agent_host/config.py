@@ -24,7 +24,7 @@ class HostConfig:
     #: Batches a worker may hold unacknowledged at once; keeps it busy without letting it hoard.
     window: int = 4
     #: Batches kept per subscription group until every plugin in it has processed them. When full,
-    #: the source waits (nothing is dropped); a plugin that falls this far behind holds up the source.
+    #: the source waits (nothing is dropped): a plugin this far behind holds up the source.
     backlog_batches: int = 256
     #: How long a worker has to connect, import its plugin and run on_start.
     start_timeout_s: float = 20.0

@@ -24,8 +24,12 @@ _SEVERITY_NAMES: Final = {v.number: v.name for v in Finding.Severity.DESCRIPTOR.
 def finding_id(finding: Finding) -> str:
     """A digest of what makes a detection the same detection: plugin, rule, events, message."""
     digest = hashlib.blake2b(digest_size=16)
-    for part in (finding.plugin, finding.rule, ",".join(map(str, finding.event_ids)),
-                 finding.message):
+    for part in (
+        finding.plugin,
+        finding.rule,
+        ",".join(map(str, finding.event_ids)),
+        finding.message,
+    ):
         digest.update(part.encode())
         digest.update(b"\0")
     return digest.hexdigest()
@@ -46,7 +50,8 @@ def check(finding: Finding, allowed_event_ids: set[int] | None) -> str | None:
     if len(finding.event_ids) > _MAX_EVENT_IDS:
         return f"more than {_MAX_EVENT_IDS} event ids"
     if len(finding.attributes) > _MAX_ATTRIBUTES or any(
-            len(k) + len(v) > _MAX_TEXT for k, v in finding.attributes.items()):
+        len(k) + len(v) > _MAX_TEXT for k, v in finding.attributes.items()
+    ):
         return f"more than {_MAX_ATTRIBUTES} attributes or an attribute over {_MAX_TEXT} bytes"
     if len(finding.techniques) > 32:
         return "more than 32 techniques"
@@ -95,8 +100,10 @@ class FindingSink:
         if self._terminal is not None:
             for f in findings:
                 ids = ",".join(map(str, f.event_ids[:5]))
-                self._terminal.write(f"[{_SEVERITY_NAMES.get(f.severity, '?'):<8}] "
-                                     f"{f.plugin}/{f.rule}: {f.message}  (events {ids})\n")
+                self._terminal.write(
+                    f"[{_SEVERITY_NAMES.get(f.severity, '?'):<8}] "
+                    f"{f.plugin}/{f.rule}: {f.message}  (events {ids})\n"
+                )
             self._terminal.flush()
         self.written += len(findings)
 

@@ -1,4 +1,4 @@
-"""The host's view of one plugin: its manifest, its current worker process, its session and counters.
+"""The host's view of one plugin: its manifest, its current worker, its session and counters.
 
 A handle outlives the worker processes it starts: when one dies, the handle accounts for it, and
 its replacement resumes from the oldest batch the plugin has not processed.
@@ -59,8 +59,16 @@ def cause_of(returncode: int) -> str:
 class WorkerHandle:
     """One plugin and its (current) worker process."""
 
-    def __init__(self, manifest: Manifest, group: Group, config: HostConfig, socket_path: Path,
-                 on_findings: FindingsCallback, restart_policy: RestartPolicy) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        group: Group,
+        *,
+        config: HostConfig,
+        socket_path: Path,
+        on_findings: FindingsCallback,
+        restart_policy: RestartPolicy,
+    ) -> None:
         self.manifest = manifest
         self.group = group
         self.stats = PluginStats()
@@ -84,6 +92,7 @@ class WorkerHandle:
         # Delivery.
         self.cursor = group.backlog.next_id
         self._highest_sent = 0
+        self._highest_seq = 0  # on_stop findings may cite any event up to this one
         self.inflight: dict[int, Batch] = {}
         self._wake = asyncio.Event()
         self._stop_requested = False
@@ -120,10 +129,17 @@ class WorkerHandle:
             "LANG": os.environ.get("LANG", "C.UTF-8"),
         }
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent_host.worker",
-            "--socket", str(self._socket_path),
-            "--worker-id", self.worker_id,
-            "--host-pid", str(os.getpid()),
+            # Not "-m agent_host.worker": that would run the module as __main__, a second copy
+            # beside the agent_host.worker that plugins import.
+            sys.executable,
+            "-c",
+            "import sys; from agent_host.worker import main; sys.exit(main())",
+            "--socket",
+            str(self._socket_path),
+            "--worker-id",
+            self.worker_id,
+            "--host-pid",
+            str(os.getpid()),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -152,8 +168,11 @@ class WorkerHandle:
 
     def claim(self, worker_id: str, token: bytes) -> bool:
         """Whether ``token`` is this spawn's secret; a secret opens one session only."""
-        if (not self._token or worker_id != self.worker_id
-                or not secrets.compare_digest(token, self._token)):
+        if (
+            not self._token
+            or worker_id != self.worker_id
+            or not secrets.compare_digest(token, self._token)
+        ):
             return False
         self._token = b""
         return True
@@ -170,8 +189,7 @@ class WorkerHandle:
     async def _start_deadline(self, proc: asyncio.subprocess.Process) -> None:
         await asyncio.sleep(self._config.start_timeout_s)
         if proc is self.process and self.state is State.STARTING and proc.returncode is None:
-            self._log.error("worker did not start in time",
-                            limit_s=self._config.start_timeout_s)
+            self._log.error("worker did not start in time", limit_s=self._config.start_timeout_s)
             self.kill("start timeout")
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
@@ -194,21 +212,26 @@ class WorkerHandle:
             return
         if self._stop_requested:
             if returncode != 0:
-                self._log.warning("worker ended badly while stopping",
-                                  cause=self._pending_death_cause or describe_exit(returncode))
+                self._log.warning(
+                    "worker ended badly while stopping",
+                    cause=self._pending_death_cause or describe_exit(returncode),
+                )
             await self._give_up(State.STOPPED, "")
             return
         how = self._pending_death_cause or describe_exit(returncode)
-        cause = {"start timeout": "hang"}.get(self._pending_death_cause,
-                                               self._pending_death_cause or cause_of(returncode))
+        cause = {"start timeout": "hang"}.get(
+            self._pending_death_cause, self._pending_death_cause or cause_of(returncode)
+        )
         self._pending_death_cause = ""
         self._log.error("worker died", cause=how, in_flight_events=sum(len(b) for b in lost))
         delay = self._restarts.record_failure(time.monotonic(), self._running_since)
         self._running_since = None
         if delay is None:
             policy = self._restarts.policy
-            await self._give_up(State.QUARANTINED,
-                                f"{policy.burst} failures within {policy.window_s:g}s, last: {how}")
+            await self._give_up(
+                State.QUARANTINED,
+                f"{policy.burst} failures within {policy.window_s:g}s, last: {how}",
+            )
             return
         self.stats.restarts[cause] += 1
         self.state = State.BACKING_OFF
@@ -227,8 +250,12 @@ class WorkerHandle:
         missed = await self.group.backlog.unsubscribe(self.name)
         self.stats.undelivered += missed
         if state is not State.STOPPED or missed:
-            self._log.error("plugin stopped for good", state=state.value, reason=reason,
-                            undelivered_events=missed)
+            self._log.error(
+                "plugin stopped for good",
+                state=state.value,
+                reason=reason,
+                undelivered_events=missed,
+            )
         self._stopped.set()
 
     async def _relay_output(self, stream: asyncio.StreamReader, name: str, pid: int) -> None:
@@ -253,20 +280,28 @@ class WorkerHandle:
                     continue
                 allowance -= 1
                 if suppressed:
-                    out.warning("plugin output suppressed", lines=suppressed,
-                                limit_per_s=_OUTPUT_LINES_PER_S)
+                    out.warning(
+                        "plugin output suppressed",
+                        lines=suppressed,
+                        limit_per_s=_OUTPUT_LINES_PER_S,
+                    )
                     suppressed = 0
                 text = line[:_OUTPUT_LINE_MAX].decode("utf-8", "replace").rstrip()
                 if len(line) > _OUTPUT_LINE_MAX:
                     text += f" ... ({len(line) - _OUTPUT_LINE_MAX} bytes cut)"
                 out.info("plugin output", line=text)
         if suppressed:
-            out.warning("plugin output suppressed", lines=suppressed, limit_per_s=_OUTPUT_LINES_PER_S)
+            out.warning(
+                "plugin output suppressed", lines=suppressed, limit_per_s=_OUTPUT_LINES_PER_S
+            )
 
     # -- the session ----------------------------------------------------------------------
 
-    async def converse(self, requests: AsyncIterator[WorkerMessage],
-                       context: grpc.aio.ServicerContext[WorkerMessage, bytes]) -> None:
+    async def converse(
+        self,
+        requests: AsyncIterator[WorkerMessage],
+        context: grpc.aio.ServicerContext[WorkerMessage, bytes],
+    ) -> None:
         """Run the authenticated session with the current worker until it ends."""
         self._session_task = asyncio.current_task()
         try:
@@ -278,13 +313,22 @@ class WorkerHandle:
             self._log.warning("session lost", error=str(exc))
             self.kill("session lost")
 
-    async def _converse(self, requests: AsyncIterator[WorkerMessage],
-                        context: grpc.aio.ServicerContext[WorkerMessage, bytes]) -> None:
+    async def _converse(
+        self,
+        requests: AsyncIterator[WorkerMessage],
+        context: grpc.aio.ServicerContext[WorkerMessage, bytes],
+    ) -> None:
         manifest = self.manifest
-        await context.write(HostMessage(start=Start(
-            plugin_name=manifest.name, plugin_dir=str(manifest.directory),
-            entrypoint=manifest.entrypoint, config_json=manifest.config_json,
-        )).SerializeToString())
+        await context.write(
+            HostMessage(
+                start=Start(
+                    plugin_name=manifest.name,
+                    plugin_dir=str(manifest.directory),
+                    entrypoint=manifest.entrypoint,
+                    config_json=manifest.config_json,
+                )
+            ).SerializeToString()
+        )
         async for message in requests:
             body = message.WhichOneof("body")
             if body == "ready":
@@ -330,6 +374,7 @@ class WorkerHandle:
                 if batch.batch_id <= self._highest_sent:
                     self.stats.redelivered += len(batch)
                 self._highest_sent = max(self._highest_sent, batch.batch_id)
+                self._highest_seq = max(self._highest_seq, batch.seqs[-1])
                 await context.write(batch.frame)
             if self._stop_requested and not self.inflight and self.cursor >= backlog.next_id:
                 await context.write(HostMessage(stop=Stop()).SerializeToString())
@@ -342,7 +387,7 @@ class WorkerHandle:
             await self._on_result(message)
         elif body == "stopped":
             findings = list(message.stopped.findings)
-            high = self._highest_sent
+            high = self._highest_seq
             await self._accept(findings, None, lambda f: all(i <= high for i in f.event_ids))
             return True
         else:
@@ -364,16 +409,24 @@ class WorkerHandle:
         result = message.result
         batch = self.inflight.pop(result.batch_id, None)
         if batch is None:
-            raise ProtocolError(self.name, f"answered batch {result.batch_id}, "
-                                           "which it was not given")
+            raise ProtocolError(
+                self.name, f"answered batch {result.batch_id}, which it was not given"
+            )
         if result.processed != len(batch):
-            raise ProtocolError(self.name, f"processed {result.processed} of the "
-                                           f"{len(batch)} events in batch {batch.batch_id}")
+            raise ProtocolError(
+                self.name,
+                f"processed {result.processed} of the "
+                f"{len(batch)} events in batch {batch.batch_id}",
+            )
         limit = self.manifest.limits.max_findings_per_event * len(batch)
         findings = list(result.findings)
         if len(findings) > limit:
-            self._log.warning("findings rejected: too many", count=len(findings), limit=limit,
-                              batch=batch.batch_id)
+            self._log.warning(
+                "findings rejected: too many",
+                count=len(findings),
+                limit=limit,
+                batch=batch.batch_id,
+            )
             self.stats.rejected_findings += len(findings)
             findings = []
         allowed = set(batch.seqs) if findings else set()
@@ -383,8 +436,12 @@ class WorkerHandle:
         await self.group.backlog.done(self.name, batch)
         self._wake.set()
 
-    async def _accept(self, findings: list[Finding], allowed: set[int] | None,
-                      extra_check: Callable[[Finding], bool] | None) -> None:
+    async def _accept(
+        self,
+        findings: list[Finding],
+        allowed: set[int] | None,
+        extra_check: Callable[[Finding], bool] | None,
+    ) -> None:
         good: list[Finding] = []
         for finding in findings:
             problem = check(finding, allowed)

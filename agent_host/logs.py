@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Literal
+from typing import Literal, TextIO
 
 import structlog
 
 LogFormat = Literal["auto", "console", "json"]
 
 
-def configure(fmt: LogFormat = "auto", level: str = "info", stream: IO[str] | None = None) -> None:
+def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Send the host's log to ``stream`` (stderr): console style on a TTY, else JSON."""
     out = stream if stream is not None else sys.stderr
     console = fmt == "console" or (fmt == "auto" and out.isatty())
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=out.isatty())
-        if console else structlog.processors.JSONRenderer()
+        if console
+        else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[
@@ -26,7 +27,8 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: IO[str] | No
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]),
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )

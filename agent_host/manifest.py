@@ -36,17 +36,20 @@ class Limits:
 
     @classmethod
     def from_table(cls, path: Path, table: Mapping[str, Any]) -> Limits:
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         values: dict[str, Any] = {}
         for key, value in table.items():
             if key not in known:
-                raise ManifestError(path, f"unknown limit; known: {', '.join(sorted(known))}",
-                                    key=f"limits.{key}")
-            default = cls.__dataclass_fields__[key].default
+                raise ManifestError(
+                    path, f"unknown limit; known: {', '.join(sorted(known))}", key=f"limits.{key}"
+                )
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ManifestError(path, f"must be a positive number, got {value!r}",
-                                    key=f"limits.{key}")
-            values[key] = type(default)(value)
+                raise ManifestError(
+                    path, f"must be a positive number, got {value!r}", key=f"limits.{key}"
+                )
+            # Keep each limit's own type: a count stays an int, a duration becomes a float.
+            default = cls.__dataclass_fields__[key].default
+            values[key] = float(value) if isinstance(default, float) else int(value)
         return cls(**values)
 
 
@@ -87,22 +90,36 @@ class Manifest:
             raise ManifestError(path, "missing [plugin] table")
         name = _required_str(path, plugin, "name")
         if not _NAME_PATTERN.match(name):
-            raise ManifestError(path, f"{name!r} is not a valid name (lowercase letters, digits, "
-                                      "underscores; starting with a letter)", key="plugin.name")
+            raise ManifestError(
+                path,
+                f"{name!r} is not a valid name (lowercase letters, digits, "
+                "underscores; starting with a letter)",
+                key="plugin.name",
+            )
         version = _required_str(path, plugin, "version")
         entrypoint = _required_str(path, plugin, "entrypoint")
         if not _ENTRYPOINT_PATTERN.match(entrypoint):
-            raise ManifestError(path, f"{entrypoint!r} is not of the form 'module:Class'",
-                                key="plugin.entrypoint")
+            raise ManifestError(
+                path, f"{entrypoint!r} is not of the form 'module:Class'", key="plugin.entrypoint"
+            )
         module_file = _module_file(path.parent, entrypoint.split(":", 1)[0])
         if module_file is None:
-            raise ManifestError(path, f"module {entrypoint.split(':', 1)[0]!r} not found in "
-                                      f"{path.parent}", key="plugin.entrypoint")
+            raise ManifestError(
+                path,
+                f"module {entrypoint.split(':', 1)[0]!r} not found in {path.parent}",
+                key="plugin.entrypoint",
+            )
         subscribe = plugin.get("subscribe")
-        if (not isinstance(subscribe, list) or not subscribe
-                or not all(isinstance(k, str) and k in EVENT_KINDS for k in subscribe)):
-            raise ManifestError(path, f"must be a non-empty list of {', '.join(EVENT_KINDS)}; "
-                                      f"got {subscribe!r}", key="plugin.subscribe")
+        if (
+            not isinstance(subscribe, list)
+            or not subscribe
+            or not all(isinstance(k, str) and k in EVENT_KINDS for k in subscribe)
+        ):
+            raise ManifestError(
+                path,
+                f"must be a non-empty list of {', '.join(EVENT_KINDS)}; got {subscribe!r}",
+                key="plugin.subscribe",
+            )
         limits = data.get("limits", {})
         config = data.get("config", {})
         if not isinstance(limits, dict):
@@ -162,8 +179,13 @@ def discover(plugins_dir: Path) -> Discovery:
             errors.append(exc)
             continue
         if manifest.name in seen:
-            errors.append(ManifestError(path, f"name {manifest.name!r} is already used by "
-                                              f"{seen[manifest.name]}", key="plugin.name"))
+            errors.append(
+                ManifestError(
+                    path,
+                    f"name {manifest.name!r} is already used by {seen[manifest.name]}",
+                    key="plugin.name",
+                )
+            )
             continue
         seen[manifest.name] = path
         manifests.append(manifest)

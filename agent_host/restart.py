@@ -53,7 +53,7 @@ class RestartTracker:
         self._consecutive += 1
         if self._consecutive == 1:
             return 0.0
-        delay = min(policy.max_backoff_s, policy.backoff_s * 2 ** (self._consecutive - 2))
+        delay: float = min(policy.max_backoff_s, policy.backoff_s * 2.0 ** (self._consecutive - 2))
         return delay * self._rng.uniform(1 - policy.jitter, 1 + policy.jitter)
 
     def reset(self) -> None:

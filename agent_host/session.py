@@ -32,20 +32,24 @@ class SessionServer:
     def __init__(self, socket_path: Path, claim: Claim) -> None:
         self.socket_path = socket_path
         self._claim = claim
-        self._server = grpc.aio.server(options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            # Workers are local and few; a bounded number of concurrent sessions keeps a rogue
-            # process on the socket from piling up handlers.
-            ("grpc.max_concurrent_streams", 1024),
-        ])
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # Workers are local and few; a bounded number of concurrent sessions keeps a rogue
+                # process on the socket from piling up handlers.
+                ("grpc.max_concurrent_streams", 1024),
+            ]
+        )
+        handler: grpc.RpcMethodHandler[WorkerMessage, bytes]
         handler = grpc.stream_stream_rpc_method_handler(
             self._session,
             request_deserializer=WorkerMessage.FromString,
             response_serializer=None,  # responses are already serialized HostMessages
         )
         self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {"Session": handler}),))
+            (grpc.method_handlers_generic_handler(SERVICE, {"Session": handler}),)
+        )
         self.refused = 0
 
     async def start(self) -> None:
@@ -56,8 +60,11 @@ class SessionServer:
     async def stop(self, grace: float = 1.0) -> None:
         await self._server.stop(grace)
 
-    async def _session(self, requests: AsyncIterator[WorkerMessage],
-                       context: grpc.aio.ServicerContext[WorkerMessage, bytes]) -> None:
+    async def _session(
+        self,
+        requests: AsyncIterator[WorkerMessage],
+        context: grpc.aio.ServicerContext[WorkerMessage, bytes],
+    ) -> None:
         try:
             first = await asyncio.wait_for(anext(requests), HELLO_TIMEOUT_S)
         except (TimeoutError, StopAsyncIteration):

@@ -6,8 +6,18 @@ from collections.abc import Iterable
 
 from agent_host.handle import WorkerHandle
 
-_COLUMNS = ("plugin", "version", "state", "delivered", "processed", "redelivered",
-            "undelivered", "errors", "findings", "restarts")
+_COLUMNS = (
+    "plugin",
+    "version",
+    "state",
+    "delivered",
+    "processed",
+    "redelivered",
+    "undelivered",
+    "errors",
+    "findings",
+    "restarts",
+)
 
 
 def summary_rows(handles: Iterable[WorkerHandle]) -> list[dict[str, str | int]]:
@@ -15,12 +25,21 @@ def summary_rows(handles: Iterable[WorkerHandle]) -> list[dict[str, str | int]]:
     for h in handles:
         s = h.stats
         restarts = ", ".join(f"{k}={v}" for k, v in sorted(s.restarts.items())) or "0"
-        rows.append({
-            "plugin": h.name, "version": h.manifest.version, "state": h.state.value,
-            "delivered": s.delivered, "processed": s.processed, "redelivered": s.redelivered,
-            "undelivered": s.undelivered, "errors": s.errors, "findings": s.findings,
-            "restarts": restarts, "reason": h.reason,
-        })
+        rows.append(
+            {
+                "plugin": h.name,
+                "version": h.manifest.version,
+                "state": h.state.value,
+                "delivered": s.delivered,
+                "processed": s.processed,
+                "redelivered": s.redelivered,
+                "undelivered": s.undelivered,
+                "errors": s.errors,
+                "findings": s.findings,
+                "restarts": restarts,
+                "reason": h.reason,
+            }
+        )
     return rows
 
 

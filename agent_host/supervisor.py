@@ -37,8 +37,13 @@ log = structlog.get_logger("agent_host")
 class Supervisor:
     """Hosts one worker per plugin and delivers every accepted event to every subscriber."""
 
-    def __init__(self, config: HostConfig, manifests: Iterable[Manifest], sink: FindingSink,
-                 restart_policy: RestartPolicy | None = None) -> None:
+    def __init__(
+        self,
+        config: HostConfig,
+        manifests: Iterable[Manifest],
+        sink: FindingSink,
+        restart_policy: RestartPolicy | None = None,
+    ) -> None:
         self.config = config
         self.sink = sink
         self._restart_policy = restart_policy or RestartPolicy()
@@ -74,21 +79,32 @@ class Supervisor:
         for manifest in self._manifests:
             group = self.groups.get(manifest.subscribe)
             if group is None:
-                group = Group(manifest.subscribe, self.config.batch_size,
-                              self.config.backlog_batches)
+                group = Group(
+                    manifest.subscribe, self.config.batch_size, self.config.backlog_batches
+                )
                 self.groups[manifest.subscribe] = group
                 for kind in manifest.subscribe:
                     self._groups_by_kind[kind].append(group)
             self.handles[manifest.name] = WorkerHandle(
-                manifest, group, self.config, self.socket_path, self._on_findings,
-                self._restart_policy)
+                manifest,
+                group,
+                config=self.config,
+                socket_path=self.socket_path,
+                on_findings=self._on_findings,
+                restart_policy=self._restart_policy,
+            )
         await asyncio.gather(*(h.spawn() for h in self.handles.values()))
         await asyncio.gather(*(h.wait_started() for h in self.handles.values()))
         self._flusher = asyncio.create_task(self._flush_periodically())
         for handle in self.handles.values():
-            log.info("plugin started" if handle.state is State.RUNNING else "plugin not started",
-                     plugin=handle.name, version=handle.manifest.version, pid=handle.pid,
-                     state=handle.state.value, subscribe=sorted(handle.manifest.subscribe))
+            log.info(
+                "plugin started" if handle.state is State.RUNNING else "plugin not started",
+                plugin=handle.name,
+                version=handle.manifest.version,
+                pid=handle.pid,
+                state=handle.state.value,
+                subscribe=sorted(handle.manifest.subscribe),
+            )
 
     async def publish(self, event: Event) -> bool:
         """Accept one event: number it, stamp it, queue it for every group that wants its kind.

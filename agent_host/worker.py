@@ -1,6 +1,6 @@
 """The worker runtime: one process, one plugin, one session with the host.
 
-The host starts it fresh with ``python -m agent_host.worker --socket PATH --worker-id ID`` and
+The host starts it fresh (``agent_host.worker.main`` in a new interpreter, never a fork) and
 writes the spawn's secret to its standard input. The worker confines itself, connects, says Hello
 with the secret, and only then imports the plugin the host names in Start. From there it answers
 each EventBatch with a BatchResult, until Stop.
@@ -32,6 +32,7 @@ from agent_host.protocol import (
     BatchResult,
     EventBatch,
     Finding,
+    Heartbeat,
     Hello,
     LoadFailed,
     LogRecord,
@@ -73,8 +74,9 @@ class _SessionLogHandler(logging.Handler):
             text = f"(unformattable log record: {record.msg!r})"
         if self._dropped:
             text = f"{text} ({self._dropped} earlier log records dropped: outbox full)"
-        message = WorkerMessage(log=LogRecord(
-            level=record.levelno, logger=record.name, message=text[:_MAX_LOG_MESSAGE]))
+        message = WorkerMessage(
+            log=LogRecord(level=record.levelno, logger=record.name, message=text[:_MAX_LOG_MESSAGE])
+        )
         try:
             self._outbox.put_nowait(message)
             self._dropped = 0
@@ -153,8 +155,11 @@ class Runtime:
             except Exception as exc:
                 errors += 1
                 if errors == 1:  # one line per batch is enough to debug; the count says the rest
-                    self._log.error("on_event raised on event %d: %s", event.seq,
-                                    describe_exception(exc, self._plugin_dir))
+                    self._log.error(
+                        "on_event raised on event %d: %s",
+                        event.seq,
+                        describe_exception(exc, self._plugin_dir),
+                    )
         result.processed = len(batch.events)
         result.errors = errors
         return message
@@ -178,7 +183,7 @@ def _drain(outbox: queue.Queue[WorkerMessage | None]) -> Iterator[WorkerMessage]
 def _heartbeat(outbox: queue.Queue[WorkerMessage | None], stop: threading.Event) -> None:
     while not stop.wait(HEARTBEAT_INTERVAL_S):
         if outbox.empty():  # any message is a sign of life; only beat when there is none
-            outbox.put(WorkerMessage(heartbeat={}))
+            outbox.put(WorkerMessage(heartbeat=Heartbeat()))
 
 
 def serve(channel: grpc.Channel, worker_id: str, token: bytes) -> int:
@@ -201,7 +206,7 @@ def serve(channel: grpc.Channel, worker_id: str, token: bytes) -> int:
             elif body == "start":
                 try:
                     runtime = Runtime(load_plugin(message.start), Path(message.start.plugin_dir))
-                except BaseException as exc:  # noqa: BLE001  # SystemExit at import is a failure too
+                except BaseException as exc:  # SystemExit at import is a load failure too
                     reason = describe_exception(exc, Path(message.start.plugin_dir))
                     outbox.put(WorkerMessage(load_failed=LoadFailed(reason=reason)))
                     code = EXIT_LOAD_ERROR
@@ -210,8 +215,10 @@ def serve(channel: grpc.Channel, worker_id: str, token: bytes) -> int:
             elif body == "stop":
                 if runtime is not None:
                     outbox.put(runtime.stop())
+                outbox.put(None)
+                # Keep reading: the host ends the stream once it has our last message. Leaving
+                # now would tear the call down with Stopped still unsent.
                 code = EXIT_OK
-                break
     except grpc.RpcError:
         code = EXIT_SESSION_LOST
     finally:
@@ -244,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"worker: cannot connect to {args.socket}", file=sys.stderr)
             return EXIT_BOOT_ERROR
         code = serve(channel, args.worker_id, token)
-    # Skip interpreter teardown: plugin threads or C extensions must not keep a stopped worker alive.
+    # Skip interpreter teardown: plugin threads or C extensions must not keep a worker alive.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

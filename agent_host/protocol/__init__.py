@@ -22,6 +22,7 @@ from agent_host.protocol.v1.event_pb2 import (
 from agent_host.protocol.v1.finding_pb2 import Finding
 from agent_host.protocol.v1.session_pb2 import (
     BatchResult,
+    Heartbeat,
     Hello,
     HostMessage,
     LoadFailed,
@@ -46,6 +47,7 @@ __all__ = [
     "EventKind",
     "FileEvent",
     "Finding",
+    "Heartbeat",
     "Hello",
     "HostMessage",
     "LoadFailed",
@@ -84,8 +86,7 @@ MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 
 def event_kind(event: Event) -> EventKind | None:
     """The kind of ``event`` ("process", "file" or "network"), or None if it has none."""
-    kind = event.WhichOneof("kind")
-    return kind  # type: ignore[return-value]  # the oneof's names are exactly EventKind
+    return event.WhichOneof("kind")
 
 
 def _varint(value: int) -> bytes:

@@ -31,10 +31,11 @@ _FILES: Final = ["/etc/hosts", "/home/dev/notes.txt", "/tmp/build.log", "/var/lo
 
 
 class SyntheticSource:
-    """Generates events at ``rate`` per second (0: as fast as possible), ``limit`` in all (0: no limit)."""
+    """Generates ``rate`` events a second (0: at full speed), ``limit`` in all (0: no end)."""
 
-    def __init__(self, rate: float = 200.0, limit: int = 0, seed: int = 1,
-                 attack_every: int = 50) -> None:
+    def __init__(
+        self, rate: float = 200.0, limit: int = 0, seed: int = 1, attack_every: int = 50
+    ) -> None:
         self.rate = rate
         self.limit = limit
         self._rng = random.Random(seed)
@@ -49,22 +50,53 @@ class SyntheticSource:
         roll = n % 10
         if n % self._attack_every == 0:
             cmdline, parent = rng.choice(_SUSPICIOUS_EXECS)
-            event.process.CopyFrom(ProcessEvent(
-                action=ProcessEvent.START, pid=pid, ppid=pid - 1, exe=cmdline[0], cmdline=cmdline,
-                cwd="/tmp", uid=1000, user="dev", parent_exe=parent, parent_cmdline=[parent]))
+            event.process.CopyFrom(
+                ProcessEvent(
+                    action=ProcessEvent.START,
+                    pid=pid,
+                    ppid=pid - 1,
+                    exe=cmdline[0],
+                    cmdline=cmdline,
+                    cwd="/tmp",
+                    uid=1000,
+                    user="dev",
+                    parent_exe=parent,
+                    parent_cmdline=[parent],
+                )
+            )
         elif roll < 5:
             cmdline, parent = rng.choice(_BENIGN_EXECS)
-            event.process.CopyFrom(ProcessEvent(
-                action=ProcessEvent.START, pid=pid, ppid=pid - 1, exe=cmdline[0], cmdline=cmdline,
-                cwd="/home/dev", uid=1000, user="dev", parent_exe=parent, parent_cmdline=[parent]))
+            event.process.CopyFrom(
+                ProcessEvent(
+                    action=ProcessEvent.START,
+                    pid=pid,
+                    ppid=pid - 1,
+                    exe=cmdline[0],
+                    cmdline=cmdline,
+                    cwd="/home/dev",
+                    uid=1000,
+                    user="dev",
+                    parent_exe=parent,
+                    parent_cmdline=[parent],
+                )
+            )
         elif roll < 8:
-            event.file.CopyFrom(FileEvent(action=FileEvent.MODIFIED, path=rng.choice(_FILES),
-                                          pid=pid))
+            event.file.CopyFrom(
+                FileEvent(action=FileEvent.MODIFIED, path=rng.choice(_FILES), pid=pid)
+            )
         else:
-            event.network.CopyFrom(NetworkEvent(
-                action=NetworkEvent.CONNECT, pid=pid, exe="/usr/bin/curl", protocol="tcp",
-                local_address="10.0.0.5", local_port=40000 + n % 20000,
-                remote_address="93.184.215.14", remote_port=443))
+            event.network.CopyFrom(
+                NetworkEvent(
+                    action=NetworkEvent.CONNECT,
+                    pid=pid,
+                    exe="/usr/bin/curl",
+                    protocol="tcp",
+                    local_address="10.0.0.5",
+                    local_port=40000 + n % 20000,
+                    remote_address="93.184.215.14",
+                    remote_port=443,
+                )
+            )
         return event
 
     async def __aiter__(self) -> AsyncIterator[Event]:

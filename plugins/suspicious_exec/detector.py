@@ -26,8 +26,8 @@ class SuspiciousExec(Plugin):
                 rule="exec_from_writable_dir",
                 severity=Severity.HIGH,
                 message=f"{process.exe} executed from a world-writable folder "
-                        f"(pid {process.pid}, user {process.user or process.uid}, "
-                        f"parent {process.parent_exe or process.ppid})",
+                f"(pid {process.pid}, user {process.user or process.uid}, "
+                f"parent {process.parent_exe or process.ppid})",
                 attributes={"exe": process.exe, "cmdline": " ".join(process.cmdline)},
                 techniques=("T1036",),
             )

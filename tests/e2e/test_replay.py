@@ -1,0 +1,176 @@
+"""End to end: the real agent-host command, real worker processes, real gRPC."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agent_host.protocol import Event, FileEvent, NetworkEvent
+from tests.helpers import agent_host, exec_event, parse_logs, read_findings, recording, use_plugin
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def mixed_events(n: int) -> list[Event]:
+    """n events: processes (every 37th from /tmp), files and network connections."""
+    events: list[Event] = []
+    for i in range(1, n + 1):
+        if i % 3 == 0:
+            events.append(Event(file=FileEvent(action=FileEvent.MODIFIED, path=f"/etc/f{i}")))
+        elif i % 5 == 0:
+            events.append(
+                Event(
+                    network=NetworkEvent(
+                        action=NetworkEvent.CONNECT, pid=i, remote_address="10.9.8.7", remote_port=i
+                    )
+                )
+            )
+        else:
+            events.append(exec_event(f"/tmp/m{i}" if i % 37 == 0 else f"/usr/bin/p{i}", pid=i))
+    return events
+
+
+def kind_seqs(events: list[Event], kinds: set[str]) -> list[int]:
+    """Host sequence numbers (1-based line order) of the events of ``kinds``."""
+    return [i for i, e in enumerate(events, 1) if e.WhichOneof("kind") in kinds]
+
+
+class TestReplay:
+    """A replay through several plugins yields exactly the expected findings."""
+
+    def test_every_event_reaches_every_subscriber_exactly_once(self, tmp_path: Path) -> None:
+        plugins = tmp_path / "plugins"
+        for name in ("exec_from_tmp", "tally", "tally_files"):
+            use_plugin(plugins, name)
+        events = mixed_events(2000)
+        recording(tmp_path / "rec.jsonl", events)
+
+        run = agent_host(
+            ["replay", "rec.jsonl", "--plugins", str(plugins), "--batch-size", "7"], cwd=tmp_path
+        )
+
+        assert run.returncode == 0, run.stderr
+        tmp_seqs = [i for i, e in enumerate(events, 1) if e.process.exe.startswith("/tmp/")]
+        detections = [f for f in run.findings if f.plugin == "exec_from_tmp"]
+        assert sorted(f.event_ids[0] for f in detections) == tmp_seqs
+        for f in detections:
+            assert f.plugin_version == "1.3" and f.rule == "exec_tmp" and f.severity == f.HIGH
+            assert list(f.techniques) == ["T1036"] and f.host and len(f.id) == 32
+            assert f.HasField("time")
+            assert events[f.event_ids[0] - 1].process.exe == f"/tmp/m{f.event_ids[0]}"
+
+        for plugin, kinds in (("tally", {"process"}), ("tally_files", {"file", "network"})):
+            expected = kind_seqs(events, kinds)
+            tally = next(f for f in run.findings if f.plugin == plugin)
+            assert dict(tally.attributes) == {
+                "events": str(len(expected)),
+                "distinct": str(len(expected)),
+                "duplicates": "0",
+                "seq_sum": str(sum(expected)),
+                "kinds": ",".join(sorted(kinds)),
+            }
+            row = run.plugin(plugin)
+            assert (row["delivered"], row["processed"]) == (len(expected), len(expected))
+            assert (row["redelivered"], row["undelivered"], row["restarts"]) == (0, 0, "0")
+            assert row["state"] == "stopped"
+        assert run.summary is not None and run.summary["events"] == 2000
+        assert len(run.findings) == len(tmp_seqs) + 2
+
+    def test_findings_on_terminal_and_plugin_output_in_host_log(self, tmp_path: Path) -> None:
+        plugins = tmp_path / "plugins"
+        use_plugin(plugins, "exec_from_tmp")
+        recording(tmp_path / "rec.jsonl", [exec_event("/usr/bin/ls"), exec_event("/tmp/evil")])
+
+        run = agent_host(["replay", "rec.jsonl", "--plugins", str(plugins)], cwd=tmp_path)
+
+        assert run.returncode == 0
+        assert "exec_from_tmp/exec_tmp: exec /tmp/evil" in run.stdout
+        assert "HIGH" in run.stdout
+        started = run.logs_with("plugin started")[0]
+        pid = started["pid"]
+        output = {
+            (e["stream"], e["line"])
+            for e in run.logs_with("plugin output")
+            if e["plugin"] == "exec_from_tmp" and e["pid"] == pid
+        }
+        assert ("stdout", "exec_from_tmp says hello on stdout") in output
+        assert ("stderr", "exec_from_tmp says hello on stderr") in output
+        record = run.logs_with("caught /tmp/evil")[0]
+        assert (record["plugin"], record["pid"], record["level"]) == (
+            "exec_from_tmp",
+            pid,
+            "warning",
+        )
+
+    def test_host_stamps_findings_and_rejects_foreign_event_ids(self, tmp_path: Path) -> None:
+        plugins = tmp_path / "plugins"
+        use_plugin(plugins, "forger")
+        recording(tmp_path / "rec.jsonl", [exec_event(f"/usr/bin/x{i}") for i in range(5)])
+
+        run = agent_host(["replay", "rec.jsonl", "--plugins", str(plugins)], cwd=tmp_path)
+
+        assert run.returncode == 0
+        assert sorted(f.message for f in run.findings) == [f"on {i}" for i in range(1, 6)]
+        for f in run.findings:
+            assert (f.plugin, f.plugin_version, f.rule) == ("forger", "0.9", "forged")
+            assert f.host != "elsewhere"
+        rejected = run.logs_with("finding rejected")
+        assert len(rejected) == 5 and all(r["plugin"] == "forger" for r in rejected)
+        assert "events it was not given" in rejected[0]["problem"]
+
+
+class TestShutdown:
+    """SIGINT/SIGTERM: every accepted event is delivered and its findings written before exit."""
+
+    def test_sigterm_drains_everything_accepted(self, tmp_path: Path) -> None:
+        plugins = tmp_path / "plugins"
+        use_plugin(plugins, "tally")
+        (plugins / "suspicious_exec").symlink_to(REPO / "plugins" / "suspicious_exec")
+        log_path = tmp_path / "host.log"
+        with log_path.open("w") as log_file:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "agent_host",
+                    "--log-format",
+                    "json",
+                    "run",
+                    "--source",
+                    "synthetic",
+                    "--rate",
+                    "5000",
+                    "--plugins",
+                    str(plugins),
+                    "--findings",
+                    "f.jsonl",
+                    "--summary-json",
+                    "s.json",
+                    "--quiet",
+                ],
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+            )
+            deadline = time.monotonic() + 60
+            while "plugin started" not in log_path.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, log_path.read_text()
+        summary = json.loads((tmp_path / "s.json").read_text())
+        findings = read_findings(tmp_path / "f.jsonl")
+        tally = next(f for f in findings if f.plugin == "tally")
+        # Every accepted process event reached the tally plugin, once.
+        processed = next(p for p in summary["plugins"] if p["plugin"] == "tally")["processed"]
+        assert int(tally.attributes["events"]) == processed == int(tally.attributes["distinct"])
+        assert processed > 1000
+        assert summary["events"] >= processed
+        attacks = [f for f in findings if f.plugin == "suspicious_exec"]
+        assert len(attacks) == summary["events"] // 50  # the synthetic source: 1 in 50
+        errors = [e for e in parse_logs(log_path.read_text()) if e.get("level") == "error"]
+        assert errors == []

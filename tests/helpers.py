@@ -1,0 +1,130 @@
+"""Shared test helpers: make plugins and recordings, run the real agent-host command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent_host.protocol import Event, Finding, ProcessEvent, message_from_json
+from agent_host.sensors.replay import write_recording
+
+TEST_PLUGINS = Path(__file__).parent / "plugins"
+
+
+def make_plugin(
+    root: Path,
+    name: str,
+    code: str,
+    subscribe: tuple[str, ...] = ("process",),
+    extra_toml: str = "",
+    entrypoint: str | None = None,
+) -> Path:
+    """Write a plugin folder under ``root`` and return it."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    kinds = ", ".join(f'"{k}"' for k in subscribe)
+    (folder / "plugin.toml").write_text(
+        textwrap.dedent(f"""\
+        [plugin]
+        name = "{name}"
+        version = "1.0"
+        entrypoint = "{entrypoint or "detector:Detector"}"
+        subscribe = [{kinds}]
+        """)
+        + textwrap.dedent(extra_toml)
+    )
+    (folder / "detector.py").write_text(textwrap.dedent(code))
+    return folder
+
+
+def use_plugin(root: Path, name: str) -> Path:
+    """Link one of tests/plugins/ into ``root`` (a plugins folder for one test)."""
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / name
+    target.symlink_to(TEST_PLUGINS / name, target_is_directory=True)
+    return target
+
+
+def exec_event(exe: str, pid: int = 100) -> Event:
+    return Event(
+        process=ProcessEvent(
+            action=ProcessEvent.START,
+            pid=pid,
+            ppid=1,
+            exe=exe,
+            cmdline=[exe],
+            user="dev",
+            parent_exe="/usr/bin/bash",
+        )
+    )
+
+
+def recording(path: Path, events: list[Event]) -> Path:
+    write_recording(path, events)
+    return path
+
+
+@dataclass
+class HostRun:
+    returncode: int
+    stdout: str
+    stderr: str
+    logs: list[dict[str, Any]]
+    summary: dict[str, Any] | None
+    findings: list[Finding]
+
+    def plugin(self, name: str) -> dict[str, Any]:
+        assert self.summary is not None, self.stderr
+        return next(p for p in self.summary["plugins"] if p["plugin"] == name)
+
+    def logs_with(self, event: str) -> list[dict[str, Any]]:
+        return [entry for entry in self.logs if entry.get("event") == event]
+
+
+def read_findings(path: Path) -> list[Finding]:
+    if not path.exists():
+        return []
+    return [message_from_json(line, Finding()) for line in path.read_text().splitlines()]
+
+
+def agent_host(args: list[str], cwd: Path, timeout: float = 120) -> HostRun:
+    """Run the real ``agent-host`` command with JSON logs; collect what it wrote."""
+    findings = cwd / "findings.jsonl"
+    summary = cwd / "summary.json"
+    findings.unlink(missing_ok=True)
+    summary.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "agent_host", "--log-format", "json", *args]
+    if args and args[0] in ("replay", "run"):
+        command += ["--findings", str(findings), "--summary-json", str(summary)]
+    proc = subprocess.run(
+        command,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    return HostRun(
+        returncode=proc.returncode,
+        stdout=proc.stdout,
+        stderr=proc.stderr,
+        logs=parse_logs(proc.stderr),
+        summary=json.loads(summary.read_text()) if summary.exists() else None,
+        findings=read_findings(findings),
+    )
+
+
+def parse_logs(text: str) -> list[dict[str, Any]]:
+    entries = []
+    for line in text.splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            entries.append({"event": "(not json)", "line": line})
+    return entries

@@ -1,0 +1,114 @@
+"""Manifests are validated without importing plugin code, with errors that name file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent_host.errors import ManifestError
+from agent_host.manifest import Limits, Manifest, discover
+from tests.helpers import make_plugin
+
+CODE = "from agent_host.sdk import Plugin\nclass Detector(Plugin):\n    pass\n"
+
+
+class TestManifest:
+    """A good manifest loads; each kind of bad one raises a ManifestError that says what."""
+
+    def test_good_manifest(self, tmp_path: Path) -> None:
+        folder = make_plugin(
+            tmp_path,
+            "good",
+            CODE,
+            ("process", "file"),
+            extra_toml="""
+            [limits]
+            memory_mb = 128
+            batch_deadline_s = 2
+            [config]
+            threshold = 200
+            """,
+        )
+        m = Manifest.load(folder / "plugin.toml")
+        assert m.name == "good" and m.subscribe == {"process", "file"}
+        assert m.limits.memory_mb == 128 and m.limits.batch_deadline_s == 2.0
+        assert isinstance(m.limits.batch_deadline_s, float)
+        assert m.config_json == '{"threshold": 200}'
+
+    @pytest.mark.parametrize(
+        ("toml", "key", "words"),
+        [
+            ("[plugin\nname=", None, "not valid TOML"),
+            ("[other]\n", None, "missing [plugin] table"),
+            (
+                '[plugin]\nname="x"\nversion="1"\nsubscribe=["process"]\n',
+                "plugin.entrypoint",
+                "missing",
+            ),
+            (
+                '[plugin]\nname="x"\nversion="1"\nentrypoint="nope:X"\nsubscribe=["process"]\n',
+                "plugin.entrypoint",
+                "module 'nope' not found",
+            ),
+            (
+                '[plugin]\nname="x"\nversion="1"\nentrypoint="detector"\nsubscribe=["process"]\n',
+                "plugin.entrypoint",
+                "'module:Class'",
+            ),
+            (
+                '[plugin]\nname="x"\nversion="1"\nentrypoint="detector:D"\nsubscribe=["dns"]\n',
+                "plugin.subscribe",
+                "non-empty list of process, file, network",
+            ),
+            (
+                '[plugin]\nname="Bad Name"\nversion="1"\nentrypoint="detector:D"\n'
+                'subscribe=["file"]\n',
+                "plugin.name",
+                "not a valid name",
+            ),
+            (
+                '[plugin]\nname="x"\nversion="1"\nentrypoint="detector:D"\nsubscribe=["file"]\n'
+                "[limits]\nmemroy_mb=5\n",
+                "limits.memroy_mb",
+                "unknown limit",
+            ),
+            (
+                '[plugin]\nname="x"\nversion="1"\nentrypoint="detector:D"\nsubscribe=["file"]\n'
+                "[limits]\nmemory_mb=-5\n",
+                "limits.memory_mb",
+                "positive number",
+            ),
+        ],
+    )
+    def test_bad_manifest(self, tmp_path: Path, toml: str, key: str | None, words: str) -> None:
+        (tmp_path / "detector.py").write_text(CODE)
+        path = tmp_path / "plugin.toml"
+        path.write_text(toml)
+        with pytest.raises(ManifestError) as info:
+            Manifest.load(path)
+        assert info.value.key == key
+        assert words in str(info.value)
+        assert str(path) in str(info.value)
+
+
+class TestDiscover:
+    """discover() keeps the good plugins and reports each bad one, without importing any."""
+
+    def test_bad_ones_reported_good_ones_kept(self, tmp_path: Path) -> None:
+        make_plugin(tmp_path, "alpha", CODE)
+        make_plugin(tmp_path, "beta", "raise SystemExit('imported!')\n")  # must not be imported
+        broken = make_plugin(tmp_path, "gamma", CODE)
+        (broken / "plugin.toml").write_text("[plugin]\nname = 'gamma'\n")
+        dup = make_plugin(tmp_path, "zeta", CODE)
+        (dup / "plugin.toml").write_text((tmp_path / "alpha" / "plugin.toml").read_text())
+        found = discover(tmp_path)
+        assert [m.name for m in found.manifests] == ["alpha", "beta"]
+        assert [(e.path.parent.name, e.key) for e in found.errors] == [
+            ("gamma", "plugin.version"),
+            ("zeta", "plugin.name"),
+        ]
+
+    def test_limits_defaults_are_sane(self) -> None:
+        limits = Limits()
+        assert 0 < limits.batch_deadline_s <= 30 and limits.memory_mb >= 64
