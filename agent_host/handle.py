@@ -38,7 +38,14 @@ _PACKAGE_ROOT: Final = str(Path(__file__).resolve().parent.parent)
 _OUTPUT_LINE_MAX: Final = 4096
 _OUTPUT_LINES_PER_S: Final = 200.0
 
+#: How long a worker that hung up its session has to exit by itself before it is killed.
+_SESSION_END_GRACE_S: Final = 0.5
+
 FindingsCallback = Callable[["WorkerHandle", list[Finding]], Awaitable[None]]
+
+
+class _SessionEndedError(Exception):
+    """The worker's side of the session ended without a goodbye."""
 
 
 def describe_exit(returncode: int) -> str:
@@ -309,9 +316,25 @@ class WorkerHandle:
         except ProtocolError as exc:
             self._log.error("worker broke the protocol", error=exc.message)
             self.kill("protocol violation")
-        except (grpc.aio.AioRpcError, ConnectionError, asyncio.InvalidStateError) as exc:
-            self._log.warning("session lost", error=str(exc))
-            self.kill("session lost")
+        except (
+            _SessionEndedError,
+            grpc.aio.AioRpcError,
+            ConnectionError,
+            asyncio.InvalidStateError,
+        ):
+            # Usually the process is dying and its exit status, not this, is the cause: wait a
+            # moment for it. A worker that hangs up and stays alive is killed.
+            await self._exit_or_kill("closed its session")
+
+    async def _exit_or_kill(self, why: str) -> None:
+        proc = self.process
+        if proc is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), _SESSION_END_GRACE_S)
+        except TimeoutError:
+            self._log.warning("worker closed its session but kept running; killing it")
+            self.kill(why)
 
     async def _converse(
         self,
@@ -340,7 +363,7 @@ class WorkerHandle:
                 return
             self._handle_side_message(message)
         else:
-            return
+            raise _SessionEndedError
         self.state = State.RUNNING
         self._running_since = time.monotonic()
         if self._ready is not None and not self._ready.done():
@@ -352,7 +375,7 @@ class WorkerHandle:
                 if await self._receive(message):
                     return
             if not sender.done():  # the worker hung up on us
-                raise ProtocolError(self.name, "closed its session unasked")
+                raise _SessionEndedError
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -197,10 +197,14 @@ def serve(channel: grpc.Channel, worker_id: str, token: bytes) -> int:
     threading.Thread(target=_heartbeat, args=(outbox, stopping), daemon=True).start()
 
     runtime: Runtime | None = None
-    code = EXIT_SESSION_LOST
+    # Set once our last message is queued. We keep reading after that: the host ends the stream
+    # once it has that message, and leaving earlier would tear the call down with it unsent.
+    last_word: int | None = None
     try:
         for message in WorkerSessionStub(channel).Session(_drain(outbox)):
             body = message.WhichOneof("body")
+            if last_word is not None:
+                continue
             if body == "batch" and runtime is not None:
                 outbox.put(runtime.process(message.batch))
             elif body == "start":
@@ -209,22 +213,21 @@ def serve(channel: grpc.Channel, worker_id: str, token: bytes) -> int:
                 except BaseException as exc:  # SystemExit at import is a load failure too
                     reason = describe_exception(exc, Path(message.start.plugin_dir))
                     outbox.put(WorkerMessage(load_failed=LoadFailed(reason=reason)))
-                    code = EXIT_LOAD_ERROR
-                    break
+                    outbox.put(None)
+                    last_word = EXIT_LOAD_ERROR
+                    continue
                 outbox.put(WorkerMessage(ready=Ready()))
             elif body == "stop":
                 if runtime is not None:
                     outbox.put(runtime.stop())
                 outbox.put(None)
-                # Keep reading: the host ends the stream once it has our last message. Leaving
-                # now would tear the call down with Stopped still unsent.
-                code = EXIT_OK
+                last_word = EXIT_OK
     except grpc.RpcError:
-        code = EXIT_SESSION_LOST
+        pass
     finally:
         stopping.set()
         outbox.put(None)
-    return code
+    return EXIT_SESSION_LOST if last_word is None else last_word
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -128,3 +128,9 @@ def parse_logs(text: str) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             entries.append({"event": "(not json)", "line": line})
     return entries
+
+
+def message_to_json_line(event: Event) -> str:
+    from agent_host.protocol import message_to_json
+
+    return message_to_json(event)

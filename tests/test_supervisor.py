@@ -1,0 +1,126 @@
+"""The supervisor with real worker processes: authentication, and surviving a killed worker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import stat
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import pytest
+import structlog
+
+from agent_host.config import HostConfig
+from agent_host.findings import FindingSink
+from agent_host.manifest import Manifest
+from agent_host.protocol import Hello, LogRecord, WorkerMessage, WorkerSessionStub
+from agent_host.stats import State
+from agent_host.supervisor import Supervisor
+from tests.helpers import TEST_PLUGINS, exec_event, read_findings
+
+T = TypeVar("T")
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def manifests(*names: str) -> list[Manifest]:
+    return [Manifest.load(TEST_PLUGINS / n / "plugin.toml") for n in names]
+
+
+class TestAuthentication:
+    """Only a worker holding its spawn's secret gets a session; the socket is private."""
+
+    @pytest.mark.parametrize(
+        "first_message",
+        ["wrong secret for a real worker id", "unknown worker id", "no hello at all"],
+    )
+    def test_session_without_the_secret_is_refused(
+        self, tmp_path: Path, first_message: str
+    ) -> None:
+        async def scenario() -> None:
+            sup = Supervisor(
+                HostConfig(), manifests("tally"), FindingSink(tmp_path / "f.jsonl", None)
+            )
+            await sup.start()
+            handle = sup.handles["tally"]
+            runtime_dir = sup.socket_path.parent
+            assert stat.S_IMODE(runtime_dir.stat().st_mode) == 0o700
+            assert stat.S_IMODE(sup.socket_path.stat().st_mode) == 0o600
+            message = {
+                "wrong secret for a real worker id": WorkerMessage(
+                    hello=Hello(worker_id=handle.worker_id, token=os.urandom(32))
+                ),
+                "unknown worker id": WorkerMessage(
+                    hello=Hello(worker_id="x" * 32, token=os.urandom(32))
+                ),
+                "no hello at all": WorkerMessage(log=LogRecord(message="let me in")),
+            }[first_message]
+            async with grpc.aio.insecure_channel(f"unix:{sup.socket_path}") as channel:
+                call = WorkerSessionStub(channel).Session()
+                await call.write(message)
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call.read()
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # The real worker is untouched and still serves.
+            for i in range(100):
+                await sup.publish(exec_event(f"/usr/bin/e{i}"))
+            await sup.stop()
+            sup.sink.close()
+            assert sup.refused_sessions == 1
+            assert handle.stats.processed == 100
+            assert handle.state is State.STOPPED
+            assert not runtime_dir.exists()
+
+        run(scenario())
+
+
+class TestWorkerDeath:
+    """A worker killed with SIGKILL: the host logs it, keeps running, and loses nothing."""
+
+    def test_sigkill_one_worker_others_complete(self, tmp_path: Path) -> None:
+        findings_path = tmp_path / "f.jsonl"
+
+        async def scenario() -> Supervisor:
+            sup = Supervisor(
+                HostConfig(batch_size=16),
+                manifests("exec_from_tmp", "tally"),
+                FindingSink(findings_path, None),
+            )
+            await sup.start()
+            victim = sup.handles["exec_from_tmp"]
+            first_pid = victim.pid
+            assert first_pid is not None
+            for i in range(1, 3001):
+                await sup.publish(exec_event("/tmp/x" if i % 10 == 0 else "/usr/bin/y", pid=i))
+                if i == 1500:
+                    os.killpg(first_pid, signal.SIGKILL)
+                if i % 100 == 0:
+                    await asyncio.sleep(0.005)
+            await sup.stop()
+            sup.sink.close()
+            assert victim.pid != first_pid
+            return sup
+
+        with structlog.testing.capture_logs() as logs:
+            sup = run(scenario())
+
+        died = [e for e in logs if e["event"] == "worker died"]
+        assert [(e["plugin"], e["cause"]) for e in died] == [("exec_from_tmp", "signal SIGKILL")]
+        findings = read_findings(findings_path)
+        tally = next(f for f in findings if f.plugin == "tally")
+        assert tally.attributes["events"] == tally.attributes["distinct"] == "3000"
+        assert tally.attributes["seq_sum"] == str(sum(range(1, 3001)))
+        # The killed plugin's replacement got what its predecessor had in flight: nothing is lost.
+        detections = sorted(f.event_ids[0] for f in findings if f.plugin == "exec_from_tmp")
+        assert detections == list(range(10, 3001, 10))
+        victim = sup.handles["exec_from_tmp"]
+        assert dict(victim.stats.restarts) == {"signal": 1}
+        assert victim.stats.processed == 3000
+        assert victim.stats.delivered == 3000 + victim.stats.redelivered
+        assert sup.handles["tally"].stats.restarts == {}
