@@ -1,0 +1,1 @@
+"""Benchmarks: what isolation costs against running the same plugins in-process."""

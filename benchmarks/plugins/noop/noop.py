@@ -1,0 +1,6 @@
+from agent_host.sdk import Plugin
+
+
+class Noop(Plugin):
+    def on_event(self, event):
+        return None
