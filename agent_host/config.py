@@ -30,6 +30,14 @@ class HostConfig:
     start_timeout_s: float = 20.0
     #: How long a worker has to run on_stop and exit before it is killed.
     stop_timeout_s: float = 5.0
+    #: An idle worker that sends nothing (not even a heartbeat) for this long is hung.
+    heartbeat_timeout_s: float = 5.0
+    #: Between SIGTERM and SIGKILL when a worker is stopped for a fault.
+    kill_grace_s: float = 0.5
+    #: How often deadlines are checked; hang detection is this precise.
+    watchdog_interval_s: float = 0.02
+    #: How often memory, CPU and processes are measured.
+    sample_interval_s: float = 0.1
     #: The host name stamped on events and findings that carry none.
     hostname: str = field(default_factory=socket.gethostname)
     #: Where the host keeps state across runs (quarantine, dead letters); None for no state.

@@ -1,7 +1,9 @@
 """The host's view of one plugin: its manifest, its current worker, its session and counters.
 
-A handle outlives the worker processes it starts: when one dies, the handle accounts for it, and
-its replacement resumes from the oldest batch the plugin has not processed.
+A handle outlives the worker processes it starts. When one dies, however it dies, the handle
+records why, restarts it (or quarantines the plugin), and its replacement resumes from the
+oldest batch the plugin has not processed. A batch that fails the plugin twice is bisected to
+find the event that kills it (see ``isolation``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Final
 
 import grpc
+import psutil
 import structlog
 
 from agent_host import worker as worker_module
@@ -26,20 +29,32 @@ from agent_host.config import HostConfig
 from agent_host.errors import ProtocolError
 from agent_host.fanout import Batch, Group
 from agent_host.findings import check
+from agent_host.isolation import Isolation, Piece
 from agent_host.manifest import Manifest
-from agent_host.protocol import Finding, HostMessage, Start, Stop, WorkerMessage
+from agent_host.output import relay_output
+from agent_host.protocol import (
+    EventBatch,
+    Finding,
+    HostMessage,
+    Start,
+    Stop,
+    WorkerMessage,
+    batch_frame,
+    batch_payload,
+)
 from agent_host.restart import RestartPolicy, RestartTracker
+from agent_host.state import StateStore
 from agent_host.stats import PluginStats, State
+from agent_host.watchdog import ResourceMonitor, Verdict, apply_hard_limits
 
 log = structlog.get_logger("agent_host")
 
 #: Where the worker may find agent_host itself, whether installed or run from a checkout.
 _PACKAGE_ROOT: Final = str(Path(__file__).resolve().parent.parent)
-_OUTPUT_LINE_MAX: Final = 4096
-_OUTPUT_LINES_PER_S: Final = 200.0
-
 #: How long a worker that hung up its session has to exit by itself before it is killed.
 _SESSION_END_GRACE_S: Final = 0.5
+#: Ids of the sub-batches sent while isolating a poison event; backlog ids never come near.
+_PIECE_ID_BASE: Final = 1 << 62
 
 FindingsCallback = Callable[["WorkerHandle", list[Finding]], Awaitable[None]]
 
@@ -48,19 +63,16 @@ class _SessionEndedError(Exception):
     """The worker's side of the session ended without a goodbye."""
 
 
-def describe_exit(returncode: int) -> str:
-    """'exit code 3' or 'signal SIGSEGV', for a Popen-style return code."""
+def exit_verdict(returncode: int) -> Verdict:
+    """Why a worker that exited by itself ended: an exit code or a signal."""
+    if returncode == worker_module.EXIT_OUT_OF_MEMORY:
+        return Verdict("memory", "out of memory (hard limit reached)")
     if returncode < 0:
         try:
-            return f"signal {signal.Signals(-returncode).name}"
+            return Verdict("signal", f"signal {signal.Signals(-returncode).name}")
         except ValueError:
-            return f"signal {-returncode}"
-    return f"exit code {returncode}"
-
-
-def cause_of(returncode: int) -> str:
-    """The restart cause counted for an unexpected exit: 'signal' or 'exit'."""
-    return "signal" if returncode < 0 else "exit"
+            return Verdict("signal", f"signal {-returncode}")
+    return Verdict("exit", f"exit code {returncode}")
 
 
 class WorkerHandle:
@@ -75,6 +87,7 @@ class WorkerHandle:
         socket_path: Path,
         on_findings: FindingsCallback,
         restart_policy: RestartPolicy,
+        store: StateStore,
     ) -> None:
         self.manifest = manifest
         self.group = group
@@ -85,22 +98,29 @@ class WorkerHandle:
         self._socket_path = socket_path
         self._on_findings = on_findings
         self._restarts = RestartTracker(restart_policy)
+        self._store = store
         self._log = log.bind(plugin=manifest.name)
 
         # Per spawn.
         self.worker_id = ""
         self._token = b""
         self.process: asyncio.subprocess.Process | None = None
+        self.monitor: ResourceMonitor | None = None
         self._session_task: asyncio.Task[None] | None = None
         self._running_since: float | None = None
         self._ready: asyncio.Future[bool] | None = None
-        self._pending_death_cause = ""
+        self._death: Verdict | None = None  # set by whoever decided this worker must die
+        self._last_heard = 0.0
 
         # Delivery.
         self.cursor = group.backlog.next_id
         self._highest_sent = 0
         self._highest_seq = 0  # on_stop findings may cite any event up to this one
-        self.inflight: dict[int, Batch] = {}
+        self.inflight: dict[int, Batch] = {}  # in send order: the first is being processed
+        self._head_since = 0.0  # when the worker started on the first in-flight batch
+        self._batch_failures: dict[int, int] = {}
+        self._isolation: Isolation | None = None
+        self._piece_ids = _PIECE_ID_BASE
         self._wake = asyncio.Event()
         self._stop_requested = False
         self._stopped = asyncio.Event()
@@ -129,43 +149,55 @@ class WorkerHandle:
         self.worker_id = uuid.uuid4().hex
         self._token = secrets.token_bytes(worker_module.TOKEN_BYTES)
         self._ready = asyncio.get_running_loop().create_future()
+        self._death = None
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "PYTHONPATH": _PACKAGE_ROOT,
             "PYTHONUNBUFFERED": "1",
             "LANG": os.environ.get("LANG", "C.UTF-8"),
         }
-        self.process = await asyncio.create_subprocess_exec(
-            # Not "-m agent_host.worker": that would run the module as __main__, a second copy
-            # beside the agent_host.worker that plugins import.
-            sys.executable,
-            "-c",
-            "import sys; from agent_host.worker import main; sys.exit(main())",
-            "--socket",
-            str(self._socket_path),
-            "--worker-id",
-            self.worker_id,
-            "--host-pid",
-            str(os.getpid()),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=self.manifest.directory,
-            env=env,
-            start_new_session=True,  # its own process group: killed as one, children included
-        )
-        assert self.process.stdin is not None
-        self.process.stdin.write(self._token)
-        await self.process.stdin.drain()
-        self.process.stdin.close()
-        self._log = log.bind(plugin=self.name, pid=self.process.pid)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                # Not "-m agent_host.worker": that would run the module as __main__, a second
+                # copy beside the agent_host.worker that plugins import.
+                sys.executable,
+                "-c",
+                "import sys; from agent_host.worker import main; sys.exit(main())",
+                "--socket",
+                str(self._socket_path),
+                "--worker-id",
+                self.worker_id,
+                "--host-pid",
+                str(os.getpid()),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self.manifest.directory,
+                env=env,
+                start_new_session=True,  # its own process group: killed as one, children too
+            )
+        except OSError as exc:
+            self._log.error("worker could not be started", error=str(exc))
+            await self._after_failure(Verdict("exit", f"could not start: {exc}"), count=True)
+            return
+        self.process = proc
+        self._log = log.bind(plugin=self.name, pid=proc.pid)
+        try:
+            # Before the worker has its secret it runs no plugin code: set its limits now.
+            apply_hard_limits(proc.pid, self.manifest.limits)
+            self.monitor = ResourceMonitor(proc.pid, self.manifest.limits)
+        except psutil.Error as exc:
+            self._log.warning("could not set worker limits", error=str(exc))
+        assert proc.stdin is not None
+        proc.stdin.write(self._token)
+        with contextlib.suppress(ConnectionError):
+            await proc.stdin.drain()
+        proc.stdin.close()
         self._log.debug("worker spawned")
-        proc = self.process
         for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
             if stream is not None:
-                self._spawn_task(self._relay_output(stream, name, proc.pid))
+                self._spawn_task(relay_output(stream, self.name, proc.pid, name))
         self._spawn_task(self._watch(proc))
-        self._spawn_task(self._start_deadline(proc))
 
     async def wait_started(self) -> None:
         """Return once the current worker is ready, or has failed to become so."""
@@ -184,23 +216,84 @@ class WorkerHandle:
         self._token = b""
         return True
 
-    def kill(self, why: str) -> None:
-        """SIGKILL the worker's whole process group (the plugin's children die with it)."""
+    def _signal_group(self, signum: signal.Signals) -> None:
         proc = self.process
-        if proc is None or proc.returncode is not None:
+        if proc is None:
             return
-        self._pending_death_cause = self._pending_death_cause or why
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signum)
 
-    async def _start_deadline(self, proc: asyncio.subprocess.Process) -> None:
-        await asyncio.sleep(self._config.start_timeout_s)
-        if proc is self.process and self.state is State.STARTING and proc.returncode is None:
-            self._log.error("worker did not start in time", limit_s=self._config.start_timeout_s)
-            self.kill("start timeout")
+    def kill(self, verdict: Verdict) -> None:
+        """SIGKILL the worker's whole process group at once."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self._death = self._death or verdict
+        self._signal_group(signal.SIGKILL)
+
+    def terminate(self, verdict: Verdict) -> None:
+        """Stop the worker for ``verdict``: SIGTERM to its group, SIGKILL after a grace period."""
+        proc = self.process
+        if proc is None or proc.returncode is not None or self._death is not None:
+            return
+        self._death = verdict
+        self._log.error("stopping worker", cause=verdict.cause, reason=verdict.detail)
+        self._signal_group(signal.SIGTERM)
+        self._spawn_task(self._escalate(proc))
+
+    async def _escalate(self, proc: asyncio.subprocess.Process) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), self._config.kill_grace_s)
+        except TimeoutError:
+            self._log.warning(
+                "worker ignored SIGTERM; killing it", grace_s=self._config.kill_grace_s
+            )
+            self._signal_group(signal.SIGKILL)
+
+    def check(self, now: float) -> None:
+        """Deadlines: a batch taking too long, an idle worker gone silent, a slow start."""
+        if self._death is not None or self.process is None:
+            return
+        if self.state is State.STARTING:
+            if now - self._last_heard > self._config.start_timeout_s:
+                self.terminate(
+                    Verdict("hang", f"did not start within {self._config.start_timeout_s:g}s")
+                )
+            return
+        if self.state is not State.RUNNING:
+            return
+        deadline = self.manifest.limits.batch_deadline_s
+        if self.inflight and now - self._head_since > deadline:
+            head = next(iter(self.inflight.values()))
+            self.terminate(
+                Verdict(
+                    "hang",
+                    f"batch of {len(head)} events not done within the {deadline:g}s deadline",
+                )
+            )
+        elif not self.inflight and now - self._last_heard > self._config.heartbeat_timeout_s:
+            self.terminate(
+                Verdict("hang", f"no heartbeat for {self._config.heartbeat_timeout_s:g}s")
+            )
+
+    def sample_resources(self, now: float, descendants: list[psutil.Process]) -> None:
+        """Measure the worker against its limits (the supervisor calls this periodically)."""
+        if self.monitor is None or self._death is not None or self.state is not State.RUNNING:
+            return
+        self.monitor.set_descendants(descendants)
+        verdict = self.monitor.sample(now, idle=not self.inflight)
+        self.stats.peak_rss_mib = max(self.stats.peak_rss_mib, self.monitor.peak_rss_mib)
+        if verdict is not None:
+            self.terminate(verdict)
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        self._last_heard = time.monotonic()
         returncode = await proc.wait()
+        # The worker's children die with it, even those it left running.
+        self._signal_group(signal.SIGKILL)
+        if self.monitor is not None:
+            for child in self.monitor.last_descendants():
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
         if self._session_task is not None and not self._session_task.done():
             self._session_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -209,7 +302,8 @@ class WorkerHandle:
 
     async def _reap(self, returncode: int) -> None:
         """Account for a worker that has exited, and decide what comes next."""
-        lost = list(self.inflight.values())
+        head = next(iter(self.inflight.values()), None)
+        in_flight = sum(len(b) for b in self.inflight.values())
         self.inflight.clear()
         self.cursor = self.group.backlog.first_pending(self.name)
         if self._ready is not None and not self._ready.done():
@@ -217,32 +311,79 @@ class WorkerHandle:
         if self.state is State.FAILED:  # the plugin said why it could not load
             await self._give_up(State.FAILED, self.reason)
             return
+        verdict = self._death or exit_verdict(returncode)
         if self._stop_requested:
             if returncode != 0:
-                self._log.warning(
-                    "worker ended badly while stopping",
-                    cause=self._pending_death_cause or describe_exit(returncode),
-                )
+                self._log.warning("worker ended badly while stopping", reason=verdict.detail)
             await self._give_up(State.STOPPED, "")
             return
-        how = self._pending_death_cause or describe_exit(returncode)
-        cause = {"start timeout": "hang"}.get(
-            self._pending_death_cause, self._pending_death_cause or cause_of(returncode)
+        self._log.error("worker died", cause=verdict.detail, in_flight_events=in_flight)
+        count = await self._attribute(head, verdict)
+        await self._after_failure(verdict, count=count)
+
+    async def _attribute(self, head: Batch | None, verdict: Verdict) -> bool:
+        """Charge the failure to the batch being processed; True if it counts as a failure.
+
+        A failure that narrows down a poison event under isolation is progress, not a crash
+        loop: it is not counted, and the next worker starts at once. The dead letter it ends
+        in is counted.
+        """
+        if head is None:
+            return True
+        iso = self._isolation
+        if iso is not None and head.batch_id >= _PIECE_ID_BASE:
+            poison = iso.failed()
+            if poison is not None:
+                self._dead_letter(poison, verdict)
+            if iso.done:
+                await self._finish_isolation()
+            return poison is not None
+        failures = self._batch_failures.get(head.batch_id, 0) + 1
+        self._batch_failures[head.batch_id] = failures
+        if failures >= 2 and iso is None:
+            del self._batch_failures[head.batch_id]
+            self._isolation = Isolation(head)
+            self._log.warning(
+                "isolating a poison event",
+                batch_events=len(head),
+                first_seq=head.seqs[0],
+                last_seq=head.seqs[-1],
+            )
+        return True
+
+    def _dead_letter(self, piece: Piece, verdict: Verdict) -> None:
+        event = EventBatch.FromString(piece.records[0]).events[0]
+        self._store.add_dead_letter(
+            self.name,
+            self.manifest.version,
+            piece.seqs[0],
+            verdict.detail,
+            event.SerializeToString(),
         )
-        self._pending_death_cause = ""
-        self._log.error("worker died", cause=how, in_flight_events=sum(len(b) for b in lost))
-        delay = self._restarts.record_failure(time.monotonic(), self._running_since)
+        self.stats.dead_lettered += 1
+        self._log.error("event dead-lettered", seq=piece.seqs[0], failure=verdict.detail)
+
+    async def _finish_isolation(self) -> None:
+        iso = self._isolation
+        assert iso is not None
+        self._isolation = None
+        await self.group.backlog.done(self.name, iso.batch)
+        self._log.info("isolation finished", batch_events=len(iso.batch))
+
+    async def _after_failure(self, verdict: Verdict, *, count: bool) -> None:
+        delay: float | None = 0.0
+        if count:
+            delay = self._restarts.record_failure(time.monotonic(), self._running_since)
         self._running_since = None
         if delay is None:
             policy = self._restarts.policy
-            await self._give_up(
-                State.QUARANTINED,
-                f"{policy.burst} failures within {policy.window_s:g}s, last: {how}",
-            )
+            reason = f"{policy.burst} failures within {policy.window_s:g}s, last: {verdict.detail}"
+            self._store.quarantine(self.name, self.manifest.version, reason)
+            await self._give_up(State.QUARANTINED, reason)
             return
-        self.stats.restarts[cause] += 1
+        self.stats.restarts[verdict.cause] += 1
         self.state = State.BACKING_OFF
-        self.reason = how
+        self.reason = verdict.detail
         self._spawn_task(self._restart_after(delay))
 
     async def _restart_after(self, delay: float) -> None:
@@ -255,6 +396,9 @@ class WorkerHandle:
         self.state = state
         self.reason = reason
         missed = await self.group.backlog.unsubscribe(self.name)
+        if self._isolation is not None:  # part of that batch is already settled
+            missed -= self._isolation.settled
+            self._isolation = None
         self.stats.undelivered += missed
         if state is not State.STOPPED or missed:
             self._log.error(
@@ -265,42 +409,12 @@ class WorkerHandle:
             )
         self._stopped.set()
 
-    async def _relay_output(self, stream: asyncio.StreamReader, name: str, pid: int) -> None:
-        """Log the worker's stdout/stderr line by line: bounded lines, bounded rate."""
-        out = log.bind(plugin=self.name, pid=pid, stream=name)
-        pending = b""
-        allowance = _OUTPUT_LINES_PER_S
-        last = time.monotonic()
-        suppressed = 0
-        while chunk := await stream.read(65536):
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            if len(pending) > _OUTPUT_LINE_MAX:
-                lines.append(pending)
-                pending = b""
-            now = time.monotonic()
-            allowance = min(_OUTPUT_LINES_PER_S, allowance + (now - last) * _OUTPUT_LINES_PER_S)
-            last = now
-            for line in lines:
-                if allowance < 1:
-                    suppressed += 1
-                    continue
-                allowance -= 1
-                if suppressed:
-                    out.warning(
-                        "plugin output suppressed",
-                        lines=suppressed,
-                        limit_per_s=_OUTPUT_LINES_PER_S,
-                    )
-                    suppressed = 0
-                text = line[:_OUTPUT_LINE_MAX].decode("utf-8", "replace").rstrip()
-                if len(line) > _OUTPUT_LINE_MAX:
-                    text += f" ... ({len(line) - _OUTPUT_LINE_MAX} bytes cut)"
-                out.info("plugin output", line=text)
-        if suppressed:
-            out.warning(
-                "plugin output suppressed", lines=suppressed, limit_per_s=_OUTPUT_LINES_PER_S
-            )
+    def set_quarantined(self, reason: str) -> None:
+        """Start out quarantined (from an earlier run): never spawned, owed nothing."""
+        self.state = State.QUARANTINED
+        self.reason = reason
+        self.group.backlog.subscribers.discard(self.name)
+        self._stopped.set()
 
     # -- the session ----------------------------------------------------------------------
 
@@ -315,7 +429,7 @@ class WorkerHandle:
             await self._converse(requests, context)
         except ProtocolError as exc:
             self._log.error("worker broke the protocol", error=exc.message)
-            self.kill("protocol violation")
+            self.kill(Verdict("protocol", f"protocol violation: {exc.message}"))
         except (
             _SessionEndedError,
             grpc.aio.AioRpcError,
@@ -324,9 +438,9 @@ class WorkerHandle:
         ):
             # Usually the process is dying and its exit status, not this, is the cause: wait a
             # moment for it. A worker that hangs up and stays alive is killed.
-            await self._exit_or_kill("closed its session")
+            await self._exit_or_kill()
 
-    async def _exit_or_kill(self, why: str) -> None:
+    async def _exit_or_kill(self) -> None:
         proc = self.process
         if proc is None:
             return
@@ -334,7 +448,7 @@ class WorkerHandle:
             await asyncio.wait_for(asyncio.shield(proc.wait()), _SESSION_END_GRACE_S)
         except TimeoutError:
             self._log.warning("worker closed its session but kept running; killing it")
-            self.kill(why)
+            self.kill(Verdict("protocol", "closed its session but kept running"))
 
     async def _converse(
         self,
@@ -353,6 +467,7 @@ class WorkerHandle:
             ).SerializeToString()
         )
         async for message in requests:
+            self._last_heard = time.monotonic()
             body = message.WhichOneof("body")
             if body == "ready":
                 break
@@ -372,6 +487,7 @@ class WorkerHandle:
         sender = asyncio.ensure_future(self._send(context))
         try:
             async for message in requests:
+                self._last_heard = time.monotonic()
                 if await self._receive(message):
                     return
             if not sender.done():  # the worker hung up on us
@@ -381,25 +497,45 @@ class WorkerHandle:
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
 
-    async def _send(self, context: grpc.aio.ServicerContext[WorkerMessage, bytes]) -> None:
+    def _next_batch(self) -> Batch | None:
+        """The next batch to send: a piece of the batch under isolation, or from the backlog."""
+        iso = self._isolation
+        if iso is not None:
+            piece = iso.current()
+            if self.inflight or piece is None:
+                return None  # pieces go one at a time: a failure must point at one of them
+            self._piece_ids += 1
+            frame = batch_frame(batch_payload(self._piece_ids, piece.records))
+            return Batch(self._piece_ids, frame, piece.records, piece.seqs, set())
         backlog = self.group.backlog
-        window = self._config.window
+        while len(self.inflight) < self._config.window and self.cursor < backlog.next_id:
+            batch = backlog.get(self.cursor)
+            self.cursor += 1
+            if batch is not None and self.name in batch.pending:
+                return batch
+        return None
+
+    async def _send(self, context: grpc.aio.ServicerContext[WorkerMessage, bytes]) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while len(self.inflight) < window and self.cursor < backlog.next_id:
-                batch = backlog.get(self.cursor)
-                self.cursor += 1
-                if batch is None or self.name not in batch.pending:
-                    continue
+            while (batch := self._next_batch()) is not None:
+                if not self.inflight:
+                    self._head_since = time.monotonic()
                 self.inflight[batch.batch_id] = batch
                 self.stats.delivered += len(batch)
-                if batch.batch_id <= self._highest_sent:
+                if batch.batch_id >= _PIECE_ID_BASE or batch.batch_id <= self._highest_sent:
                     self.stats.redelivered += len(batch)
-                self._highest_sent = max(self._highest_sent, batch.batch_id)
+                else:
+                    self._highest_sent = batch.batch_id
                 self._highest_seq = max(self._highest_seq, batch.seqs[-1])
                 await context.write(batch.frame)
-            if self._stop_requested and not self.inflight and self.cursor >= backlog.next_id:
+            if (
+                self._stop_requested
+                and not self.inflight
+                and self._isolation is None
+                and self.cursor >= self.group.backlog.next_id
+            ):
                 await context.write(HostMessage(stop=Stop()).SerializeToString())
                 return
 
@@ -423,24 +559,25 @@ class WorkerHandle:
             record = message.log
             level = min(max(record.level, 10), 50)
             log.log(level, record.message, plugin=self.name, pid=self.pid, logger=record.logger)
-        elif body == "heartbeat":
-            pass
-        else:
+        elif body != "heartbeat":
             raise ProtocolError(self.name, f"sent {body!r} where it was not expected")
 
     async def _on_result(self, message: WorkerMessage) -> None:
         result = message.result
-        batch = self.inflight.pop(result.batch_id, None)
-        if batch is None:
+        batch = self.inflight.get(result.batch_id)
+        if batch is None or batch is not next(iter(self.inflight.values())):
             raise ProtocolError(
-                self.name, f"answered batch {result.batch_id}, which it was not given"
+                self.name,
+                f"answered batch {result.batch_id}, which it was not given or not given next",
             )
         if result.processed != len(batch):
             raise ProtocolError(
                 self.name,
-                f"processed {result.processed} of the "
-                f"{len(batch)} events in batch {batch.batch_id}",
+                f"processed {result.processed} of the {len(batch)} "
+                f"events in batch {batch.batch_id}",
             )
+        del self.inflight[result.batch_id]
+        self._head_since = time.monotonic()
         limit = self.manifest.limits.max_findings_per_event * len(batch)
         findings = list(result.findings)
         if len(findings) > limit:
@@ -448,15 +585,22 @@ class WorkerHandle:
                 "findings rejected: too many",
                 count=len(findings),
                 limit=limit,
-                batch=batch.batch_id,
+                first_seq=batch.seqs[0],
             )
             self.stats.rejected_findings += len(findings)
             findings = []
-        allowed = set(batch.seqs) if findings else set()
-        await self._accept(findings, allowed, None)
+        await self._accept(findings, set(batch.seqs) if findings else set(), None)
         self.stats.processed += len(batch)
         self.stats.errors += result.errors
-        await self.group.backlog.done(self.name, batch)
+        if batch.batch_id >= _PIECE_ID_BASE:
+            iso = self._isolation
+            assert iso is not None
+            iso.passed()
+            if iso.done:
+                await self._finish_isolation()
+        else:
+            self._batch_failures.pop(batch.batch_id, None)
+            await self.group.backlog.done(self.name, batch)
         self._wake.set()
 
     async def _accept(
@@ -493,5 +637,5 @@ class WorkerHandle:
             await asyncio.wait_for(self._stopped.wait(), timeout)
         except TimeoutError:
             self._log.warning("worker did not stop in time; killing it", limit_s=timeout)
-            self.kill("stop timeout")
+            self.kill(Verdict("hang", "did not stop in time"))
             await self._stopped.wait()

@@ -28,7 +28,8 @@ class Limits:
 
     batch_deadline_s: float = 5.0
     memory_mb: int = 512
-    cpu_percent: float = 90.0
+    #: CPU used while idle (no batch in hand), in percent of one core, over cpu_window_s.
+    cpu_percent: float = 50.0
     cpu_window_s: float = 10.0
     open_files: int = 256
     processes: int = 64

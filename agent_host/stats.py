@@ -39,6 +39,7 @@ class PluginStats:
     duplicate_findings: int = 0
     rejected_findings: int = 0
     restarts: Counter[str] = field(default_factory=Counter)
+    peak_rss_mib: float = 0.0
 
     def status(self, name: str, version: str, state: State, reason: str) -> PluginStatus:
         return PluginStatus(

@@ -29,7 +29,9 @@ from agent_host.manifest import Manifest
 from agent_host.protocol import EVENT_KINDS, Event, EventKind, Finding, event_kind, event_record
 from agent_host.restart import RestartPolicy
 from agent_host.session import SessionServer
+from agent_host.state import StateStore
 from agent_host.stats import State
+from agent_host.watchdog import Verdict, descendants_by_root
 
 log = structlog.get_logger("agent_host")
 
@@ -47,6 +49,7 @@ class Supervisor:
         self.config = config
         self.sink = sink
         self._restart_policy = restart_policy or RestartPolicy()
+        self.store = StateStore(config.state_dir)
         self._manifests = list(manifests)
         self._runtime_dir = Path(tempfile.mkdtemp(prefix="agent-host-"))  # mode 0700
         self._server = SessionServer(self._runtime_dir / "host.sock", self._claim)
@@ -57,7 +60,7 @@ class Supervisor:
         self._seq = 0
         self.accepted = 0
         self.rejected_events = 0
-        self._flusher: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     @property
     def socket_path(self) -> Path:
@@ -92,10 +95,20 @@ class Supervisor:
                 socket_path=self.socket_path,
                 on_findings=self._on_findings,
                 restart_policy=self._restart_policy,
+                store=self.store,
             )
-        await asyncio.gather(*(h.spawn() for h in self.handles.values()))
-        await asyncio.gather(*(h.wait_started() for h in self.handles.values()))
-        self._flusher = asyncio.create_task(self._flush_periodically())
+        quarantined = self.store.quarantined()
+        for name, q in quarantined.items():
+            if name in self.handles:
+                self.handles[name].set_quarantined(
+                    f"quarantined since an earlier run: {q.reason} "
+                    f"(lift with: agent-host plugins --release {name})"
+                )
+        to_start = [h for h in self.handles.values() if h.name not in quarantined]
+        self._background.append(asyncio.create_task(self._watch_workers()))
+        await asyncio.gather(*(h.spawn() for h in to_start))
+        await asyncio.gather(*(h.wait_started() for h in to_start))
+        self._background.append(asyncio.create_task(self._flush_periodically()))
         for handle in self.handles.values():
             log.info(
                 "plugin started" if handle.state is State.RUNNING else "plugin not started",
@@ -141,6 +154,27 @@ class Supervisor:
                 if group.age(now) >= interval:
                     await group.flush()
 
+    async def _watch_workers(self) -> None:
+        """Check deadlines often and measure resources less often, for every worker."""
+        interval = self.config.watchdog_interval_s
+        every = max(1, round(self.config.sample_interval_s / interval))
+        tick = 0
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for handle in self.handles.values():
+                handle.check(now)
+            tick += 1
+            if tick % every:
+                continue
+            pids = {h.pid for h in self.handles.values() if h.pid and h.state is State.RUNNING}
+            if not pids:
+                continue
+            descendants = await asyncio.to_thread(descendants_by_root, pids)
+            for handle in self.handles.values():
+                if handle.pid in descendants:
+                    handle.sample_resources(now, descendants[handle.pid])
+
     async def drain(self) -> None:
         """Wait until every accepted event has been processed by every plugin that is owed it."""
         for group in self.groups.values():
@@ -150,18 +184,19 @@ class Supervisor:
     async def stop(self) -> None:
         """Drain, then let every worker run on_stop and exit; close the socket."""
         await self.drain()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
         await asyncio.gather(*(h.stop(self.config.stop_timeout_s) for h in self.handles.values()))
+        for task in self._background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self._server.stop()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        self.store.close()
 
     async def abort(self) -> None:
         """Stop at once: kill every worker without draining (a second SIGINT)."""
         for handle in self.handles.values():
-            handle.kill("host aborted")
+            handle.kill(Verdict("signal", "host aborted"))
         await self._server.stop(0)
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
 

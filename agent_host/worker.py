@@ -48,6 +48,7 @@ EXIT_OK: Final = 0
 EXIT_BOOT_ERROR: Final = 3  # no secret, or the session could not be opened
 EXIT_LOAD_ERROR: Final = 4  # the plugin failed to import or to start
 EXIT_SESSION_LOST: Final = 5  # the host went away mid-session
+EXIT_OUT_OF_MEMORY: Final = 6  # the plugin hit the hard memory limit
 
 TOKEN_BYTES: Final = 32
 HEARTBEAT_INTERVAL_S: Final = 1.0
@@ -152,6 +153,8 @@ class Runtime:
                 produced = on_event(event)
                 if produced is not None:
                     findings.extend(_to_proto(f, event.seq) for f in produced)
+            except MemoryError:
+                raise  # the worker is in no state to go on; the host will say why
             except Exception as exc:
                 errors += 1
                 if errors == 1:  # one line per batch is enough to debug; the count says the rest
@@ -253,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
         except grpc.FutureTimeoutError:
             print(f"worker: cannot connect to {args.socket}", file=sys.stderr)
             return EXIT_BOOT_ERROR
-        code = serve(channel, args.worker_id, token)
+        try:
+            code = serve(channel, args.worker_id, token)
+        except MemoryError:
+            code = EXIT_OUT_OF_MEMORY
     # Skip interpreter teardown: plugin threads or C extensions must not keep a worker alive.
     sys.stdout.flush()
     sys.stderr.flush()

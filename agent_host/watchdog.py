@@ -1,0 +1,136 @@
+"""Resource watching: what each worker uses, measured from outside, against its manifest's limits.
+
+The kernel enforces hard backstops (rlimits, set by the host with prlimit so that plugin code
+never decides them); this watcher enforces the real limits with precise verdicts, in the manner
+of osquery's watchdog, and reports usage:
+
+- memory: resident memory of the worker and its descendants;
+- cpu: CPU used while the worker is idle (no batch in hand), over a sliding window. A busy
+  worker is bounded by its batch deadline instead, so that a long replay never gets a healthy
+  plugin killed for working hard;
+- processes: descendants of the worker (a fork bomb).
+"""
+
+from __future__ import annotations
+
+import resource
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+import psutil
+
+from agent_host.manifest import Limits
+
+MIB: Final = 1024 * 1024
+#: Headroom of the hard memory backstop over the watched limit: the interpreter and gRPC
+#: reserve address space they never touch, and the watcher should be the one to say why.
+DATA_HEADROOM_MIB: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Why a worker must be stopped: a cause counted in the stats and a sentence for the log."""
+
+    cause: str  # "memory", "cpu", "processes"
+    detail: str  # "memory 612 MiB > limit 256 MiB"
+
+
+def apply_hard_limits(pid: int, limits: Limits) -> None:
+    """Set the kernel's backstops on a freshly spawned worker, before it runs plugin code."""
+    proc = psutil.Process(pid)
+    data = (limits.memory_mb + DATA_HEADROOM_MIB) * MIB
+    proc.rlimit(resource.RLIMIT_DATA, (data, data))
+    proc.rlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
+    proc.rlimit(resource.RLIMIT_CORE, (0, 0))
+    # Not enforced by the kernel for root; the watcher counts descendants as well.
+    proc.rlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+
+
+def descendants_by_root(roots: set[int]) -> dict[int, list[psutil.Process]]:
+    """The descendants of each pid in ``roots``, from one scan of the process table."""
+    children: dict[int, list[psutil.Process]] = {}
+    for proc in psutil.process_iter(["ppid"]):
+        children.setdefault(proc.info["ppid"], []).append(proc)
+    result: dict[int, list[psutil.Process]] = {}
+    for root in roots:
+        found: list[psutil.Process] = []
+        stack = [root]
+        while stack:
+            for child in children.get(stack.pop(), ()):
+                found.append(child)
+                stack.append(child.pid)
+        result[root] = found
+    return result
+
+
+class ResourceMonitor:
+    """Samples one worker process for the limits of its plugin."""
+
+    def __init__(self, pid: int, limits: Limits) -> None:
+        self._proc = psutil.Process(pid)
+        self._limits = limits
+        self._descendants: list[psutil.Process] = []
+        self._idle_samples: deque[tuple[float, float]] = deque()  # (wall, cpu) while idle
+        self._last: tuple[float, float] | None = None
+        self.rss_mib = 0.0
+        self.peak_rss_mib = 0.0
+
+    def set_descendants(self, procs: list[psutil.Process]) -> None:
+        self._descendants = procs
+
+    def last_descendants(self) -> list[psutil.Process]:
+        """The descendants seen at the last scan: killed with the worker, even if they left its
+        process group."""
+        return list(self._descendants)
+
+    def sample(self, now: float, idle: bool) -> Verdict | None:
+        """Measure once; return a Verdict if a limit is exceeded."""
+        limits = self._limits
+        try:
+            with self._proc.oneshot():
+                rss = self._proc.memory_info().rss
+                times = self._proc.cpu_times()
+        except psutil.Error:
+            return None  # gone: the exit is handled elsewhere
+        cpu = times.user + times.system
+        for child in self._descendants:
+            try:
+                rss += child.memory_info().rss
+                child_times = child.cpu_times()
+                cpu += child_times.user + child_times.system
+            except psutil.Error:
+                continue
+        if len(self._descendants) > limits.processes:
+            return Verdict(
+                "processes", f"processes {len(self._descendants)} > limit {limits.processes}"
+            )
+        self.rss_mib = rss / MIB
+        self.peak_rss_mib = max(self.peak_rss_mib, self.rss_mib)
+        if self.rss_mib > limits.memory_mb:
+            return Verdict(
+                "memory", f"memory {self.rss_mib:.0f} MiB > limit {limits.memory_mb} MiB"
+            )
+        return self._cpu_verdict(now, cpu, idle)
+
+    def _cpu_verdict(self, now: float, cpu: float, idle: bool) -> Verdict | None:
+        limits = self._limits
+        last, self._last = self._last, (now, cpu)
+        if last is None or not idle:
+            return None
+        wall_delta, cpu_delta = now - last[0], cpu - last[1]
+        samples = self._idle_samples
+        samples.append((wall_delta, cpu_delta))
+        total_wall = sum(w for w, _ in samples)
+        while samples and total_wall - samples[0][0] >= limits.cpu_window_s:
+            total_wall -= samples.popleft()[0]
+        if total_wall < limits.cpu_window_s:
+            return None  # not enough idle time seen yet to judge
+        percent = 100.0 * sum(c for _, c in samples) / total_wall
+        if percent > limits.cpu_percent:
+            return Verdict(
+                "cpu",
+                f"cpu {percent:.0f}% while idle > limit "
+                f"{limits.cpu_percent:g}% over {limits.cpu_window_s:g}s",
+            )
+        return None
