@@ -17,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from agent_host import __version__, logs
+from agent_host import __version__, admin, logs
 from agent_host.config import HostConfig
 from agent_host.errors import AgentHostError
 from agent_host.findings import FindingSink
@@ -25,6 +25,7 @@ from agent_host.manifest import discover
 from agent_host.protocol import Event
 from agent_host.sensors.replay import ReplaySource
 from agent_host.sensors.synthetic import SyntheticSource
+from agent_host.state import default_state_dir
 from agent_host.stats import State
 from agent_host.summary import render_table, summary_rows
 from agent_host.supervisor import Supervisor
@@ -75,6 +76,13 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
         help="send a partial batch after this long (default %(default)s ms)",
     )
     p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where quarantine and dead letters are kept (default: ~/.local/state/agent-host)",
+    )
+    p.add_argument(
         "--summary-json",
         type=Path,
         default=None,
@@ -119,6 +127,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     plugins = sub.add_parser("plugins", help="list the plugins found, with validation errors")
     plugins.add_argument("--plugins", type=Path, default=None, metavar="DIR")
+    plugins.add_argument("--state-dir", type=Path, default=None, metavar="DIR")
+    plugins.add_argument("--release", metavar="NAME", help="lift the quarantine of plugin NAME")
+
+    letters = sub.add_parser(
+        "deadletters", help="the events set aside because they killed a plugin"
+    )
+    letters.add_argument("--state-dir", type=Path, default=None, metavar="DIR")
+    letters.add_argument("--plugin", metavar="NAME", help="only those of plugin NAME")
+    letters.add_argument("--json", action="store_true", help="one JSON object per line")
+    letters.add_argument(
+        "--export",
+        type=Path,
+        metavar="FILE",
+        help="write their events as a recording, to replay after a fix",
+    )
+    letters.add_argument("--purge", action="store_true", help="delete them")
     return parser
 
 
@@ -160,7 +184,11 @@ async def _host(args: argparse.Namespace) -> int:
     if isinstance(source, ReplaySource) and not source.path.is_file():
         log.error("recording not found", path=str(source.path))
         return EXIT_USAGE
-    config = HostConfig(batch_size=args.batch_size, flush_interval_s=args.flush_ms / 1000)
+    config = HostConfig(
+        batch_size=args.batch_size,
+        flush_interval_s=args.flush_ms / 1000,
+        state_dir=args.state_dir or default_state_dir(),
+    )
     discovery = discover(plugins_dir)
     for error in discovery.errors:
         log.error("plugin skipped: bad manifest", error=str(error))
@@ -239,29 +267,18 @@ def _report(
         )
 
 
-def _list_plugins(args: argparse.Namespace) -> int:
-    plugins_dir: Path = args.plugins or _default_plugins_dir()
-    if not plugins_dir.is_dir():
-        print(f"agent-host: plugins folder not found: {plugins_dir}", file=sys.stderr)
-        return EXIT_USAGE
-    discovery = discover(plugins_dir)
-    for m in discovery.manifests:
-        print(
-            f"{m.name:<24} {m.version:<10} {','.join(sorted(m.subscribe)):<22} "
-            f"{m.entrypoint}  ({m.directory.name}/)"
-        )
-    for error in discovery.errors:
-        print(f"error: {error}")
-    print(f"{len(discovery.manifests)} usable, {len(discovery.errors)} with errors")
-    return EXIT_OK if discovery.manifests else EXIT_NOTHING_RAN
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_format, args.log_level)
     try:
         if args.command == "plugins":
-            return _list_plugins(args)
+            return admin.list_plugins(
+                args.plugins or _default_plugins_dir(), args.state_dir, args.release
+            )
+        if args.command == "deadletters":
+            return admin.dead_letters(
+                args.state_dir, args.plugin, args.json, args.export, args.purge
+            )
         return asyncio.run(_host(args))
     except AgentHostError as exc:
         print(f"agent-host: {exc}", file=sys.stderr)

@@ -45,6 +45,8 @@ class Backlog:
         self._space = asyncio.Condition()
         self._listeners: list[Callable[[], None]] = []
         self.subscribers: set[str] = set()
+        #: Events handed to this backlog, kept or not: what the group's plugins were owed.
+        self.appended = 0
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -63,10 +65,11 @@ class Backlog:
 
         Returns None without keeping anything when no plugin subscribes any more.
         """
-        async with self._space:
-            await self._space.wait_for(lambda: len(self._batches) < self._capacity)
+        self.appended += len(seqs)
         if not self.subscribers:
             return None
+        async with self._space:
+            await self._space.wait_for(lambda: len(self._batches) < self._capacity)
         batch_id = self._next_id
         self._next_id += 1
         frame = batch_frame(batch_payload(batch_id, records))

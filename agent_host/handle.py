@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Final
@@ -120,6 +121,8 @@ class WorkerHandle:
         self._head_since = 0.0  # when the worker started on the first in-flight batch
         self._batch_failures: dict[int, int] = {}
         self._isolation: Isolation | None = None
+        #: backlog.appended when the plugin stopped being owed events (it failed or quit).
+        self._gave_up_at: int | None = None
         self._piece_ids = _PIECE_ID_BASE
         self._wake = asyncio.Event()
         self._stop_requested = False
@@ -302,8 +305,8 @@ class WorkerHandle:
 
     async def _reap(self, returncode: int) -> None:
         """Account for a worker that has exited, and decide what comes next."""
-        head = next(iter(self.inflight.values()), None)
-        in_flight = sum(len(b) for b in self.inflight.values())
+        lost = list(self.inflight.values())
+        in_flight = sum(len(b) for b in lost)
         self.inflight.clear()
         self.cursor = self.group.backlog.first_pending(self.name)
         if self._ready is not None and not self._ready.done():
@@ -318,36 +321,41 @@ class WorkerHandle:
             await self._give_up(State.STOPPED, "")
             return
         self._log.error("worker died", cause=verdict.detail, in_flight_events=in_flight)
-        count = await self._attribute(head, verdict)
+        count = await self._attribute(lost, verdict)
         await self._after_failure(verdict, count=count)
 
-    async def _attribute(self, head: Batch | None, verdict: Verdict) -> bool:
-        """Charge the failure to the batch being processed; True if it counts as a failure.
+    async def _attribute(self, lost: list[Batch], verdict: Verdict) -> bool:
+        """Charge the failure to the batches in flight; True if it counts as a failure.
 
-        A failure that narrows down a poison event under isolation is progress, not a crash
-        loop: it is not counted, and the next worker starts at once. The dead letter it ends
-        in is counted.
+        A worker can die with results for finished batches still unsent, so the batch that
+        killed it is not necessarily the oldest in flight: every batch in flight is charged,
+        a batch's charges are cleared when it is processed, and the oldest batch charged twice
+        is isolated. A failure that narrows down a poison event under isolation is progress,
+        not a crash loop: it is not counted, and the next worker starts at once. The dead
+        letter it ends in is counted.
         """
-        if head is None:
-            return True
         iso = self._isolation
-        if iso is not None and head.batch_id >= _PIECE_ID_BASE:
+        if iso is not None:
+            if not lost:
+                return True
+            # Under isolation pieces go one at a time: the one in flight is the one that failed.
             poison = iso.failed()
             if poison is not None:
                 self._dead_letter(poison, verdict)
             if iso.done:
                 await self._finish_isolation()
             return poison is not None
-        failures = self._batch_failures.get(head.batch_id, 0) + 1
-        self._batch_failures[head.batch_id] = failures
-        if failures >= 2 and iso is None:
-            del self._batch_failures[head.batch_id]
-            self._isolation = Isolation(head)
+        for batch in lost:
+            self._batch_failures[batch.batch_id] = self._batch_failures.get(batch.batch_id, 0) + 1
+        suspect = next((b for b in lost if self._batch_failures[b.batch_id] >= 2), None)
+        if suspect is not None:
+            del self._batch_failures[suspect.batch_id]
+            self._isolation = Isolation(suspect)
             self._log.warning(
                 "isolating a poison event",
-                batch_events=len(head),
-                first_seq=head.seqs[0],
-                last_seq=head.seqs[-1],
+                batch_events=len(suspect),
+                first_seq=suspect.seqs[0],
+                last_seq=suspect.seqs[-1],
             )
         return True
 
@@ -396,10 +404,12 @@ class WorkerHandle:
         self.state = state
         self.reason = reason
         missed = await self.group.backlog.unsubscribe(self.name)
+        self._gave_up_at = self.group.backlog.appended
         if self._isolation is not None:  # part of that batch is already settled
             missed -= self._isolation.settled
             self._isolation = None
         self.stats.undelivered += missed
+        self._batch_failures.clear()
         if state is not State.STOPPED or missed:
             self._log.error(
                 "plugin stopped for good",
@@ -409,11 +419,18 @@ class WorkerHandle:
             )
         self._stopped.set()
 
+    def settle(self) -> None:
+        """Count as undelivered what the group was handed after this plugin gave up."""
+        if self._gave_up_at is not None:
+            self.stats.undelivered += self.group.backlog.appended - self._gave_up_at
+            self._gave_up_at = self.group.backlog.appended
+
     def set_quarantined(self, reason: str) -> None:
         """Start out quarantined (from an earlier run): never spawned, owed nothing."""
         self.state = State.QUARANTINED
         self.reason = reason
         self.group.backlog.subscribers.discard(self.name)
+        self._gave_up_at = self.group.backlog.appended
         self._stopped.set()
 
     # -- the session ----------------------------------------------------------------------
@@ -578,17 +595,7 @@ class WorkerHandle:
             )
         del self.inflight[result.batch_id]
         self._head_since = time.monotonic()
-        limit = self.manifest.limits.max_findings_per_event * len(batch)
-        findings = list(result.findings)
-        if len(findings) > limit:
-            self._log.warning(
-                "findings rejected: too many",
-                count=len(findings),
-                limit=limit,
-                first_seq=batch.seqs[0],
-            )
-            self.stats.rejected_findings += len(findings)
-            findings = []
+        findings = self._within_limit(list(result.findings))
         await self._accept(findings, set(batch.seqs) if findings else set(), None)
         self.stats.processed += len(batch)
         self.stats.errors += result.errors
@@ -602,6 +609,25 @@ class WorkerHandle:
             self._batch_failures.pop(batch.batch_id, None)
             await self.group.backlog.done(self.name, batch)
         self._wake.set()
+
+    def _within_limit(self, findings: list[Finding]) -> list[Finding]:
+        """Drop the findings of any event that has more than the manifest allows."""
+        limit = self.manifest.limits.max_findings_per_event
+        if len(findings) <= limit:
+            return findings
+        per_event = Counter(f.event_ids[0] if f.event_ids else 0 for f in findings)
+        flooded = {seq for seq, count in per_event.items() if count > limit}
+        if not flooded:
+            return findings
+        kept = [f for f in findings if (f.event_ids[0] if f.event_ids else 0) not in flooded]
+        self.stats.rejected_findings += len(findings) - len(kept)
+        self._log.warning(
+            "findings rejected: too many for one event",
+            events=sorted(flooded)[:5],
+            most=max(per_event.values()),
+            limit=limit,
+        )
+        return kept
 
     async def _accept(
         self,

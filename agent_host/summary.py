@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from agent_host.handle import WorkerHandle
 
@@ -13,6 +14,7 @@ _COLUMNS = (
     "delivered",
     "processed",
     "redelivered",
+    "dead_lettered",
     "undelivered",
     "errors",
     "findings",
@@ -20,11 +22,11 @@ _COLUMNS = (
 )
 
 
-def summary_rows(handles: Iterable[WorkerHandle]) -> list[dict[str, str | int]]:
-    rows: list[dict[str, str | int]] = []
+def summary_rows(handles: Iterable[WorkerHandle]) -> list[dict[str, Any]]:
+    """Per plugin: every counter, restarts by cause, state and the reason for it."""
+    rows: list[dict[str, Any]] = []
     for h in handles:
         s = h.stats
-        restarts = ", ".join(f"{k}={v}" for k, v in sorted(s.restarts.items())) or "0"
         rows.append(
             {
                 "plugin": h.name,
@@ -33,23 +35,35 @@ def summary_rows(handles: Iterable[WorkerHandle]) -> list[dict[str, str | int]]:
                 "delivered": s.delivered,
                 "processed": s.processed,
                 "redelivered": s.redelivered,
+                "dead_lettered": s.dead_lettered,
                 "undelivered": s.undelivered,
+                "dropped": s.dropped,
                 "errors": s.errors,
                 "findings": s.findings,
-                "restarts": restarts,
+                "rejected_findings": s.rejected_findings,
+                "restarts": dict(sorted(s.restarts.items())),
+                "peak_rss_mib": round(s.peak_rss_mib, 1),
                 "reason": h.reason,
             }
         )
     return rows
 
 
-def render_table(rows: list[dict[str, str | int]]) -> str:
+def _cell(row: dict[str, Any], column: str) -> str:
+    value = row[column]
+    if column == "restarts":
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "0"
+    return str(value)
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
     """A plain-text table that reads well in a terminal and in a CI log."""
-    widths = {c: max([len(c), *(len(str(r[c])) for r in rows)]) for c in _COLUMNS}
+    cells = [{c: _cell(r, c) for c in _COLUMNS} for r in rows]
+    widths = {c: max([len(c), *(len(r[c]) for r in cells)]) for c in _COLUMNS}
     lines = ["  ".join(c.ljust(widths[c]) for c in _COLUMNS)]
     lines.append("  ".join("-" * widths[c] for c in _COLUMNS))
-    for r in rows:
-        lines.append("  ".join(str(r[c]).ljust(widths[c]) for c in _COLUMNS))
-        if r["reason"] and r["state"] != "running":
-            lines.append(f"    {r['plugin']}: {r['reason']}")
+    for row, cell in zip(rows, cells, strict=True):
+        lines.append("  ".join(cell[c].ljust(widths[c]) for c in _COLUMNS))
+        if row["reason"] and row["state"] != "running":
+            lines.append(f"    {row['plugin']}: {row['reason']}")
     return "\n".join(lines)

@@ -136,8 +136,7 @@ class Supervisor:
             event.time.GetCurrentTime()
         record = event_record(event.SerializeToString())
         for group in self._groups_by_kind[kind]:
-            if group.backlog.subscribers:
-                await group.add(record, self._seq)
+            await group.add(record, self._seq)
         self.accepted += 1
         return True
 
@@ -185,6 +184,8 @@ class Supervisor:
         """Drain, then let every worker run on_stop and exit; close the socket."""
         await self.drain()
         await asyncio.gather(*(h.stop(self.config.stop_timeout_s) for h in self.handles.values()))
+        for handle in self.handles.values():
+            handle.settle()
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -43,8 +43,9 @@ def apply_hard_limits(pid: int, limits: Limits) -> None:
     proc.rlimit(resource.RLIMIT_DATA, (data, data))
     proc.rlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
     proc.rlimit(resource.RLIMIT_CORE, (0, 0))
-    # Not enforced by the kernel for root; the watcher counts descendants as well.
-    proc.rlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
+    # No RLIMIT_NPROC: it counts every process and thread of the user, not this worker's, and
+    # would stop a worker from even starting its threads on a busy machine. The watcher counts
+    # the worker's descendants instead.
 
 
 def descendants_by_root(roots: set[int]) -> dict[int, list[psutil.Process]]:

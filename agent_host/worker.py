@@ -91,7 +91,9 @@ def _where(exc: BaseException, plugin_dir: Path) -> str:
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{Path(exc.filename).name}:{exc.lineno}"
     for frame in reversed(frames):
-        if Path(frame.filename).resolve().is_relative_to(plugin_dir):
+        # Not resolved: a plugin's files may be links to elsewhere; what counts is where the
+        # worker imported them from.
+        if Path(os.path.abspath(frame.filename)).is_relative_to(plugin_dir):
             return f"{Path(frame.filename).name}:{frame.lineno}"
     return ""
 

@@ -102,6 +102,13 @@ def agent_host(args: list[str], cwd: Path, timeout: float = 120) -> HostRun:
     command = [sys.executable, "-m", "agent_host", "--log-format", "json", *args]
     if args and args[0] in ("replay", "run"):
         command += ["--findings", str(findings), "--summary-json", str(summary)]
+    if (
+        args
+        and args[0] in ("replay", "run", "plugins", "deadletters")
+        and "--state-dir" not in args
+    ):
+        # Never the user's own state: a quarantine must not leak from one test to the next.
+        command += ["--state-dir", str(cwd / "state")]
     proc = subprocess.run(
         command,
         cwd=cwd,

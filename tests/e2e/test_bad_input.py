@@ -89,7 +89,7 @@ class TestBadInput:
         assert run.plugin("tally")["processed"] == good
         for name, reason in load_errors.items():
             row = run.plugin(name)
-            assert (row["state"], row["processed"], row["restarts"]) == ("failed", 0, "0")
+            assert (row["state"], row["processed"], row["restarts"]) == ("failed", 0, {})
             assert row["reason"] == f"failed to load: {reason}"
         tally = next(f for f in run.findings if f.plugin == "tally")
         assert tally.attributes["events"] == str(good)

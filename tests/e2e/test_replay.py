@@ -75,7 +75,7 @@ class TestReplay:
             }
             row = run.plugin(plugin)
             assert (row["delivered"], row["processed"]) == (len(expected), len(expected))
-            assert (row["redelivered"], row["undelivered"], row["restarts"]) == (0, 0, "0")
+            assert (row["redelivered"], row["undelivered"], row["restarts"]) == (0, 0, {})
             assert row["state"] == "stopped"
         assert run.summary is not None and run.summary["events"] == 2000
         assert len(run.findings) == len(tmp_seqs) + 2
@@ -151,6 +151,8 @@ class TestShutdown:
                     "--summary-json",
                     "s.json",
                     "--quiet",
+                    "--state-dir",
+                    "state",
                 ],
                 cwd=tmp_path,
                 stdout=subprocess.DEVNULL,
