@@ -7,6 +7,7 @@ events it processed.
 
 import ctypes
 import os
+import re
 import signal
 import sys
 import threading
@@ -20,6 +21,21 @@ def _spin():
         pass
 
 
+def _forge_batch_ids():
+    """Answer batches that hold a poison event under an id the host never sent."""
+    from agent_host import worker
+
+    original = worker.Runtime.process
+
+    def process(runtime, batch):
+        message = original(runtime, batch)
+        if any("POISON" in e.process.exe for e in batch.events):
+            message.result.batch_id += 12345
+        return message
+
+    worker.Runtime.process = process
+
+
 class Faulty(Plugin):
     def on_start(self, config):
         self.fault = config["fault"]
@@ -28,6 +44,8 @@ class Faulty(Plugin):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if self.fault == "spin_idle":
             threading.Thread(target=_spin, daemon=True).start()
+        if self.fault == "forge_batch":
+            _forge_batch_ids()
         if self.fault == "close_pipes":
             os.close(1)
             os.close(2)
@@ -52,6 +70,9 @@ class Faulty(Plugin):
                 pass
         elif fault in ("sleep", "ignore_sigterm"):
             time.sleep(3600)
+        elif fault == "regex_bomb":
+            # Catastrophic backtracking: C code that holds the GIL and does not come back.
+            re.match(r"(a+)+$", "a" * 64 + "b")
         elif fault == "deadlock":
             lock = threading.Lock()
             lock.acquire()

@@ -1,0 +1,136 @@
+"""Fault-handling latencies: restart after a kill, and hang detection past the deadline.
+
+    python -m benchmarks.faults [--kills 20] [--hangs 10]
+
+Restart latency: SIGKILL the worker of a plugin that answers every event, publish an event at
+once, and time from the kill until that event's finding is written: death detected, a new
+worker started and connected, and the event redelivered to it and processed.
+
+Hang detection: a plugin with a 0.5 s deadline sleeps on chosen events; time from the moment
+its batch was sent until the worker has exited, less the deadline: the overshoot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent_host import logs
+from agent_host.config import HostConfig
+from agent_host.findings import FindingSink
+from agent_host.manifest import Manifest
+from agent_host.protocol import Event, Finding, ProcessEvent
+from agent_host.restart import RestartPolicy
+from agent_host.stats import State
+from agent_host.supervisor import Supervisor
+
+HERE = Path(__file__).parent
+#: Every restart is the first after a stable run, so none waits for backoff; none quarantines.
+EAGER = RestartPolicy(stable_after_s=0.2, burst=1_000_000)
+
+
+class _WatchingSink(FindingSink):
+    """A sink that tells a waiter when the finding for a given event arrives."""
+
+    def __init__(self) -> None:
+        super().__init__(None, terminal=None)
+        self.waiters: dict[int, asyncio.Future[float]] = {}
+
+    def write(self, findings: list[Finding]) -> None:
+        now = time.perf_counter()
+        for f in findings:
+            for seq in f.event_ids:
+                waiter = self.waiters.pop(seq, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(now)
+
+
+def _event(exe: str) -> Event:
+    return Event(process=ProcessEvent(action=ProcessEvent.START, pid=1, exe=exe))
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.005)
+
+
+async def restart_latencies(kills: int) -> list[float]:
+    """Seconds from SIGKILL to the replacement's finding for an event published at the kill."""
+    sink = _WatchingSink()
+    manifest = Manifest.load(HERE / "plugins" / "echo" / "plugin.toml")
+    sup = Supervisor(HostConfig(batch_size=1), [manifest], sink, restart_policy=EAGER)
+    await sup.start()
+    handle = sup.handles["echo"]
+    latencies: list[float] = []
+    for _ in range(kills):
+        await _until(lambda: handle.state is State.RUNNING)
+        await asyncio.sleep(0.3)  # a stable run: the next restart is not backed off
+        pid = handle.pid
+        assert pid is not None
+        started = time.perf_counter()
+        os.kill(pid, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        sink.waiters[sup.accepted + 1] = waiter
+        await sup.publish(_event("/usr/bin/true"))
+        latencies.append(await asyncio.wait_for(waiter, 30) - started)
+    await sup.stop()
+    return latencies
+
+
+async def hang_overshoots(hangs: int) -> tuple[float, list[float]]:
+    """(deadline, seconds past it until the hung worker had exited) for each hang."""
+    manifest = Manifest.load(HERE / "plugins" / "hang" / "plugin.toml")
+    sup = Supervisor(HostConfig(batch_size=1), [manifest], _WatchingSink(), restart_policy=EAGER)
+    await sup.start()
+    handle = sup.handles["hang"]
+    deadline = manifest.limits.batch_deadline_s
+    overshoots: list[float] = []
+    for _ in range(hangs):
+        await _until(lambda: handle.state is State.RUNNING and not handle.inflight)
+        proc = handle.process
+        assert proc is not None
+        started = time.perf_counter()
+        await sup.publish(_event("/opt/HANG"))
+        await proc.wait()
+        overshoots.append(time.perf_counter() - started - deadline)
+        # The poison event is redelivered and dead-lettered; let that run its course.
+        await _until(lambda: handle.stats.dead_lettered + handle.stats.processed >= sup.accepted)
+    await sup.stop()
+    return deadline, overshoots
+
+
+def summary(values: list[float]) -> str:
+    ms = sorted(v * 1000 for v in values)
+    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+    return (
+        f"p50 {statistics.median(ms):.1f} ms, p99 {p99:.1f} ms, "
+        f"min {ms[0]:.1f} ms, max {ms[-1]:.1f} ms (n={len(ms)})"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--hangs", type=int, default=10)
+    args = parser.parse_args()
+    logs.configure("console", "critical")
+    print(
+        "restart latency, kill -> replacement's finding:",
+        summary(asyncio.run(restart_latencies(args.kills))),
+    )
+    deadline, overshoots = asyncio.run(hang_overshoots(args.hangs))
+    print(f"hang detection, worker gone after deadline ({deadline:g}s) + {summary(overshoots)}")
+
+
+if __name__ == "__main__":
+    main()
