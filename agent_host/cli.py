@@ -1,4 +1,4 @@
-"""The ``agent-host`` command line: run, replay, plugins.
+"""The ``agent-host`` command line: run, replay, record, plugins, deadletters.
 
 A user error (bad flag, missing file, no usable plugin) is one line on stderr and a non-zero exit,
 never a traceback.
@@ -10,9 +10,11 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import sys
+import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
 
 import structlog
@@ -22,7 +24,9 @@ from agent_host.config import HostConfig
 from agent_host.errors import AgentHostError
 from agent_host.findings import FindingSink
 from agent_host.manifest import discover
-from agent_host.protocol import Event
+from agent_host.protocol import Event, message_to_json
+from agent_host.sensors.file import DEFAULT_PATHS
+from agent_host.sensors.hub import OverflowPolicy, SensorHub, build_hub
 from agent_host.sensors.replay import ReplaySource
 from agent_host.sensors.synthetic import SyntheticSource
 from agent_host.state import default_state_dir
@@ -67,7 +71,7 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
         "--batch-size",
         type=int,
         default=defaults.batch_size,
-        help=f"events per batch (default {defaults.batch_size})",
+        help="events per batch (default %(default)s)",
     )
     p.add_argument(
         "--flush-ms",
@@ -91,6 +95,55 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_live_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds (default: run until signalled)",
+    )
+    p.add_argument(
+        "--sensors",
+        default="process,file,network",
+        help="live sensors to run (default: %(default)s)",
+    )
+    p.add_argument(
+        "--watch",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help=f"folder the file sensor watches, recursively; repeatable "
+        f"(default: {' '.join(DEFAULT_PATHS)})",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="paths the file sensor ignores; repeatable",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="of the polling sensors (default %(default)s s)",
+    )
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=65_536,
+        help="events buffered between sensors and host (default %(default)s)",
+    )
+    p.add_argument(
+        "--overflow",
+        choices=[p.value for p in OverflowPolicy],
+        default="block",
+        help="when that buffer is full: make sensors wait, or drop the oldest "
+        "(counted and reported); default %(default)s",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agent-host",
@@ -103,15 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run on a continuous source until SIGINT/SIGTERM")
+    run = sub.add_parser("run", help="run on live sensors (or another source) until signalled")
     run.add_argument(
-        "--source", default="synthetic", help="synthetic, or replay:FILE (default: synthetic)"
-    )
-    run.add_argument(
-        "--duration",
-        type=float,
-        default=0.0,
-        help="stop after this many seconds (default: run until signalled)",
+        "--source", default="live", help="live, synthetic, or replay:FILE (default: live)"
     )
     run.add_argument(
         "--rate",
@@ -119,11 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=200.0,
         help="events per second of the synthetic source (default %(default)s)",
     )
+    _add_live_options(run)
     _add_host_options(run)
 
     replay = sub.add_parser("replay", help="run a recording through the plugins and exit")
     replay.add_argument("recording", type=Path, help="JSON Lines of events")
     _add_host_options(replay)
+
+    record = sub.add_parser("record", help="write live events to a recording")
+    record.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    _add_live_options(record)
 
     plugins = sub.add_parser("plugins", help="list the plugins found, with validation errors")
     plugins.add_argument("--plugins", type=Path, default=None, metavar="DIR")
@@ -146,30 +198,82 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _source_for(args: argparse.Namespace) -> AsyncIterable[Event] | None:
-    if args.command == "replay":
-        return ReplaySource(args.recording)
-    spec: str = args.source
+def _hub(args: argparse.Namespace, exclude: list[str]) -> SensorHub:
+    """The live sensors, never watching the agent's own files (that way lies a feedback loop)."""
+    own = [f"{tempfile.gettempdir()}/agent-host-*", *exclude]
+    return build_hub(
+        [s.strip() for s in args.sensors.split(",") if s.strip()],
+        watch=args.watch or list(DEFAULT_PATHS),
+        exclude=[*args.exclude, *own],
+        poll_interval_s=args.poll_interval,
+        capacity=args.queue_size,
+        policy=OverflowPolicy(args.overflow),
+    )
+
+
+def _open_source(args: argparse.Namespace, exclude: list[str]) -> AsyncIterable[Event]:
+    """The event source the command asks for; raises ValueError with a user-facing message."""
+    spec = f"replay:{args.recording}" if args.command == "replay" else args.source
+    if spec == "live":
+        return _hub(args, exclude)
     if spec == "synthetic":
         return SyntheticSource(rate=args.rate)
     if spec.startswith("replay:"):
-        return ReplaySource(Path(spec.removeprefix("replay:")))
-    return None
+        source = ReplaySource(Path(spec.removeprefix("replay:")))
+        if not source.path.is_file():
+            raise ValueError(f"recording not found: {source.path}")
+        return source
+    raise ValueError(f"unknown source {spec!r}; known: live, synthetic, replay:FILE")
 
 
-async def _pump(
-    source: AsyncIterable[Event], sup: Supervisor, stopping: asyncio.Event, deadline: float | None
+class _Signals:
+    """SIGINT/SIGTERM: the first asks for a graceful stop, a second for an immediate one."""
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self.aborting = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._handle)
+
+    def _handle(self) -> None:
+        # Only note it; the main flow acts.
+        (self.aborting if self.stopping.is_set() else self.stopping).set()
+
+    def stop_after(self, seconds: float) -> None:
+        if seconds:
+            asyncio.get_running_loop().call_later(seconds, self.stopping.set)
+
+
+async def _feed(
+    source: AsyncIterable[Event], take: Callable[[Event], Awaitable[object]], signals: _Signals
 ) -> None:
-    """Feed the source to the host until it ends, a signal comes, or the deadline passes.
+    """Hand every event of ``source`` to ``take`` until the source ends or a stop is asked.
 
-    The loop checks between events rather than cancelling the source, so that no event is ever
-    half-accepted.
+    Never cancelled mid-event: it checks between events, and a live source ends when its hub
+    is stopped, so no event is ever half-accepted.
     """
-    iterator: AsyncIterator[Event] = aiter(source)
-    async for event in iterator:
-        await sup.publish(event)
-        if stopping.is_set() or (deadline is not None and time.monotonic() >= deadline):
+    async for event in source:
+        await take(event)
+        if signals.stopping.is_set():
             break
+
+
+async def _run_source(
+    source: AsyncIterable[Event], take: Callable[[Event], Awaitable[object]], signals: _Signals
+) -> None:
+    """Feed until the source ends or a stop is asked; stop live sensors either way."""
+    hub = source if isinstance(source, SensorHub) else None
+    if hub is not None:
+        hub.start()
+    feeding = asyncio.ensure_future(_feed(source, take, signals))
+    stopping = asyncio.ensure_future(signals.stopping.wait())
+    await asyncio.wait({feeding, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if hub is not None:
+        await asyncio.to_thread(hub.stop)
+        hub.report()
+    await feeding
 
 
 async def _host(args: argparse.Namespace) -> int:
@@ -177,17 +281,15 @@ async def _host(args: argparse.Namespace) -> int:
     if not plugins_dir.is_dir():
         log.error("plugins folder not found", path=str(plugins_dir))
         return EXIT_USAGE
-    source = _source_for(args)
-    if source is None:
-        log.error("unknown source", source=args.source, known="synthetic, replay:FILE")
-        return EXIT_USAGE
-    if isinstance(source, ReplaySource) and not source.path.is_file():
-        log.error("recording not found", path=str(source.path))
+    state_dir = args.state_dir or default_state_dir()
+    own_files = [str(p) for p in (args.findings, state_dir) if p is not None]
+    try:
+        source = _open_source(args, [*own_files, f"{state_dir}/*"])
+    except ValueError as exc:
+        log.error("bad source", error=str(exc))
         return EXIT_USAGE
     config = HostConfig(
-        batch_size=args.batch_size,
-        flush_interval_s=args.flush_ms / 1000,
-        state_dir=args.state_dir or default_state_dir(),
+        batch_size=args.batch_size, flush_interval_s=args.flush_ms / 1000, state_dir=state_dir
     )
     discovery = discover(plugins_dir)
     for error in discovery.errors:
@@ -198,16 +300,7 @@ async def _host(args: argparse.Namespace) -> int:
 
     sink = FindingSink(args.findings, terminal=None if args.quiet else sys.stdout)
     sup = Supervisor(config, discovery.manifests, sink)
-    loop = asyncio.get_running_loop()
-    stopping = asyncio.Event()
-    aborting = asyncio.Event()
-
-    def handle_signal(signum: signal.Signals) -> None:
-        # Only note it; the main flow acts. A second signal means: stop now, do not drain.
-        (aborting if stopping.is_set() else stopping).set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, handle_signal, signum)
+    signals = _Signals()
     started = time.monotonic()
     try:
         await sup.start()
@@ -215,29 +308,20 @@ async def _host(args: argparse.Namespace) -> int:
             log.error("no plugin could start")
             await sup.stop()
             return EXIT_NOTHING_RAN
-        duration = getattr(args, "duration", 0.0)
-        deadline = time.monotonic() + duration if duration else None
-        pump = asyncio.ensure_future(_pump(source, sup, stopping, deadline))
-        ender = asyncio.ensure_future(aborting.wait())
-        stopper = asyncio.ensure_future(stopping.wait())
-        await asyncio.wait({pump, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if not pump.done():
-            # The source is idle (waiting for events); nothing is half-accepted there.
-            await asyncio.wait({pump}, timeout=0.5)
-            pump.cancel()
-        stopper.cancel()
+        signals.stop_after(getattr(args, "duration", 0.0))
+        await _run_source(source, sup.publish, signals)
         finish = asyncio.ensure_future(sup.stop())
-        await asyncio.wait({finish, ender}, return_when=asyncio.FIRST_COMPLETED)
+        aborting = asyncio.ensure_future(signals.aborting.wait())
+        await asyncio.wait({finish, aborting}, return_when=asyncio.FIRST_COMPLETED)
         if not finish.done():
             log.warning("second signal: stopping without draining")
             finish.cancel()
             await sup.abort()
             return EXIT_ABORTED
-        ender.cancel()
+        aborting.cancel()
     finally:
         sink.close()
-    elapsed = time.monotonic() - started
-    _report(args, sup, source, elapsed)
+    _report(args, sup, source, time.monotonic() - started)
     return EXIT_OK
 
 
@@ -246,25 +330,52 @@ def _report(
 ) -> None:
     rows = summary_rows(sup.handles.values())
     bad_lines = source.bad_lines if isinstance(source, ReplaySource) else 0
+    summary: dict[str, object] = {
+        "events": sup.accepted,
+        "bad_lines": bad_lines,
+        "findings": sup.sink.written,
+        "elapsed_s": elapsed,
+        "refused_sessions": sup.refused_sessions,
+        "plugins": rows,
+    }
+    if isinstance(source, SensorHub):
+        summary["sensors"] = {
+            "emitted": dict(source.emitted),
+            "dropped": dict(source.dropped),
+            "restarts": dict(source.restarts),
+        }
     print(
         f"\n{sup.accepted} events in {elapsed:.2f}s ({sup.accepted / elapsed:,.0f}/s), "
         f"{bad_lines} bad lines skipped, {sup.sink.written} findings"
     )
     print(render_table(rows))
     if args.summary_json:
-        args.summary_json.write_text(
-            json.dumps(
-                {
-                    "events": sup.accepted,
-                    "bad_lines": bad_lines,
-                    "findings": sup.sink.written,
-                    "elapsed_s": elapsed,
-                    "refused_sessions": sup.refused_sessions,
-                    "plugins": rows,
-                },
-                indent=2,
-            )
-        )
+        args.summary_json.write_text(json.dumps(summary, indent=2))
+
+
+async def _record(args: argparse.Namespace) -> int:
+    try:
+        hub = _hub(args, [str(args.output.resolve())])
+    except ValueError as exc:
+        log.error("bad source", error=str(exc))
+        return EXIT_USAGE
+    hostname = socket.gethostname()
+    signals = _Signals()
+    signals.stop_after(args.duration)
+    started = time.monotonic()
+    count = 0
+    with args.output.open("w", encoding="utf-8") as out:
+
+        async def write(event: Event) -> None:
+            nonlocal count
+            if not event.host:
+                event.host = hostname
+            out.write(message_to_json(event) + "\n")
+            count += 1
+
+        await _run_source(hub, write, signals)
+    print(f"recorded {count} events in {time.monotonic() - started:.1f}s to {args.output}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
             return admin.dead_letters(
                 args.state_dir, args.plugin, args.json, args.export, args.purge
             )
+        if args.command == "record":
+            return asyncio.run(_record(args))
         return asyncio.run(_host(args))
     except AgentHostError as exc:
         print(f"agent-host: {exc}", file=sys.stderr)

@@ -126,5 +126,5 @@ class TestBadInput:
 
         assert run.returncode == 2
         assert len(run.logs) == 1
-        assert run.logs[0]["event"] == "recording not found"
-        assert run.logs[0]["path"] == "nope.jsonl"
+        assert run.logs[0]["event"] == "bad source"
+        assert run.logs[0]["error"] == "recording not found: nope.jsonl"
