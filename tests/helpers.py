@@ -141,3 +141,44 @@ def message_to_json_line(event: Event) -> str:
     from agent_host.protocol import message_to_json
 
     return message_to_json(event)
+
+
+class BackgroundHost:
+    """A real agent-host command running in the background, its log in a file."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        self.cwd = cwd
+        self.log_path = cwd / f"host-{len(list(cwd.glob('host-*.log')))}.log"
+        self._log = self.log_path.open("w")
+        command = [sys.executable, "-m", "agent_host", "--log-format", "json", *args]
+        if "--state-dir" not in args and args[0] != "record":
+            command += ["--state-dir", str(cwd / "state")]
+        self.proc = subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        )
+
+    def logs(self) -> list[dict[str, Any]]:
+        return parse_logs(self.log_path.read_text())
+
+    def wait_log(self, event: str, count: int = 1, timeout: float = 60) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while sum(1 for e in self.logs() if e.get("event") == event) < count:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {count}x {event!r} in:\n{self.log_path.read_text()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 60) -> tuple[int, str]:
+        """SIGTERM it; return its exit code and standard output."""
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=timeout)
+        self._log.close()
+        return self.proc.returncode, out

@@ -181,8 +181,10 @@ class TestCrashes:
         assert (fr.faulty["processed"], fr.faulty["errors"], fr.faulty["restarts"]) == (200, 3, {})
         assert fr.seen_by_faulty() == [i for i in range(1, 201) if i not in (57, 58, 190)]
         raised = [e for e in fr.run.logs if e["event"].startswith("on_event raised")]
+        source = (TEST_PLUGINS / "faulty" / "faulty.py").read_text().splitlines()
+        line = next(n for n, text in enumerate(source, 1) if "raise ValueError" in text)
         assert raised[0]["event"] == (
-            "on_event raised on event 57: ValueError: cannot handle event 57 (at faulty.py:47)"
+            f"on_event raised on event 57: ValueError: cannot handle event 57 (at faulty.py:{line})"
         )
         assert raised[0]["plugin"] == "faulty"
 
