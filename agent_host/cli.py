@@ -19,7 +19,7 @@ from pathlib import Path
 
 import structlog
 
-from agent_host import __version__, admin, logs
+from agent_host import __version__, admin, logs, scaffold
 from agent_host.config import HostConfig
 from agent_host.errors import AgentHostError
 from agent_host.findings import FindingSink
@@ -181,6 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     plugins.add_argument("--plugins", type=Path, default=None, metavar="DIR")
     plugins.add_argument("--state-dir", type=Path, default=None, metavar="DIR")
     plugins.add_argument("--release", metavar="NAME", help="lift the quarantine of plugin NAME")
+
+    plugin = sub.add_parser("plugin", help="tools for plugin authors")
+    plugin_sub = plugin.add_subparsers(dest="plugin_command", required=True)
+    new = plugin_sub.add_parser("new", help="scaffold a plugin folder with a test")
+    new.add_argument("name", help="the plugin's name (lowercase, digits, underscores)")
+    new.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("plugins"),
+        metavar="DIR",
+        help="where to create it (default: ./plugins)",
+    )
 
     letters = sub.add_parser(
         "deadletters", help="the events set aside because they killed a plugin"
@@ -390,6 +402,14 @@ def main(argv: list[str] | None = None) -> int:
             return admin.dead_letters(
                 args.state_dir, args.plugin, args.json, args.export, args.purge
             )
+        if args.command == "plugin":
+            try:
+                folder = scaffold.new_plugin(args.name, args.dir)
+            except ValueError as exc:
+                print(f"agent-host: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            print(scaffold.next_steps(folder))
+            return EXIT_OK
         if args.command == "record":
             return asyncio.run(_record(args))
         return asyncio.run(_host(args))

@@ -1,0 +1,56 @@
+"""The Sigma plugin: SigmaHQ-format rules, evaluated in memory against every event."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from engine import RuleSet, load_rules
+from fields import sigma_fields
+
+from agent_host.sdk import Event, Finding, Plugin, Severity
+
+HERE = Path(__file__).resolve().parent
+SEVERITY = {
+    "informational": Severity.INFO,
+    "low": Severity.LOW,
+    "medium": Severity.MEDIUM,
+    "high": Severity.HIGH,
+    "critical": Severity.CRITICAL,
+}
+
+
+class SigmaDetector(Plugin):
+    def on_start(self, config: Mapping[str, Any]) -> None:
+        directories = [HERE / d for d in config.get("rule_dirs", ["rules"])]
+        missing = [str(d) for d in directories if not d.is_dir()]
+        for folder in missing:
+            self.log.warning("sigma rule folder not found: %s", folder)
+        self.rules: RuleSet = load_rules([d for d in directories if d.is_dir()])
+        for path, reason in self.rules.rejected:
+            self.log.warning("sigma rule not loaded: %s: %s", path, reason)
+        self.log.info(
+            "sigma rules loaded: %d, not loaded: %d", len(self.rules), len(self.rules.rejected)
+        )
+
+    def on_event(self, event: Event) -> Iterator[Finding]:
+        mapped = sigma_fields(event)
+        if mapped is None:
+            return
+        category, fields = mapped
+        for rule in self.rules.by_category.get(category, ()):
+            if rule.matches(fields):
+                attributes = {
+                    "title": rule.title,
+                    "level": rule.level,
+                    "rule_file": Path(rule.path).name,
+                }
+                attributes.update({k: str(v) for k, v in fields.items() if v is not None})
+                yield Finding(
+                    rule=rule.id,
+                    severity=SEVERITY.get(rule.level, Severity.MEDIUM),
+                    message=rule.title,
+                    attributes=attributes,
+                    techniques=rule.techniques,
+                )

