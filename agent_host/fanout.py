@@ -11,12 +11,18 @@ waits, because nothing may be dropped.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Final
 
 from agent_host.protocol import EventKind, batch_frame, batch_payload
+
+#: How many of its events a group remembers (8 bytes each) to check what findings cite.
+HISTORY: Final = 1 << 20
 
 
 @dataclass(slots=True, eq=False)
@@ -141,6 +147,9 @@ class Group:
         self._records: list[bytes] = []
         self._seqs: list[int] = []
         self._oldest = 0.0
+        #: The sequence numbers this group carried (increasing), the last HISTORY of them: what
+        #: its plugins may cite in findings.
+        self._history = array("Q")
         # The source and the flush timer both flush; one at a time keeps batches in event order.
         self._flushing = asyncio.Lock()
 
@@ -148,8 +157,17 @@ class Group:
     def name(self) -> str:
         return "+".join(sorted(self.kinds))
 
+    def carried(self, seq: int) -> bool:
+        """Whether this group carried the event ``seq`` (among its last HISTORY events)."""
+        history = self._history
+        i = bisect.bisect_left(history, seq)
+        return i < len(history) and history[i] == seq
+
     async def add(self, record: bytes, seq: int) -> None:
         """Add one serialized event; sends a batch when it is full."""
+        self._history.append(seq)
+        if len(self._history) >= 2 * HISTORY:
+            del self._history[:HISTORY]
         if not self._records:
             self._oldest = time.monotonic()
         self._records.append(record)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Final
 
@@ -35,11 +36,11 @@ def finding_id(finding: Finding) -> str:
     return digest.hexdigest()
 
 
-def check(finding: Finding, allowed_event_ids: set[int] | None) -> str | None:
+def check(finding: Finding, was_given: Callable[[int], bool]) -> str | None:
     """Why ``finding`` must be rejected, or None if it may pass.
 
-    ``allowed_event_ids`` are the events the plugin was given for this answer; None skips that
-    check (findings from on_stop may refer to any event processed earlier).
+    ``was_given`` tells whether the plugin was given the event with a sequence number: a finding
+    may cite only those (a correlation may cite events of earlier batches).
     """
     if not finding.rule or len(finding.rule) > 256:
         return "rule must be 1 to 256 characters"
@@ -55,10 +56,9 @@ def check(finding: Finding, allowed_event_ids: set[int] | None) -> str | None:
         return f"more than {_MAX_ATTRIBUTES} attributes or an attribute over {_MAX_TEXT} bytes"
     if len(finding.techniques) > 32:
         return "more than 32 techniques"
-    if allowed_event_ids is not None:
-        foreign = [i for i in finding.event_ids if i not in allowed_event_ids]
-        if foreign:
-            return f"refers to events it was not given: {foreign[:5]}"
+    foreign = [i for i in finding.event_ids if not was_given(i)]
+    if foreign:
+        return f"refers to events it was not given: {foreign[:5]}"
     return None
 
 

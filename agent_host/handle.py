@@ -562,9 +562,7 @@ class WorkerHandle:
         if body == "result":
             await self._on_result(message)
         elif body == "stopped":
-            findings = list(message.stopped.findings)
-            high = self._highest_seq
-            await self._accept(findings, None, lambda f: all(i <= high for i in f.event_ids))
+            await self._accept(list(message.stopped.findings))
             return True
         else:
             self._handle_side_message(message)
@@ -596,7 +594,7 @@ class WorkerHandle:
         del self.inflight[result.batch_id]
         self._head_since = time.monotonic()
         findings = self._within_limit(list(result.findings))
-        await self._accept(findings, set(batch.seqs) if findings else set(), None)
+        await self._accept(findings)
         self.stats.processed += len(batch)
         self.stats.errors += result.errors
         if batch.batch_id >= _PIECE_ID_BASE:
@@ -629,17 +627,14 @@ class WorkerHandle:
         )
         return kept
 
-    async def _accept(
-        self,
-        findings: list[Finding],
-        allowed: set[int] | None,
-        extra_check: Callable[[Finding], bool] | None,
-    ) -> None:
+    def _was_given(self, seq: int) -> bool:
+        """Whether this plugin was sent the event ``seq`` (within the group's memory)."""
+        return seq <= self._highest_seq and self.group.carried(seq)
+
+    async def _accept(self, findings: list[Finding]) -> None:
         good: list[Finding] = []
         for finding in findings:
-            problem = check(finding, allowed)
-            if problem is None and extra_check is not None and not extra_check(finding):
-                problem = "refers to events it was never given"
+            problem = check(finding, self._was_given)
             if problem is not None:
                 self.stats.rejected_findings += 1
                 self._log.warning("finding rejected", rule=finding.rule[:64], problem=problem)

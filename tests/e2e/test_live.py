@@ -96,3 +96,55 @@ class TestLive:
         )
         assert replay.returncode == 0
         assert ours(replay.findings, drop) == live_findings
+
+
+EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
+
+class TestLiveFiles:
+    """On real file activity: the EICAR file and a burst of renames are caught."""
+
+    def test_eicar_and_rename_burst(self, tmp_path: Path) -> None:
+        plugins = tmp_path / "plugins"
+        plugins.mkdir()
+        for name in ("yara_scan", "ransomware_burst"):
+            (plugins / name).symlink_to(REPO / "plugins" / name)
+        watched = tmp_path / "watched"
+        (watched / "docs").mkdir(parents=True)
+        for i in range(200):
+            (watched / "docs" / f"report-{i}.txt").write_text(f"quarterly report {i}\n")
+        host = BackgroundHost(
+            [
+                "run",
+                "--sensors",
+                "file",
+                "--watch",
+                str(watched),
+                "--plugins",
+                str(plugins),
+                "--findings",
+                "f.jsonl",
+                "--quiet",
+            ],
+            tmp_path,
+        )
+        host.wait_log("sensor started")
+
+        (watched / "eicar.com").write_text(EICAR)
+        for i in range(200):
+            doc = watched / "docs" / f"report-{i}.txt"
+            doc.rename(doc.with_suffix(".txt.locked"))
+        import time
+
+        time.sleep(1.0)
+        code, _ = host.stop()
+        assert code == 0
+        findings = read_findings(tmp_path / "f.jsonl")
+        yara = [f for f in findings if f.plugin == "yara_scan"]
+        assert [(f.rule, f.attributes["path"]) for f in yara] == [
+            ("yara.eicar_test_file", str(watched / "eicar.com"))
+        ]
+        burst = [f for f in findings if f.plugin == "ransomware_burst"]
+        assert [f.rule for f in burst] == ["file_change_burst"]
+        assert int(burst[0].attributes["distinct_files"]) >= 100
+        assert list(burst[0].techniques) == ["T1486"]

@@ -109,18 +109,33 @@ class TestReplay:
     def test_host_stamps_findings_and_rejects_foreign_event_ids(self, tmp_path: Path) -> None:
         plugins = tmp_path / "plugins"
         use_plugin(plugins, "forger")
-        recording(tmp_path / "rec.jsonl", [exec_event(f"/usr/bin/x{i}") for i in range(5)])
+        # file, process, file, process, ...: the forger gets the process events (even seqs).
+        events = [
+            Event(file=FileEvent(path=f"/f{i}")) if i % 2 else exec_event(f"/usr/bin/x{i}")
+            for i in range(1, 11)
+        ]
+        recording(tmp_path / "rec.jsonl", events)
 
-        run = agent_host(["replay", "rec.jsonl", "--plugins", str(plugins)], cwd=tmp_path)
+        run = agent_host(
+            ["replay", "rec.jsonl", "--plugins", str(plugins), "--batch-size", "1"], cwd=tmp_path
+        )
 
         assert run.returncode == 0
-        assert sorted(f.message for f in run.findings) == [f"on {i}" for i in range(1, 6)]
-        for f in run.findings:
-            assert (f.plugin, f.plugin_version, f.rule) == ("forger", "0.9", "forged")
+        forged = sorted(
+            (f for f in run.findings if f.rule == "forged"), key=lambda f: f.event_ids[0]
+        )
+        assert [f.message for f in forged] == [f"on {i}" for i in (2, 4, 6, 8, 10)]
+        for f in forged:
+            assert (f.plugin, f.plugin_version) == ("forger", "0.9")
             assert f.host != "elsewhere"
+        earlier = sorted(list(f.event_ids) for f in run.findings if f.rule == "earlier")
+        assert earlier == [[2, 4], [4, 6], [6, 8], [8, 10]]
+        assert {f.rule for f in run.findings} == {"forged", "earlier"}
         rejected = run.logs_with("finding rejected")
-        assert len(rejected) == 5 and all(r["plugin"] == "forger" for r in rejected)
-        assert "events it was not given" in rejected[0]["problem"]
+        assert sorted(r["rule"] for r in rejected) == ["future"] * 5 + ["other_kind"] * 5
+        assert all(r["plugin"] == "forger" for r in rejected)
+        assert all("events it was not given" in r["problem"] for r in rejected)
+        assert run.plugin("forger")["rejected_findings"] == 10
 
 
 class TestShutdown:

@@ -7,7 +7,7 @@ from agent_host.sdk import Plugin
 
 class Forger(Plugin):
     def on_event(self, event):
-        # Pose as another plugin, and blame an event this plugin was never given.
+        # Pose as another plugin, with another host name.
         forged = Finding(
             rule="forged",
             severity=Finding.CRITICAL,
@@ -17,13 +17,33 @@ class Forger(Plugin):
             host="elsewhere",
             event_ids=[event.seq],
         )
-        stray = Finding(
-            rule="stray",
+        # Blame an event that does not exist (yet) ...
+        future = Finding(
+            rule="future",
             severity=Finding.LOW,
             message="not mine",
             event_ids=[event.seq + 10_000_000],
         )
-        return [forged, stray]
+        # ... and the event just before, which (in the test) is a file event: it exists, but
+        # this plugin subscribes to processes only and was never given it.
+        other_kind = Finding(
+            rule="other_kind",
+            severity=Finding.LOW,
+            message="not mine either",
+            event_ids=[event.seq - 1],
+        )
+        found = [forged, future, other_kind]
+        if event.seq > 2:
+            # A correlation with the process event two back, given in an earlier batch: allowed.
+            found.append(
+                Finding(
+                    rule="earlier",
+                    severity=Finding.LOW,
+                    message=f"{event.seq}",
+                    event_ids=[event.seq - 2, event.seq],
+                )
+            )
+        return found
 
 
 # Skip the SDK's conversion so that the protocol findings above go out as they are.

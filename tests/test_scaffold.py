@@ -1,0 +1,49 @@
+"""agent-host plugin new: a plugin folder whose own test passes, through agent_host.testing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from agent_host.testing import exec_event, run_plugin
+from tests.helpers import agent_host
+
+
+class TestPluginNew:
+    """The scaffolded plugin loads, detects, and its generated test passes."""
+
+    def test_scaffold_then_test(self, tmp_path: Path) -> None:
+        made = agent_host(["plugin", "new", "netcat_watch"], cwd=tmp_path)
+        assert made.returncode == 0, made.stderr
+        folder = tmp_path / "plugins" / "netcat_watch"
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "detector.py",
+            "plugin.toml",
+            "sample_events.jsonl",
+            "test_netcat_watch.py",
+        ]
+
+        run = run_plugin(folder, [exec_event("/usr/bin/ls"), exec_event("/usr/bin/ncat", "-l")])
+        assert run.rules() == ["netcat_watch.suspicious_name"]
+        assert run.findings[0].event_ids == [2]
+
+        generated = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(folder)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
+        assert generated.returncode == 0, generated.stdout + generated.stderr
+        assert "2 passed" in generated.stdout
+
+        listing = agent_host(["plugins", "--plugins", "plugins"], cwd=tmp_path)
+        assert "netcat_watch" in listing.stdout
+
+    def test_refuses_bad_name_and_existing_folder(self, tmp_path: Path) -> None:
+        assert agent_host(["plugin", "new", "Bad-Name"], cwd=tmp_path).returncode == 2
+        assert agent_host(["plugin", "new", "twice"], cwd=tmp_path).returncode == 0
+        again = agent_host(["plugin", "new", "twice"], cwd=tmp_path)
+        assert again.returncode == 2
+        assert "already exists" in again.stderr
