@@ -1,0 +1,42 @@
+"""The plugin-authoring guide describes exactly the event model that protos/ defines."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from google.protobuf.descriptor import Descriptor
+
+from agent_host.protocol import Event, FileEvent, Finding, NetworkEvent, ProcessEvent
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugin-guide.md"
+
+
+def documented_fields(heading: str) -> list[str]:
+    """The field names in the table under ``### heading`` of the guide."""
+    text = GUIDE.read_text()
+    section = text.split(f"### {heading}\n", 1)[1].split("\n#", 1)[0]
+    return re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    ("heading", "message"),
+    [
+        ("Event", Event.DESCRIPTOR),
+        ("ProcessEvent", ProcessEvent.DESCRIPTOR),
+        ("FileEvent", FileEvent.DESCRIPTOR),
+        ("NetworkEvent", NetworkEvent.DESCRIPTOR),
+        ("Finding (what the host writes)", Finding.DESCRIPTOR),
+    ],
+)
+def test_guide_tables_match_the_protos(heading: str, message: Descriptor) -> None:
+    assert documented_fields(heading) == [f.name for f in message.fields]
+
+
+def test_enum_values_are_documented() -> None:
+    text = GUIDE.read_text()
+    for enum in (ProcessEvent.Action, FileEvent.Action, NetworkEvent.Action, Finding.Severity):
+        for name in (value.name for value in enum.DESCRIPTOR.values):
+            if not name.endswith("UNSPECIFIED"):
+                assert f"`{name}`" in text, name
