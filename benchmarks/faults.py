@@ -17,6 +17,7 @@ import asyncio
 import os
 import signal
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from agent_host.protocol import Event, Finding, ProcessEvent
 from agent_host.restart import RestartPolicy
 from agent_host.stats import State
 from agent_host.supervisor import Supervisor
+from benchmarks.common import make_events, trivial
 
 HERE = Path(__file__).parent
 #: Every restart is the first after a stable run, so none waits for backoff; none quarantines.
@@ -107,6 +109,39 @@ async def hang_overshoots(hangs: int) -> tuple[float, list[float]]:
         await _until(lambda: handle.stats.dead_lettered + handle.stats.processed >= sup.accepted)
     await sup.stop()
     return deadline, overshoots
+
+
+async def _healthy_throughput(events: list[Event], with_crashloop: bool, workdir: Path) -> float:
+    """Events per second through two healthy plugins, with a crash-looping third or without."""
+    manifests = trivial(2, workdir)
+    if with_crashloop:
+        manifests.append(Manifest.load(HERE / "plugins" / "crashloop" / "plugin.toml"))
+    # The default restart policy: what a user gets.
+    sup = Supervisor(HostConfig(state_dir=None), manifests, _WatchingSink())
+    await sup.start()
+    healthy = [sup.handles[m.name] for m in manifests if m.name != "crashloop"]
+    started = time.perf_counter()
+    for event in events:
+        copy = Event()
+        copy.CopyFrom(event)
+        await sup.publish(copy)
+    await _until(lambda: all(h.stats.processed == len(events) for h in healthy), timeout=120)
+    elapsed = time.perf_counter() - started
+    await sup.stop()
+    return len(events) / elapsed
+
+
+def containment_ratio(n: int) -> dict[str, float]:
+    """Healthy plugins' throughput while another crash-loops, over their throughput without."""
+    events = make_events(n)
+    with tempfile.TemporaryDirectory() as tmp:
+        alone = asyncio.run(_healthy_throughput(events, False, Path(tmp)))
+        beside = asyncio.run(_healthy_throughput(events, True, Path(tmp)))
+    return {
+        "healthy_eps_alone": alone,
+        "healthy_eps_beside_crashloop": beside,
+        "containment_ratio": beside / alone,
+    }
 
 
 def summary(values: list[float]) -> str:

@@ -6,8 +6,9 @@ that loads plugins into its own address space (as Falco does) would pay.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
+import logging
 import sys
 from collections.abc import AsyncIterable
 
@@ -17,20 +18,38 @@ from agent_host.protocol import Event, event_kind
 
 
 def load(manifest: Manifest) -> sdk.Plugin:
-    """Import a plugin into this process (only a benchmark may do this; the host never does)."""
+    """Import a plugin into this process (only a benchmark may do this; the host never does).
+
+    Several plugins' modules share names (detector.py), so each is loaded from its own file
+    under a name of its own.
+    """
     sys.path.insert(0, str(manifest.directory))
     module_name, class_name = manifest.entrypoint.split(":", 1)
-    plugin: sdk.Plugin = getattr(importlib.import_module(module_name), class_name)()
+    path = manifest.directory / f"{module_name.replace('.', '/')}.py"
+    spec = importlib.util.spec_from_file_location(f"_inprocess_{manifest.name}", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plugin: sdk.Plugin = getattr(module, class_name)()
     plugin.config = json.loads(manifest.config_json)
+    plugin.log = logging.getLogger(f"plugin.{manifest.name}")
     plugin.on_start(plugin.config)
     return plugin
 
 
+Loaded = list[tuple[sdk.Plugin, frozenset[str]]]
+
+
+def load_all(manifests: list[Manifest]) -> Loaded:
+    """Import and start every plugin (not timed: the isolated run's start-up is not either)."""
+    return [(load(m), frozenset(m.subscribe)) for m in manifests]
+
+
 async def run(
-    source: AsyncIterable[Event], manifests: list[Manifest], batch_size: int = 256
+    source: AsyncIterable[Event], plugins: Loaded, batch_size: int = 256
 ) -> tuple[int, int]:
-    """Feed ``source`` to the plugins in batches; return (events, findings)."""
-    plugins = [(load(m), m.subscribe) for m in manifests]
+    """Feed ``source`` to the loaded plugins in batches; return (events, findings)."""
     batch: list[Event] = []
     events = findings = 0
 

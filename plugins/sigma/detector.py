@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine import RuleSet, load_rules
+from engine import RuleSet, load_rules, prepare
 from fields import sigma_fields
 
 from agent_host.sdk import Event, Finding, Plugin, Severity
@@ -39,8 +39,9 @@ class SigmaDetector(Plugin):
         if mapped is None:
             return
         category, fields = mapped
+        prepared = prepare(fields)
         for rule in self.rules.by_category.get(category, ()):
-            if rule.matches(fields):
+            if rule.matches(prepared):
                 attributes = {
                     "title": rule.title,
                     "level": rule.level,

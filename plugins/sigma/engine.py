@@ -65,34 +65,69 @@ def _as_text(value: Any) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
-def _string_test(value: st.SigmaString) -> ValueTest:
+#: Suffix of the keys under which ``prepare`` keeps each text field casefolded.
+FOLDED = "\0folded"
+
+
+def prepare(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields plus a casefolded copy of each text field, folded once per event rather than
+    once per test (most Sigma values are case-insensitive)."""
+    prepared = dict(fields)
+    for name, value in fields.items():
+        if isinstance(value, str):
+            prepared[name + FOLDED] = value.casefold()
+    return prepared
+
+
+def _folded_only(value: Any) -> bool:
+    """Whether every string in ``value`` compares case-insensitively (so folded input suffices)."""
+    if isinstance(value, st.SigmaExpansion):
+        return all(_folded_only(v) for v in value.values)
+    return isinstance(value, st.SigmaString) and not isinstance(value, st.SigmaCasedString)
+
+
+def _shape_test(parts: list[Any], prefolded: bool) -> ValueTest | None:
+    """A fast test for the shapes modifiers produce most: x, *x*, x*, *x (no regex)."""
+    wild = st.SpecialChars.WILDCARD_MULTI
+    shape = tuple(p if p == wild else "x" if isinstance(p, str) else "?" for p in parts)
+    texts = [p.casefold() for p in parts if isinstance(p, str)]
+    if len(texts) != 1 or "?" in shape:
+        return None
+    (text,) = texts
+    if prefolded:  # the input is already casefolded (see prepare)
+        tests: dict[tuple[Any, ...], ValueTest] = {
+            ("x",): lambda v: v == text,
+            (wild, "x", wild): lambda v: v is not None and text in v,
+            ("x", wild): lambda v: v is not None and v.startswith(text),
+            (wild, "x"): lambda v: v is not None and v.endswith(text),
+        }
+    else:
+        tests = {
+            ("x",): lambda v: (t := _as_text(v)) is not None and t.casefold() == text,
+            (wild, "x", wild): lambda v: (t := _as_text(v)) is not None and text in t.casefold(),
+            ("x", wild): lambda v: (t := _as_text(v)) is not None and t.casefold().startswith(text),
+            (wild, "x"): lambda v: (t := _as_text(v)) is not None and t.casefold().endswith(text),
+        }
+    return tests.get(shape)
+
+
+def _string_test(value: st.SigmaString, prefolded: bool = False) -> ValueTest:
+    """A test of text against ``value``; with ``prefolded``, the text is already casefolded."""
     cased = isinstance(value, st.SigmaCasedString)
     parts = list(value.s)
-    wild = st.SpecialChars.WILDCARD_MULTI
-    inner = parts[1:-1] if len(parts) >= 2 else parts
-    if parts and all(isinstance(p, str) for p in parts):
-        # Plain text: equality.
-        text = "".join(parts)
-        if cased:
+    if cased:
+        if parts and all(isinstance(p, str) for p in parts):
+            text = "".join(parts)
             return lambda v: _as_text(v) == text
-        folded = text.casefold()
-        return lambda v: (t := _as_text(v)) is not None and t.casefold() == folded
-    if not cased and all(isinstance(p, str) for p in inner) and inner:
-        # The shapes modifiers produce most: *x*, x*, *x (fast paths, no regex).
-        needle = "".join(inner).casefold()
-        if len(parts) == 3 and parts[0] == wild and parts[-1] == wild:
-            return lambda v: (t := _as_text(v)) is not None and needle in t.casefold()
-        if len(parts) == 2 and parts[-1] == wild and isinstance(parts[0], str):
-            prefix = parts[0].casefold()
-            return lambda v: (t := _as_text(v)) is not None and t.casefold().startswith(prefix)
-        if len(parts) == 2 and parts[0] == wild and isinstance(parts[1], str):
-            suffix = parts[1].casefold()
-            return lambda v: (t := _as_text(v)) is not None and t.casefold().endswith(suffix)
+    else:
+        fast = _shape_test(parts, prefolded)
+        if fast is not None:
+            return fast
     pattern = []
     for part in parts:
         if isinstance(part, str):
             pattern.append(re.escape(part))
-        elif part == wild:
+        elif part == st.SpecialChars.WILDCARD_MULTI:
             pattern.append(".*")
         elif part == st.SpecialChars.WILDCARD_SINGLE:
             pattern.append(".")
@@ -123,10 +158,10 @@ def _number(value: Any) -> float | None:
         return None
 
 
-def value_test(value: Any) -> ValueTest:
-    """A test of one field value against one Sigma value."""
+def value_test(value: Any, prefolded: bool = False) -> ValueTest:
+    """A test of one field value against one Sigma value (``prefolded``: see _string_test)."""
     if isinstance(value, st.SigmaString):
-        return _string_test(value)
+        return _string_test(value, prefolded)
     if isinstance(value, st.SigmaNumber):
         number = float(value.number)
         return lambda v: _number(v) == number
@@ -150,7 +185,7 @@ def value_test(value: Any) -> ValueTest:
 
         return in_network
     if isinstance(value, st.SigmaExpansion):
-        tests = [value_test(v) for v in value.values]
+        tests = [value_test(v, prefolded) for v in value.values]
         return lambda v: any(test(v) for test in tests)
     if isinstance(value, st.SigmaNull):
         return lambda v: v is None or v == ""
@@ -185,11 +220,16 @@ def compile_condition(node: Any) -> Predicate:
         if isinstance(node.value, st.SigmaFieldReference):
             other = node.value.field
             return lambda f: f.get(name) is not None and f.get(name) == f.get(other)
-        test = value_test(node.value)
-        return lambda f: test(f.get(name))
+        if _folded_only(node.value):
+            test, key = value_test(node.value, prefolded=True), name + FOLDED
+        else:
+            test, key = value_test(node.value), name
+        return lambda f: test(f.get(key))
     if isinstance(node, cond.ConditionValueExpression):  # a keyword: any field may hold it
         test = value_test(node.value)
-        return lambda f: any(test(v) for v in f.values() if v is not None)
+        return lambda f: any(
+            test(v) for k, v in f.items() if v is not None and not k.endswith(FOLDED)
+        )
     raise UnsupportedRuleError(f"condition element {type(node).__name__}")
 
 
