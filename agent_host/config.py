@@ -38,6 +38,8 @@ class HostConfig:
     watchdog_interval_s: float = 0.02
     #: How often memory, CPU and processes are measured.
     sample_interval_s: float = 0.1
+    #: Fork workers from a pre-initialised zygote (fast restarts) rather than exec each one.
+    zygote: bool = True
     #: The host name stamped on events and findings that carry none.
     hostname: str = field(default_factory=socket.gethostname)
     #: Where the host keeps state across runs (quarantine, dead letters); None for no state.

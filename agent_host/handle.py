@@ -13,7 +13,6 @@ import contextlib
 import os
 import secrets
 import signal
-import sys
 import time
 import uuid
 from collections import Counter
@@ -44,14 +43,13 @@ from agent_host.protocol import (
     batch_payload,
 )
 from agent_host.restart import RestartPolicy, RestartTracker
+from agent_host.spawner import Spawner, WorkerProcess
 from agent_host.state import StateStore
 from agent_host.stats import PluginStats, State
 from agent_host.watchdog import ResourceMonitor, Verdict, apply_hard_limits
 
 log = structlog.get_logger("agent_host")
 
-#: Where the worker may find agent_host itself, whether installed or run from a checkout.
-_PACKAGE_ROOT: Final = str(Path(__file__).resolve().parent.parent)
 #: How long a worker that hung up its session has to exit by itself before it is killed.
 _SESSION_END_GRACE_S: Final = 0.5
 #: Ids of the sub-batches sent while isolating a poison event; backlog ids never come near.
@@ -89,6 +87,7 @@ class WorkerHandle:
         on_findings: FindingsCallback,
         restart_policy: RestartPolicy,
         store: StateStore,
+        spawner: Spawner,
     ) -> None:
         self.manifest = manifest
         self.group = group
@@ -100,12 +99,13 @@ class WorkerHandle:
         self._on_findings = on_findings
         self._restarts = RestartTracker(restart_policy)
         self._store = store
+        self._spawner = spawner
         self._log = log.bind(plugin=manifest.name)
 
         # Per spawn.
         self.worker_id = ""
         self._token = b""
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: WorkerProcess | None = None
         self.monitor: ResourceMonitor | None = None
         self._session_task: asyncio.Task[None] | None = None
         self._running_since: float | None = None
@@ -153,31 +153,10 @@ class WorkerHandle:
         self._token = secrets.token_bytes(worker_module.TOKEN_BYTES)
         self._ready = asyncio.get_running_loop().create_future()
         self._death = None
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PYTHONPATH": _PACKAGE_ROOT,
-            "PYTHONUNBUFFERED": "1",
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
-        }
         try:
-            proc = await asyncio.create_subprocess_exec(
-                # Not "-m agent_host.worker": that would run the module as __main__, a second
-                # copy beside the agent_host.worker that plugins import.
-                sys.executable,
-                "-c",
-                "import sys; from agent_host.worker import main; sys.exit(main())",
-                "--socket",
-                str(self._socket_path),
-                "--worker-id",
-                self.worker_id,
-                "--host-pid",
-                str(os.getpid()),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                cwd=self.manifest.directory,
-                env=env,
-                start_new_session=True,  # its own process group: killed as one, children too
+            proc = await self._spawner.spawn(
+                ["--socket", str(self._socket_path), "--worker-id", self.worker_id],
+                self.manifest.directory,
             )
         except OSError as exc:
             self._log.error("worker could not be started", error=str(exc))
@@ -243,7 +222,7 @@ class WorkerHandle:
         self._signal_group(signal.SIGTERM)
         self._spawn_task(self._escalate(proc))
 
-    async def _escalate(self, proc: asyncio.subprocess.Process) -> None:
+    async def _escalate(self, proc: WorkerProcess) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), self._config.kill_grace_s)
         except TimeoutError:
@@ -288,7 +267,7 @@ class WorkerHandle:
         if verdict is not None:
             self.terminate(verdict)
 
-    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+    async def _watch(self, proc: WorkerProcess) -> None:
         self._last_heard = time.monotonic()
         returncode = await proc.wait()
         # The worker's children die with it, even those it left running.

@@ -24,19 +24,25 @@ def _prctl(option: int, arg: int) -> bool:
     return int(libc.prctl(option, arg, 0, 0, 0)) == 0
 
 
-def confine_self(host_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this process when its parent dies; exit now if it already has."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        # The parent died before PDEATHSIG was armed: nobody is left to serve.
+        os._exit(1)
+
+
+def confine_self(parent_pid: int) -> None:
     """Confine the calling worker process.
 
-    - dies with the host (PDEATHSIG), so a crashed host leaves no orphaned plugins behind;
+    - dies with its parent (PDEATHSIG: the host, or the zygote, which dies with the host), so a
+      crashed host leaves no orphaned plugins behind;
     - no core dumps (they would hold event data) and not dumpable, so that another plugin's worker
       running as the same user cannot read this one's memory or environment through /proc or
       ptrace, and with it the session secret;
     - no new privileges: a setuid binary the plugin executes does not gain any.
     """
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != host_pid:
-        # The host died before PDEATHSIG was armed: nobody is left to serve.
-        os._exit(1)
+    die_with_parent(parent_pid)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _prctl(_PR_SET_DUMPABLE, 0)
     _prctl(_PR_SET_NO_NEW_PRIVS, 1)

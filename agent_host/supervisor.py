@@ -29,6 +29,7 @@ from agent_host.manifest import Manifest
 from agent_host.protocol import EVENT_KINDS, Event, EventKind, Finding, event_kind, event_record
 from agent_host.restart import RestartPolicy
 from agent_host.session import SessionServer
+from agent_host.spawner import ExecSpawner, Spawner, ZygoteSpawner
 from agent_host.state import StateStore
 from agent_host.stats import State
 from agent_host.watchdog import Verdict, descendants_by_root
@@ -61,6 +62,7 @@ class Supervisor:
         self.accepted = 0
         self.rejected_events = 0
         self._background: list[asyncio.Task[None]] = []
+        self._spawner: Spawner = ExecSpawner()
 
     @property
     def socket_path(self) -> Path:
@@ -79,6 +81,10 @@ class Supervisor:
     async def start(self) -> None:
         """Open the socket, spawn every worker, and wait until each is ready or has failed."""
         await self._server.start()
+        if self.config.zygote:
+            zygote = ZygoteSpawner()
+            if await zygote.start():
+                self._spawner = zygote
         for manifest in self._manifests:
             group = self.groups.get(manifest.subscribe)
             if group is None:
@@ -96,6 +102,7 @@ class Supervisor:
                 on_findings=self._on_findings,
                 restart_policy=self._restart_policy,
                 store=self.store,
+                spawner=self._spawner,
             )
         quarantined = self.store.quarantined()
         for name, q in quarantined.items():
@@ -191,6 +198,7 @@ class Supervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self._server.stop()
+        await self._spawner.close()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
         self.store.close()
 
@@ -199,6 +207,7 @@ class Supervisor:
         for handle in self.handles.values():
             handle.kill(Verdict("signal", "host aborted"))
         await self._server.stop(0)
+        await self._spawner.close()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
 
     async def _on_findings(self, handle: WorkerHandle, findings: list[Finding]) -> None:

@@ -239,7 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agent_host.worker")
     parser.add_argument("--socket", required=True)
     parser.add_argument("--worker-id", required=True)
-    parser.add_argument("--host-pid", type=int, required=True)
+    parser.add_argument(
+        "--parent-pid",
+        type=int,
+        required=True,
+        help="the host, or the zygote that forked this worker",
+    )
     args = parser.parse_args(argv)
 
     token = sys.stdin.buffer.read(TOKEN_BYTES)
@@ -247,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(token) != TOKEN_BYTES:
         print("worker: no session secret on stdin", file=sys.stderr)
         return EXIT_BOOT_ERROR
-    sandbox.confine_self(args.host_pid)
+    sandbox.confine_self(args.parent_pid)
     options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
