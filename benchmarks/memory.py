@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import psutil
 
+from agent_host import logs
 from agent_host.config import HostConfig
 from agent_host.findings import FindingSink
 from agent_host.supervisor import Supervisor
@@ -41,5 +45,23 @@ async def _run(n: int, workdir: Path) -> dict[str, float]:
 
 
 def measure(n: int) -> dict[str, float]:
+    """Measured in a fresh process: the benchmark's own holds events and in-process plugins."""
+    code = (
+        "import json, sys; from benchmarks.memory import measure_here; "
+        "print(json.dumps(measure_here(int(sys.argv[1]))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(n)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure_here(n: int) -> dict[str, float]:
+    logs.configure("console", "critical")
     with tempfile.TemporaryDirectory() as tmp:
         return asyncio.run(_run(n, Path(tmp)))

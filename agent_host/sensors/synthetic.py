@@ -30,6 +30,21 @@ _SUSPICIOUS_EXECS: Final = [
 _FILES: Final = ["/etc/hosts", "/home/dev/notes.txt", "/tmp/build.log", "/var/log/syslog"]
 
 
+def _exec(pid: int, cmdline: list[str], parent: str, cwd: str) -> ProcessEvent:
+    return ProcessEvent(
+        action=ProcessEvent.START,
+        pid=pid,
+        ppid=pid - 1,
+        exe=cmdline[0],
+        cmdline=cmdline,
+        cwd=cwd,
+        uid=1000,
+        user="dev",
+        parent_exe=parent,
+        parent_cmdline=[parent],
+    )
+
+
 class SyntheticSource:
     """Generates ``rate`` events a second (0: at full speed), ``limit`` in all (0: no end)."""
 
@@ -50,36 +65,10 @@ class SyntheticSource:
         roll = n % 10
         if n % self._attack_every == 0:
             cmdline, parent = rng.choice(_SUSPICIOUS_EXECS)
-            event.process.CopyFrom(
-                ProcessEvent(
-                    action=ProcessEvent.START,
-                    pid=pid,
-                    ppid=pid - 1,
-                    exe=cmdline[0],
-                    cmdline=cmdline,
-                    cwd="/tmp",
-                    uid=1000,
-                    user="dev",
-                    parent_exe=parent,
-                    parent_cmdline=[parent],
-                )
-            )
+            event.process.CopyFrom(_exec(pid, cmdline, parent, cwd="/tmp"))
         elif roll < 5:
             cmdline, parent = rng.choice(_BENIGN_EXECS)
-            event.process.CopyFrom(
-                ProcessEvent(
-                    action=ProcessEvent.START,
-                    pid=pid,
-                    ppid=pid - 1,
-                    exe=cmdline[0],
-                    cmdline=cmdline,
-                    cwd="/home/dev",
-                    uid=1000,
-                    user="dev",
-                    parent_exe=parent,
-                    parent_cmdline=[parent],
-                )
-            )
+            event.process.CopyFrom(_exec(pid, cmdline, parent, cwd="/home/dev"))
         elif roll < 8:
             event.file.CopyFrom(
                 FileEvent(action=FileEvent.MODIFIED, path=rng.choice(_FILES), pid=pid)

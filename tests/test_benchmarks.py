@@ -1,0 +1,45 @@
+"""The benchmark suite's smoke run: it finishes, writes what it promises, and nothing is grossly
+broken. It never judges timings within a tenth of their targets: the machines are noisy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_quick_run(tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert elapsed < 20 * 60  # 10x the two-minute budget: a wide margin, never a flake
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    row = results["throughput"][0]
+    assert {"plugins", "workload", "in_process_eps", "isolated_eps", "ratio"} <= set(row)
+    assert {r["workload"] for r in results["throughput"]} >= {"trivial", "realistic"}
+    assert {"offered_eps", "p50_ms", "p99_ms"} <= set(results["latency"][0])
+    assert {"p50_ms", "p99_ms"} <= set(results["restart"])
+    assert {"deadline_ms", "p50_over_ms"} <= set(results["hang_detection"])
+    assert results["containment_ratio"] > 0
+    assert results["worker_uss_mb"] > 0
+    assert {"cores", "python", "grpcio", "protobuf", "protobuf_backend"} <= set(results["machine"])
+    misses = {name: t for name, t in results["targets"].items() if t["gross_miss"]}
+    assert misses == {}
+
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# agent-host benchmarks")
+    assert "| isolated / in-process throughput, 1 trivial plugin |" in report
+    for plot in ("throughput.png", "latency.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
