@@ -47,3 +47,11 @@ class TestPluginNew:
         again = agent_host(["plugin", "new", "twice"], cwd=tmp_path)
         assert again.returncode == 2
         assert "already exists" in again.stderr
+
+
+def test_pytest_fixture_runs_a_plugin(agent_host_plugin) -> None:  # type: ignore[no-untyped-def]
+    """The ``agent_host_plugin`` fixture (registered through pytest11) is run_plugin."""
+    plugin = Path(__file__).resolve().parent.parent / "plugins" / "suspicious_exec"
+    run = agent_host_plugin(plugin, [exec_event("/dev/shm/x"), exec_event("/usr/bin/id")])
+    assert run.rules() == ["exec_from_writable_dir"]
+    assert run.stats.processed == 2
