@@ -124,3 +124,40 @@ class TestWorkerDeath:
         assert victim.stats.processed == 3000
         assert victim.stats.delivered == 3000 + victim.stats.redelivered
         assert sup.handles["tally"].stats.restarts == {}
+
+
+class TestFlowControl:
+    """A slow plugin falls behind on its own queue; the others are not held up."""
+
+    def test_slow_plugin_does_not_stall_the_fast_one(self, tmp_path: Path) -> None:
+        slow_dir = tmp_path / "slow"
+        slow_dir.mkdir()
+        (slow_dir / "plugin.toml").write_text(
+            '[plugin]\nname = "slow"\nversion = "1"\nentrypoint = "slow:Slow"\n'
+            'subscribe = ["process"]\n'
+        )
+        (slow_dir / "slow.py").write_text(
+            "import time\nfrom agent_host.sdk import Plugin\n\n"
+            "class Slow(Plugin):\n    def on_event(self, event):\n        time.sleep(0.003)\n"
+        )
+
+        async def scenario() -> tuple[int, int]:
+            sup = Supervisor(
+                HostConfig(batch_size=16, state_dir=None),
+                [*manifests("tally"), Manifest.load(slow_dir / "plugin.toml")],
+                FindingSink(None, None),
+            )
+            await sup.start()
+            for i in range(1000):
+                await sup.publish(exec_event(f"/usr/bin/p{i}"))
+            tally, slow = sup.handles["tally"], sup.handles["slow"]
+            while tally.stats.processed < 1000:
+                await asyncio.sleep(0.01)
+            behind = slow.stats.processed
+            await sup.stop()
+            return behind, slow.stats.processed
+
+        behind, finally_processed = run(scenario())
+        # The slow plugin needs 3 s for all 1,000 events; the fast one was done long before.
+        assert behind < 500
+        assert finally_processed == 1000
