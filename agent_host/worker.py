@@ -122,14 +122,16 @@ def load_plugin(start: Start) -> sdk.Plugin:
     return plugin
 
 
-def _to_proto(finding: object, default_event_id: int) -> Finding:
+def _to_proto(finding: object, default_event_id: int | None) -> Finding:
+    """The protocol's Finding; without event_ids it is about ``default_event_id`` (on_stop has
+    no event in hand: then it is about none)."""
     if not isinstance(finding, sdk.Finding):
         raise TypeError(f"expected agent_host.sdk.Finding, got {type(finding).__name__}")
     return Finding(
         rule=finding.rule,
         severity=int(finding.severity),  # type: ignore[arg-type]  # IntEnum matches the proto's
         message=finding.message,
-        event_ids=finding.event_ids or (default_event_id,),
+        event_ids=finding.event_ids or (() if default_event_id is None else (default_event_id,)),
         attributes=dict(finding.attributes),
         techniques=finding.techniques,
     )
@@ -174,7 +176,7 @@ class Runtime:
         try:
             produced: Iterable[object] | None = self._plugin.on_stop()
             if produced is not None:
-                message.stopped.findings.extend(_to_proto(f, 0) for f in produced)
+                message.stopped.findings.extend(_to_proto(f, None) for f in produced)
         except Exception as exc:
             self._log.error("on_stop raised: %s", describe_exception(exc, self._plugin_dir))
         return message
