@@ -345,6 +345,7 @@ def _report(
     summary: dict[str, object] = {
         "events": sup.accepted,
         "bad_lines": bad_lines,
+        "events_without_kind": sup.rejected_events,
         "findings": sup.sink.written,
         "elapsed_s": elapsed,
         "refused_sessions": sup.refused_sessions,

@@ -15,7 +15,7 @@ import bisect
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -103,9 +103,6 @@ class Backlog:
             if plugin in batch.pending:
                 return batch.batch_id
         return self._next_id
-
-    def pending_for(self, plugin: str) -> Iterable[Batch]:
-        return (b for b in self._batches if plugin in b.pending)
 
     async def done(self, plugin: str, batch: Batch) -> None:
         """``plugin`` is finished with ``batch``: free what nobody needs any more."""

@@ -55,8 +55,3 @@ class RestartTracker:
             return 0.0
         delay: float = min(policy.max_backoff_s, policy.backoff_s * 2.0 ** (self._consecutive - 2))
         return delay * self._rng.uniform(1 - policy.jitter, 1 + policy.jitter)
-
-    def reset(self) -> None:
-        """Forget the history (an operator released the plugin from quarantine)."""
-        self._failures.clear()
-        self._consecutive = 0

@@ -6,8 +6,6 @@ import enum
 from collections import Counter
 from dataclasses import dataclass, field
 
-from agent_host.protocol import PluginStatus
-
 
 class State(enum.StrEnum):
     """Where a plugin's worker is in its life."""
@@ -40,20 +38,3 @@ class PluginStats:
     rejected_findings: int = 0
     restarts: Counter[str] = field(default_factory=Counter)
     peak_rss_mib: float = 0.0
-
-    def status(self, name: str, version: str, state: State, reason: str) -> PluginStatus:
-        return PluginStatus(
-            name=name,
-            version=version,
-            state=state.value,
-            reason=reason,
-            events_delivered=self.delivered,
-            events_processed=self.processed,
-            events_redelivered=self.redelivered,
-            events_dead_lettered=self.dead_lettered,
-            events_dropped=self.dropped,
-            events_failed=self.errors,
-            findings=self.findings,
-            restarts=sum(self.restarts.values()),
-            restarts_by_cause=dict(self.restarts),
-        )

@@ -60,6 +60,7 @@ class Supervisor:
         self._dedup = Deduplicator()
         self._seq = 0
         self.accepted = 0
+        #: Events with none of process, file, network: skipped, counted, reported in the summary.
         self.rejected_events = 0
         self._background: list[asyncio.Task[None]] = []
         self._spawner: Spawner = ExecSpawner()
