@@ -137,12 +137,6 @@ def parse_logs(text: str) -> list[dict[str, Any]]:
     return entries
 
 
-def message_to_json_line(event: Event) -> str:
-    from agent_host.protocol import message_to_json
-
-    return message_to_json(event)
-
-
 class BackgroundHost:
     """A real agent-host command running in the background, its log in a file."""
 

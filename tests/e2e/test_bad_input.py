@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.helpers import agent_host, exec_event, make_plugin, message_to_json_line, use_plugin
+from agent_host.protocol import message_to_json
+from tests.helpers import agent_host, exec_event, make_plugin, use_plugin
 
 IMPORT_FAILS = """\
 from agent_host.sdk import Plugin
@@ -30,7 +31,7 @@ def write_recording_with_bad_lines(path: Path) -> int:
     """A recording with 10 good events and 3 bad lines (lines 3, 6, 9); returns the good count."""
     lines = []
     for i in range(10):
-        lines.append(message_to_json_line(exec_event(f"/usr/bin/p{i}")))
+        lines.append(message_to_json(exec_event(f"/usr/bin/p{i}")))
         if i == 1:
             lines.append('{"process": {"pid": "not a number"}}')
         if i == 3:
@@ -97,7 +98,7 @@ class TestBadInput:
     def test_nothing_could_run_is_a_failure(self, tmp_path: Path) -> None:
         plugins = tmp_path / "plugins"
         make_plugin(plugins, "import_fails", IMPORT_FAILS)
-        (tmp_path / "rec.jsonl").write_text(message_to_json_line(exec_event("/bin/true")) + "\n")
+        (tmp_path / "rec.jsonl").write_text(message_to_json(exec_event("/bin/true")) + "\n")
 
         run = agent_host(["replay", "rec.jsonl", "--plugins", str(plugins)], cwd=tmp_path)
 
