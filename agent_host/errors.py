@@ -1,6 +1,7 @@
 """The exceptions agent-host raises, as one small tree.
 
     AgentHostError
+    ├── UsageError           a flag or path the command cannot use  (what)
     ├── ManifestError        a plugin.toml that cannot be used      (path, key)
     ├── RecordingError       an event line that cannot be parsed    (path, line)
     ├── ConfigError          a bad host setting                     (key)
@@ -17,6 +18,16 @@ from pathlib import Path
 
 class AgentHostError(Exception):
     """Base class of every error agent-host raises on purpose."""
+
+
+class UsageError(AgentHostError):
+    """A command was given something it cannot use: a bad flag value, a missing or unwritable
+    path. ``what`` names the flag or the file; the CLI prints ``agent-host: <what>: <why>``."""
+
+    def __init__(self, what: str, why: str) -> None:
+        self.what = what
+        self.why = why
+        super().__init__(f"{what}: {why}")
 
 
 class ManifestError(AgentHostError):

@@ -7,10 +7,10 @@ import shutil
 import statistics
 from pathlib import Path
 
-from agent_host.manifest import Manifest
+from agent_host.host.manifest import Manifest
 from agent_host.protocol import Event
-from agent_host.sensors.replay import write_recording
-from agent_host.sensors.synthetic import SyntheticSource
+from agent_host.sources.replay import write_recording
+from agent_host.sources.synthetic import SyntheticSource
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

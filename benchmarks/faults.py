@@ -19,17 +19,16 @@ import signal
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from agent_host import logs
-from agent_host.config import HostConfig
-from agent_host.findings import FindingSink
-from agent_host.manifest import Manifest
+from agent_host.host.config import HostConfig
+from agent_host.host.lifecycle import Phase
+from agent_host.host.manifest import Manifest
+from agent_host.host.restart import RestartPolicy
+from agent_host.host.supervisor import Supervisor
 from agent_host.protocol import Event, Finding, ProcessEvent
-from agent_host.restart import RestartPolicy
-from agent_host.stats import State
-from agent_host.supervisor import Supervisor
 from benchmarks.common import make_events, trivial
 
 HERE = Path(__file__).parent
@@ -37,20 +36,22 @@ HERE = Path(__file__).parent
 EAGER = RestartPolicy(stable_after_s=0.2, burst=1_000_000)
 
 
-class _WatchingSink(FindingSink):
+class _WatchingSink:
     """A sink that tells a waiter when the finding for a given event arrives."""
 
     def __init__(self) -> None:
-        super().__init__(None, terminal=None)
         self.waiters: dict[int, asyncio.Future[float]] = {}
 
-    def write(self, findings: list[Finding]) -> None:
+    def write(self, findings: Sequence[Finding]) -> None:
         now = time.perf_counter()
         for f in findings:
             for seq in f.event_ids:
                 waiter = self.waiters.pop(seq, None)
                 if waiter is not None and not waiter.done():
                     waiter.set_result(now)
+
+    def close(self) -> None:
+        return None
 
 
 def _event(exe: str) -> Event:
@@ -71,10 +72,10 @@ async def restart_latencies(kills: int) -> list[float]:
     manifest = Manifest.load(HERE / "plugins" / "echo" / "plugin.toml")
     sup = Supervisor(HostConfig(batch_size=1), [manifest], sink, restart_policy=EAGER)
     await sup.start()
-    handle = sup.handles["echo"]
+    handle = sup.plugins["echo"]
     latencies: list[float] = []
     for _ in range(kills):
-        await _until(lambda: handle.state is State.RUNNING)
+        await _until(lambda: handle.phase is Phase.RUNNING)
         await asyncio.sleep(0.3)  # a stable run: the next restart is not backed off
         pid = handle.pid
         assert pid is not None
@@ -94,11 +95,11 @@ async def hang_overshoots(hangs: int) -> tuple[float, list[float]]:
     manifest = Manifest.load(HERE / "plugins" / "hang" / "plugin.toml")
     sup = Supervisor(HostConfig(batch_size=1), [manifest], _WatchingSink(), restart_policy=EAGER)
     await sup.start()
-    handle = sup.handles["hang"]
+    handle = sup.plugins["hang"]
     deadline = manifest.limits.batch_deadline_s
     overshoots: list[float] = []
     for _ in range(hangs):
-        await _until(lambda: handle.state is State.RUNNING and not handle.inflight)
+        await _until(lambda: handle.phase is Phase.RUNNING and not handle.inflight)
         proc = handle.process
         assert proc is not None
         started = time.perf_counter()
@@ -119,7 +120,7 @@ async def _healthy_throughput(events: list[Event], with_crashloop: bool, workdir
     # The default restart policy: what a user gets.
     sup = Supervisor(HostConfig(state_dir=None), manifests, _WatchingSink())
     await sup.start()
-    healthy = [sup.handles[m.name] for m in manifests if m.name != "crashloop"]
+    healthy = [sup.plugins[m.name] for m in manifests if m.name != "crashloop"]
     started = time.perf_counter()
     for event in events:
         copy = Event()

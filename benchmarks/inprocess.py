@@ -13,7 +13,7 @@ import sys
 from collections.abc import AsyncIterable
 
 from agent_host import sdk
-from agent_host.manifest import Manifest
+from agent_host.host.manifest import Manifest
 from agent_host.protocol import Event, event_kind
 
 

@@ -9,28 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
-from agent_host.config import HostConfig
-from agent_host.findings import FindingSink
-from agent_host.manifest import Manifest
+from agent_host.host.config import HostConfig
+from agent_host.host.manifest import Manifest
+from agent_host.host.supervisor import Supervisor
 from agent_host.protocol import Event, Finding
-from agent_host.supervisor import Supervisor
 from benchmarks.common import HERE, make_events, percentile
 
 
-class _LatencySink(FindingSink):
+class _LatencySink:
     def __init__(self) -> None:
-        super().__init__(None, terminal=None)
         self.published: dict[int, float] = {}
         self.latencies: list[float] = []
 
-    def write(self, findings: list[Finding]) -> None:
+    def write(self, findings: Sequence[Finding]) -> None:
         now = time.perf_counter()
         for finding in findings:
             sent = self.published.pop(finding.event_ids[0], None)
             if sent is not None:
                 self.latencies.append(now - sent)
-        self.written += len(findings)
+
+    def close(self) -> None:
+        return None
 
 
 async def _run(rate: float, seconds: float, flush_s: float) -> dict[str, float]:

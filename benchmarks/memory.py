@@ -12,9 +12,9 @@ from pathlib import Path
 import psutil
 
 from agent_host import logs
-from agent_host.config import HostConfig
-from agent_host.findings import FindingSink
-from agent_host.supervisor import Supervisor
+from agent_host.host.config import HostConfig
+from agent_host.host.findings import JsonLinesSink
+from agent_host.host.supervisor import Supervisor
 from benchmarks.common import make_events, median, trivial
 
 MIB = 1024 * 1024
@@ -22,14 +22,14 @@ MIB = 1024 * 1024
 
 async def _run(n: int, workdir: Path) -> dict[str, float]:
     sup = Supervisor(
-        HostConfig(state_dir=None), trivial(n, workdir), FindingSink(None, terminal=None)
+        HostConfig(state_dir=None), trivial(n, workdir), JsonLinesSink(None, terminal=None)
     )
     await sup.start()
     for event in make_events(2000):  # warm: every worker has parsed and processed batches
         await sup.publish(event)
     await sup.drain()
     uss, pss = [], []
-    for handle in sup.handles.values():
+    for handle in sup.plugins.values():
         assert handle.pid is not None
         info = psutil.Process(handle.pid).memory_full_info()
         uss.append(info.uss / MIB)

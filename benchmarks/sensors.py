@@ -20,10 +20,10 @@ import threading
 import time
 
 from agent_host.protocol import Event, FileEvent, NetworkEvent, ProcessEvent
-from agent_host.sensors.file import FileSensor
-from agent_host.sensors.hub import Sensor
-from agent_host.sensors.network import NetworkSensor
-from agent_host.sensors.process import describe, process_sensor
+from agent_host.sources.live.base import Sensor
+from agent_host.sources.live.file import FileSensor
+from agent_host.sources.live.network import NetworkSensor
+from agent_host.sources.live.process import describe, process_sensor
 
 
 class _Run:

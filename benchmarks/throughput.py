@@ -13,11 +13,11 @@ import asyncio
 import time
 from pathlib import Path
 
-from agent_host.config import HostConfig
-from agent_host.findings import FindingSink
-from agent_host.manifest import Manifest
+from agent_host.host.config import HostConfig
+from agent_host.host.findings import JsonLinesSink
+from agent_host.host.manifest import Manifest
 from agent_host.protocol import Event
-from agent_host.sensors.replay import ReplaySource
+from agent_host.sources.replay import ReplaySource
 from benchmarks import inprocess
 
 
@@ -39,12 +39,12 @@ class _MemorySource:
 async def _isolated(
     source: object, manifests: list[Manifest], batch_size: int
 ) -> tuple[int, float]:
-    from agent_host.supervisor import Supervisor
+    from agent_host.host.supervisor import Supervisor
 
     sup = Supervisor(
         HostConfig(batch_size=batch_size, state_dir=None),
         manifests,
-        FindingSink(None, terminal=None),
+        JsonLinesSink(None, terminal=None),
     )
     await sup.start()
     started = time.perf_counter()

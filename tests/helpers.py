@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_host.protocol import Event, Finding, ProcessEvent, message_from_json
-from agent_host.sensors.replay import write_recording
+from agent_host.sources.replay import write_recording
 
 TEST_PLUGINS = Path(__file__).parent / "plugins"
 
@@ -106,6 +106,7 @@ def agent_host(args: list[str], cwd: Path, timeout: float = 120) -> HostRun:
         args
         and args[0] in ("replay", "run", "plugins", "deadletters")
         and "--state-dir" not in args
+        and args[:2] != ["plugins", "new"]
     ):
         # Never the user's own state: a quarantine must not leak from one test to the next.
         command += ["--state-dir", str(cwd / "state")]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agent_host.errors import ManifestError
-from agent_host.manifest import Limits, Manifest, discover
+from agent_host.host.manifest import Limits, Manifest, discover
 from tests.helpers import make_plugin
 
 CODE = "from agent_host.sdk import Plugin\nclass Detector(Plugin):\n    pass\n"

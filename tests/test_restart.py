@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent_host.restart import RestartPolicy, RestartTracker
+from agent_host.host.restart import RestartPolicy, RestartTracker
 
 
 class TestRestartTracker:

@@ -14,7 +14,7 @@ class TestPluginNew:
     """The scaffolded plugin loads, detects, and its generated test passes."""
 
     def test_scaffold_then_test(self, tmp_path: Path) -> None:
-        made = agent_host(["plugin", "new", "netcat_watch"], cwd=tmp_path)
+        made = agent_host(["plugins", "new", "netcat_watch"], cwd=tmp_path)
         assert made.returncode == 0, made.stderr
         folder = tmp_path / "plugins" / "netcat_watch"
         assert sorted(p.name for p in folder.iterdir()) == [
@@ -42,9 +42,9 @@ class TestPluginNew:
         assert "netcat_watch" in listing.stdout
 
     def test_refuses_bad_name_and_existing_folder(self, tmp_path: Path) -> None:
-        assert agent_host(["plugin", "new", "Bad-Name"], cwd=tmp_path).returncode == 2
-        assert agent_host(["plugin", "new", "twice"], cwd=tmp_path).returncode == 0
-        again = agent_host(["plugin", "new", "twice"], cwd=tmp_path)
+        assert agent_host(["plugins", "new", "Bad-Name"], cwd=tmp_path).returncode == 2
+        assert agent_host(["plugins", "new", "twice"], cwd=tmp_path).returncode == 0
+        again = agent_host(["plugins", "new", "twice"], cwd=tmp_path)
         assert again.returncode == 2
         assert "already exists" in again.stderr
 

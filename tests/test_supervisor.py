@@ -14,12 +14,12 @@ import grpc
 import pytest
 import structlog
 
-from agent_host.config import HostConfig
-from agent_host.findings import FindingSink
-from agent_host.manifest import Manifest
+from agent_host.host.config import HostConfig
+from agent_host.host.findings import JsonLinesSink
+from agent_host.host.lifecycle import Phase
+from agent_host.host.manifest import Manifest
+from agent_host.host.supervisor import Supervisor
 from agent_host.protocol import Hello, LogRecord, WorkerMessage, WorkerSessionStub
-from agent_host.stats import State
-from agent_host.supervisor import Supervisor
 from tests.helpers import TEST_PLUGINS, exec_event, read_findings
 
 T = TypeVar("T")
@@ -45,10 +45,10 @@ class TestAuthentication:
     ) -> None:
         async def scenario() -> None:
             sup = Supervisor(
-                HostConfig(), manifests("tally"), FindingSink(tmp_path / "f.jsonl", None)
+                HostConfig(), manifests("tally"), JsonLinesSink(tmp_path / "f.jsonl", None)
             )
             await sup.start()
-            handle = sup.handles["tally"]
+            handle = sup.plugins["tally"]
             runtime_dir = sup.socket_path.parent
             assert stat.S_IMODE(runtime_dir.stat().st_mode) == 0o700
             assert stat.S_IMODE(sup.socket_path.stat().st_mode) == 0o600
@@ -71,10 +71,10 @@ class TestAuthentication:
             for i in range(100):
                 await sup.publish(exec_event(f"/usr/bin/e{i}"))
             await sup.stop()
-            sup.sink.close()
+            sup.findings.close()
             assert sup.refused_sessions == 1
             assert handle.stats.processed == 100
-            assert handle.state is State.STOPPED
+            assert handle.phase is Phase.STOPPED
             assert not runtime_dir.exists()
 
         run(scenario())
@@ -90,10 +90,10 @@ class TestWorkerDeath:
             sup = Supervisor(
                 HostConfig(batch_size=16),
                 manifests("exec_from_tmp", "tally"),
-                FindingSink(findings_path, None),
+                JsonLinesSink(findings_path, None),
             )
             await sup.start()
-            victim = sup.handles["exec_from_tmp"]
+            victim = sup.plugins["exec_from_tmp"]
             first_pid = victim.pid
             assert first_pid is not None
             for i in range(1, 3001):
@@ -103,7 +103,7 @@ class TestWorkerDeath:
                 if i % 100 == 0:
                     await asyncio.sleep(0.005)
             await sup.stop()
-            sup.sink.close()
+            sup.findings.close()
             assert victim.pid != first_pid
             return sup
 
@@ -119,11 +119,11 @@ class TestWorkerDeath:
         # The killed plugin's replacement got what its predecessor had in flight: nothing is lost.
         detections = sorted(f.event_ids[0] for f in findings if f.plugin == "exec_from_tmp")
         assert detections == list(range(10, 3001, 10))
-        victim = sup.handles["exec_from_tmp"]
+        victim = sup.plugins["exec_from_tmp"]
         assert dict(victim.stats.restarts) == {"signal": 1}
         assert victim.stats.processed == 3000
         assert victim.stats.delivered == 3000 + victim.stats.redelivered
-        assert sup.handles["tally"].stats.restarts == {}
+        assert sup.plugins["tally"].stats.restarts == {}
 
 
 class TestFlowControl:
@@ -145,12 +145,12 @@ class TestFlowControl:
             sup = Supervisor(
                 HostConfig(batch_size=16, state_dir=None),
                 [*manifests("tally"), Manifest.load(slow_dir / "plugin.toml")],
-                FindingSink(None, None),
+                JsonLinesSink(None, None),
             )
             await sup.start()
             for i in range(1000):
                 await sup.publish(exec_event(f"/usr/bin/p{i}"))
-            tally, slow = sup.handles["tally"], sup.handles["slow"]
+            tally, slow = sup.plugins["tally"], sup.plugins["slow"]
             while tally.stats.processed < 1000:
                 await asyncio.sleep(0.01)
             behind = slow.stats.processed

@@ -11,12 +11,12 @@ import psutil
 import pytest
 import structlog
 
-from agent_host.config import HostConfig
-from agent_host.findings import FindingSink
-from agent_host.manifest import Manifest
-from agent_host.spawner import ZygoteSpawner
-from agent_host.stats import State
-from agent_host.supervisor import Supervisor
+from agent_host.host.config import HostConfig
+from agent_host.host.findings import JsonLinesSink
+from agent_host.host.lifecycle import Phase
+from agent_host.host.manifest import Manifest
+from agent_host.host.spawn import ZygoteSpawner
+from agent_host.host.supervisor import Supervisor
 from tests.helpers import TEST_PLUGINS, exec_event, read_findings
 
 
@@ -38,11 +38,11 @@ class TestZygote:
     def test_who_starts_workers(self, tmp_path: Path, zygote: bool) -> None:
         async def scenario() -> list[int]:
             sup = Supervisor(
-                HostConfig(zygote=zygote, state_dir=None), manifests(), FindingSink(None, None)
+                HostConfig(zygote=zygote, state_dir=None), manifests(), JsonLinesSink(None, None)
             )
             await sup.start()
             parents = [
-                psutil.Process(h.pid).ppid() for h in sup.handles.values() if h.pid is not None
+                psutil.Process(h.pid).ppid() for h in sup.plugins.values() if h.pid is not None
             ]
             uses_zygote = isinstance(sup._spawner, ZygoteSpawner)
             zygote_pid = sup._spawner.parent_pid if uses_zygote else None
@@ -61,7 +61,7 @@ class TestZygote:
 
         async def scenario() -> Supervisor:
             sup = Supervisor(
-                HostConfig(batch_size=8, state_dir=None), manifests(), FindingSink(findings, None)
+                HostConfig(batch_size=8, state_dir=None), manifests(), JsonLinesSink(findings, None)
             )
             await sup.start()
             spawner = sup._spawner
@@ -72,12 +72,12 @@ class TestZygote:
             await until(lambda: not spawner.alive)
             for i in range(501, 1001):
                 await sup.publish(exec_event("/tmp/z" if i % 25 == 0 else "/usr/bin/y", pid=i))
-            await until(lambda: all(h.state is State.RUNNING for h in sup.handles.values()))
-            for handle in sup.handles.values():
+            await until(lambda: all(h.phase is Phase.RUNNING for h in sup.plugins.values()))
+            for handle in sup.plugins.values():
                 assert handle.pid is not None
                 assert psutil.Process(handle.pid).ppid() == os.getpid()  # exec'd now
             await sup.stop()
-            sup.sink.close()
+            sup.findings.close()
             return sup
 
         with structlog.testing.capture_logs() as logs:
@@ -87,6 +87,6 @@ class TestZygote:
         # (tally's own count lives in its worker's memory, which the zygote's death wiped.)
         caught = sorted(f.event_ids[0] for f in found if f.plugin == "exec_from_tmp")
         assert caught == list(range(25, 1001, 25))
-        for handle in sup.handles.values():
+        for handle in sup.plugins.values():
             assert handle.stats.restarts.total() >= 1
             assert handle.stats.processed == 1000

@@ -31,6 +31,7 @@ from agent_host.protocol.v1.session_pb2 import (
     Start,
     Stop,
     Stopped,
+    WorkerExit,
     WorkerMessage,
 )
 from agent_host.protocol.v1.session_pb2_grpc import (
@@ -41,6 +42,9 @@ from agent_host.protocol.v1.session_pb2_grpc import (
 
 __all__ = [
     "EVENT_KINDS",
+    "MAX_MESSAGE_BYTES",
+    "SECRET_BYTES",
+    "ZYGOTE_MAX_MESSAGE_BYTES",
     "BatchResult",
     "Event",
     "EventBatch",
@@ -59,6 +63,7 @@ __all__ = [
     "Start",
     "Stop",
     "Stopped",
+    "WorkerExit",
     "WorkerMessage",
     "WorkerSessionServicer",
     "WorkerSessionStub",
@@ -82,6 +87,10 @@ _EVENT_BATCH_EVENTS_TAG: Final = bytes([(EventBatch.EVENTS_FIELD_NUMBER << 3) | 
 
 # Every message on a session is bounded; a worker that sends more is cut off by gRPC itself.
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+#: The size of a spawn's session secret (``Hello.token``), written to the worker's stdin.
+SECRET_BYTES: Final = 32
+#: The largest message between the host and the zygote (one SOCK_SEQPACKET packet).
+ZYGOTE_MAX_MESSAGE_BYTES: Final = 65536
 
 
 def event_kind(event: Event) -> EventKind | None:

@@ -126,6 +126,4 @@ class TestBadInput:
         run = agent_host(["replay", "nope.jsonl", "--plugins", "plugins"], cwd=tmp_path)
 
         assert run.returncode == 2
-        assert len(run.logs) == 1
-        assert run.logs[0]["event"] == "bad source"
-        assert run.logs[0]["error"] == "recording not found: nope.jsonl"
+        assert run.stderr == "agent-host: nope.jsonl: recording not found\n"

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from agent_host.config import HostConfig
-from agent_host.findings import FindingSink
-from agent_host.manifest import Manifest
-from agent_host.restart import RestartPolicy
-from agent_host.state import StateStore
-from agent_host.stats import State
-from agent_host.supervisor import Supervisor
+from agent_host.host.config import HostConfig
+from agent_host.host.findings import JsonLinesSink
+from agent_host.host.lifecycle import Phase
+from agent_host.host.manifest import Manifest
+from agent_host.host.restart import RestartPolicy
+from agent_host.host.store import StateStore
+from agent_host.host.supervisor import Supervisor
 from tests.helpers import TEST_PLUGINS, exec_event, read_findings
 
 KILLS = int(os.environ.get("SOAK_KILLS", "1000"))
@@ -47,11 +47,11 @@ def test_random_kills_lose_nothing(tmp_path: Path) -> None:
                 Manifest.load(TEST_PLUGINS / "tally" / "plugin.toml"),
                 Manifest.load(victim_dir / "plugin.toml"),
             ],
-            FindingSink(findings_path, None),
+            JsonLinesSink(findings_path, None),
             restart_policy=RestartPolicy(backoff_s=0.0, burst=10**9),
         )
         await sup.start()
-        victim = sup.handles["victim"]
+        victim = sup.plugins["victim"]
         kills = 0
 
         async def killer() -> None:
@@ -59,7 +59,7 @@ def test_random_kills_lose_nothing(tmp_path: Path) -> None:
             last = None
             while kills < KILLS:
                 await asyncio.sleep(rng.uniform(0.0, 0.05))
-                if victim.state is State.RUNNING and victim.pid not in (None, last):
+                if victim.phase is Phase.RUNNING and victim.pid not in (None, last):
                     last = victim.pid  # each kill is of a new worker
                     os.kill(last, signal.SIGKILL)
                     kills += 1
@@ -72,7 +72,7 @@ def test_random_kills_lose_nothing(tmp_path: Path) -> None:
             if n % 50 == 0:
                 await asyncio.sleep(0.001)
         await sup.stop()
-        sup.sink.close()
+        sup.findings.close()
         return sup
 
     sup = asyncio.run(scenario())
@@ -81,7 +81,7 @@ def test_random_kills_lose_nothing(tmp_path: Path) -> None:
     tally = next(f for f in findings if f.plugin == "tally")
     assert tally.attributes["events"] == tally.attributes["distinct"] == str(total)
 
-    victim = sup.handles["victim"]
+    victim = sup.plugins["victim"]
     store = StateStore(tmp_path / "state")
     dead = {d.seq for d in store.dead_letters("victim")}
     store.close()

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from agent_host.protocol import Event
-from agent_host.sensors.hub import Sensor
+from agent_host.sources.live.base import Sensor
 
 
 class Collector:

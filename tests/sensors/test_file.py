@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from agent_host.protocol import Event, FileEvent
-from agent_host.sensors.file import FileSensor
+from agent_host.sources.live.file import FileSensor
 from tests.sensors.conftest import running
 
 

@@ -8,7 +8,8 @@ import threading
 import structlog
 
 from agent_host.protocol import Event, FileEvent
-from agent_host.sensors.hub import Emit, OverflowPolicy, SensorHub
+from agent_host.sources.live import OverflowPolicy, SensorHub
+from agent_host.sources.live.base import Emit
 
 
 def file_event(n: int) -> Event:

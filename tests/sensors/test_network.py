@@ -7,7 +7,7 @@ import socket
 import sys
 
 from agent_host.protocol import NetworkEvent
-from agent_host.sensors.network import NetworkSensor
+from agent_host.sources.live.network import NetworkSensor
 from tests.sensors.conftest import running
 
 

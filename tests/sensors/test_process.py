@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from agent_host.protocol import Event, ProcessEvent
-from agent_host.sensors.process import (
+from agent_host.sources.live.process import (
     NetlinkProcessSensor,
     PollingProcessSensor,
     describe,

@@ -22,6 +22,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -32,6 +33,38 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _WorkerExit:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WorkerExitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WorkerExit.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WORKER_EXIT_OK: _WorkerExit.ValueType  # 0
+    WORKER_EXIT_BOOT_ERROR: _WorkerExit.ValueType  # 3
+    """no secret on stdin, or the session could not be opened"""
+    WORKER_EXIT_LOAD_ERROR: _WorkerExit.ValueType  # 4
+    """the plugin failed to import or to start"""
+    WORKER_EXIT_SESSION_LOST: _WorkerExit.ValueType  # 5
+    """the host went away mid-session"""
+    WORKER_EXIT_OUT_OF_MEMORY: _WorkerExit.ValueType  # 6
+    """the plugin hit the hard memory limit"""
+
+class WorkerExit(_WorkerExit, metaclass=_WorkerExitEnumTypeWrapper):
+    """How a worker process ends, as its exit code, so that the host can say why without asking it.
+    A worker killed by a signal has no exit code; the host reports the signal instead.
+    """
+
+WORKER_EXIT_OK: WorkerExit.ValueType  # 0
+WORKER_EXIT_BOOT_ERROR: WorkerExit.ValueType  # 3
+"""no secret on stdin, or the session could not be opened"""
+WORKER_EXIT_LOAD_ERROR: WorkerExit.ValueType  # 4
+"""the plugin failed to import or to start"""
+WORKER_EXIT_SESSION_LOST: WorkerExit.ValueType  # 5
+"""the host went away mid-session"""
+WORKER_EXIT_OUT_OF_MEMORY: WorkerExit.ValueType  # 6
+"""the plugin hit the hard memory limit"""
+Global___WorkerExit: _TypeAlias = WorkerExit  # noqa: Y015
 
 @_typing.final
 class WorkerMessage(_message.Message):
@@ -88,6 +121,7 @@ class Hello(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     token: _builtins.bytes
+    """the 32-byte secret the host wrote to this worker's stdin for this spawn"""
     pid: _builtins.int
     def __init__(
         self,

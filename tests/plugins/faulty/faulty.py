@@ -23,7 +23,7 @@ def _spin():
 
 def _forge_batch_ids():
     """Answer batches that hold a poison event under an id the host never sent."""
-    from agent_host import worker
+    from agent_host.worker import runtime as worker
 
     original = worker.Runtime.process
 

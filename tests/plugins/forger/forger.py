@@ -1,8 +1,8 @@
 """A malicious plugin: it bypasses the SDK and writes protocol findings directly."""
 
-from agent_host import worker
 from agent_host.protocol import Finding
 from agent_host.sdk import Plugin
+from agent_host.worker import runtime as worker
 
 
 class Forger(Plugin):

@@ -15,7 +15,7 @@ from typing import Final
 import grpc
 import structlog
 
-from agent_host.handle import WorkerHandle
+from agent_host.host.runner import PluginRunner
 from agent_host.protocol import MAX_MESSAGE_BYTES, WorkerMessage
 
 log = structlog.get_logger("agent_host")
@@ -23,7 +23,7 @@ log = structlog.get_logger("agent_host")
 SERVICE: Final = "agent_host.protocol.v1.WorkerSession"
 HELLO_TIMEOUT_S: Final = 5.0
 
-Claim = Callable[[str, bytes], WorkerHandle | None]
+Claim = Callable[[str, bytes], PluginRunner | None]
 
 
 class SessionServer:
@@ -70,10 +70,10 @@ class SessionServer:
         except (TimeoutError, StopAsyncIteration):
             first = WorkerMessage()
         hello = first.hello if first.WhichOneof("body") == "hello" else None
-        handle = self._claim(hello.worker_id, hello.token) if hello is not None else None
-        if handle is None:
+        runner = self._claim(hello.worker_id, hello.token) if hello is not None else None
+        if runner is None:
             self.refused += 1
             log.warning("session refused: no valid worker secret", peer=context.peer())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown worker or wrong secret")
             return
-        await handle.converse(requests, context)
+        await runner.converse(requests, context)

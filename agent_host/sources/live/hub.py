@@ -17,27 +17,17 @@ import enum
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
-from typing import Final, Protocol
+from collections.abc import AsyncIterator
+from typing import Final
 
 import structlog
 
 from agent_host.protocol import Event
+from agent_host.sources.live.base import Emit, Sensor
 
 log = structlog.get_logger("agent_host")
 
-Emit = Callable[[Event], None]
 _RESTART_BACKOFF_S: Final = (0.1, 30.0)
-
-
-class Sensor(Protocol):
-    """A source of live events. ``run`` blocks until ``stop`` is set, emitting as it goes."""
-
-    name: str
-    #: Set once the sensor is watching: what happens from then on is seen.
-    ready: threading.Event
-
-    def run(self, emit: Emit, stop: threading.Event) -> None: ...
 
 
 class OverflowPolicy(enum.StrEnum):
@@ -189,30 +179,3 @@ class SensorHub:
     def report(self) -> None:
         """Log the final drop count (at shutdown)."""
         self._report_drops()
-
-
-def build_hub(
-    sensors: list[str],
-    *,
-    watch: list[str],
-    exclude: list[str],
-    poll_interval_s: float = 0.5,
-    capacity: int = 65_536,
-    policy: OverflowPolicy = OverflowPolicy.BLOCK,
-) -> SensorHub:
-    """A hub with the named sensors ("process", "file", "network")."""
-    from agent_host.sensors.file import FileSensor
-    from agent_host.sensors.network import NetworkSensor
-    from agent_host.sensors.process import process_sensor
-
-    built: list[Sensor] = []
-    for name in sensors:
-        if name == "process":
-            built.append(process_sensor(poll_interval_s))
-        elif name == "file":
-            built.append(FileSensor(watch, exclude))
-        elif name == "network":
-            built.append(NetworkSensor(poll_interval_s))
-        else:
-            raise ValueError(f"unknown sensor {name!r}; known: process, file, network")
-    return SensorHub(built, capacity, policy)

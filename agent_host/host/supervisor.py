@@ -2,7 +2,7 @@
 
 Life of a run::
 
-    sup = Supervisor(config, manifests, sink)
+    sup = Supervisor(config, manifests, sink)   # sink: where accepted findings are written
     await sup.start()                # socket up, one worker per plugin, wait until each is ready
     async for event in source:       # or any producer
         await sup.publish(event)     # waits only when a backlog is full
@@ -21,18 +21,18 @@ from pathlib import Path
 
 import structlog
 
-from agent_host.config import HostConfig
-from agent_host.fanout import Group
-from agent_host.findings import Deduplicator, FindingSink, finding_id
-from agent_host.handle import WorkerHandle
-from agent_host.manifest import Manifest
-from agent_host.protocol import EVENT_KINDS, Event, EventKind, Finding, event_kind, event_record
-from agent_host.restart import RestartPolicy
-from agent_host.session import SessionServer
-from agent_host.spawner import ExecSpawner, Spawner, ZygoteSpawner
-from agent_host.state import StateStore
-from agent_host.stats import State
-from agent_host.watchdog import Verdict, descendants_by_root
+from agent_host.host.config import HostConfig
+from agent_host.host.fanout import Group
+from agent_host.host.findings import FindingPipeline, FindingSink
+from agent_host.host.lifecycle import Phase
+from agent_host.host.limits import descendants_by_root
+from agent_host.host.manifest import Manifest
+from agent_host.host.restart import RestartPolicy
+from agent_host.host.runner import PluginRunner
+from agent_host.host.session import SessionServer
+from agent_host.host.spawn import ExecSpawner, Spawner, ZygoteSpawner
+from agent_host.host.store import StateStore
+from agent_host.protocol import EVENT_KINDS, Event, EventKind, event_kind, event_record
 
 log = structlog.get_logger("agent_host")
 
@@ -48,7 +48,7 @@ class Supervisor:
         restart_policy: RestartPolicy | None = None,
     ) -> None:
         self.config = config
-        self.sink = sink
+        self.findings = FindingPipeline(sink, config.hostname)
         self._restart_policy = restart_policy or RestartPolicy()
         self.store = StateStore(config.state_dir)
         self._manifests = list(manifests)
@@ -56,8 +56,7 @@ class Supervisor:
         self._server = SessionServer(self._runtime_dir / "host.sock", self._claim)
         self.groups: dict[frozenset[EventKind], Group] = {}
         self._groups_by_kind: dict[EventKind, list[Group]] = {k: [] for k in EVENT_KINDS}
-        self.handles: dict[str, WorkerHandle] = {}
-        self._dedup = Deduplicator()
+        self.plugins: dict[str, PluginRunner] = {}
         self._seq = 0
         self.accepted = 0
         #: Events with none of process, file, network: skipped, counted, reported in the summary.
@@ -73,10 +72,10 @@ class Supervisor:
     def refused_sessions(self) -> int:
         return self._server.refused
 
-    def _claim(self, worker_id: str, token: bytes) -> WorkerHandle | None:
-        for handle in self.handles.values():
-            if handle.claim(worker_id, token):
-                return handle
+    def _claim(self, worker_id: str, token: bytes) -> PluginRunner | None:
+        for runner in self.plugins.values():
+            if runner.claim(worker_id, token):
+                return runner
         return None
 
     async def start(self) -> None:
@@ -95,36 +94,30 @@ class Supervisor:
                 self.groups[manifest.subscribe] = group
                 for kind in manifest.subscribe:
                     self._groups_by_kind[kind].append(group)
-            self.handles[manifest.name] = WorkerHandle(
+            self.plugins[manifest.name] = PluginRunner(
                 manifest,
                 group,
                 config=self.config,
                 socket_path=self.socket_path,
-                on_findings=self._on_findings,
+                pipeline=self.findings,
                 restart_policy=self._restart_policy,
                 store=self.store,
                 spawner=self._spawner,
+                quarantine=self.store.quarantine_of(manifest.name, manifest.version),
             )
-        quarantined = self.store.quarantined()
-        for name, q in quarantined.items():
-            if name in self.handles:
-                self.handles[name].set_quarantined(
-                    f"quarantined since an earlier run: {q.reason} "
-                    f"(lift with: agent-host plugins --release {name})"
-                )
-        to_start = [h for h in self.handles.values() if h.name not in quarantined]
         self._background.append(asyncio.create_task(self._watch_workers()))
-        await asyncio.gather(*(h.spawn() for h in to_start))
-        await asyncio.gather(*(h.wait_started() for h in to_start))
+        for runner in self.plugins.values():
+            runner.start()
+        await asyncio.gather(*(r.wait_started() for r in self.plugins.values()))
         self._background.append(asyncio.create_task(self._flush_periodically()))
-        for handle in self.handles.values():
+        for runner in self.plugins.values():
             log.info(
-                "plugin started" if handle.state is State.RUNNING else "plugin not started",
-                plugin=handle.name,
-                version=handle.manifest.version,
-                pid=handle.pid,
-                state=handle.state.value,
-                subscribe=sorted(handle.manifest.subscribe),
+                "plugin started" if runner.phase is Phase.RUNNING else "plugin not started",
+                plugin=runner.name,
+                version=runner.manifest.version,
+                pid=runner.pid,
+                state=runner.phase.value,
+                subscribe=sorted(runner.manifest.subscribe),
             )
 
     async def publish(self, event: Event) -> bool:
@@ -169,18 +162,18 @@ class Supervisor:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            for handle in self.handles.values():
-                handle.check(now)
+            for runner in self.plugins.values():
+                runner.check(now)
             tick += 1
             if tick % every:
                 continue
-            pids = {h.pid for h in self.handles.values() if h.pid and h.state is State.RUNNING}
+            pids = {r.pid for r in self.plugins.values() if r.pid and r.phase is Phase.RUNNING}
             if not pids:
                 continue
             descendants = await asyncio.to_thread(descendants_by_root, pids)
-            for handle in self.handles.values():
-                if handle.pid in descendants:
-                    handle.sample_resources(now, descendants[handle.pid])
+            for runner in self.plugins.values():
+                if runner.pid in descendants:
+                    runner.sample_resources(now, descendants[runner.pid])
 
     async def drain(self) -> None:
         """Wait until every accepted event has been processed by every plugin that is owed it."""
@@ -191,9 +184,9 @@ class Supervisor:
     async def stop(self) -> None:
         """Drain, then let every worker run on_stop and exit; close the socket."""
         await self.drain()
-        await asyncio.gather(*(h.stop(self.config.stop_timeout_s) for h in self.handles.values()))
-        for handle in self.handles.values():
-            handle.settle()
+        await asyncio.gather(*(r.stop(self.config.stop_timeout_s) for r in self.plugins.values()))
+        for runner in self.plugins.values():
+            runner.settle()
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -205,24 +198,9 @@ class Supervisor:
 
     async def abort(self) -> None:
         """Stop at once: kill every worker without draining (a second SIGINT)."""
-        for handle in self.handles.values():
-            handle.kill(Verdict("signal", "host aborted"))
+        for runner in self.plugins.values():
+            runner.kill_now()
+            await runner.close()
         await self._server.stop(0)
         await self._spawner.close()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
-
-    async def _on_findings(self, handle: WorkerHandle, findings: list[Finding]) -> None:
-        manifest = handle.manifest
-        fresh: list[Finding] = []
-        for finding in findings:
-            finding.plugin = manifest.name
-            finding.plugin_version = manifest.version
-            finding.host = self.config.hostname
-            finding.time.GetCurrentTime()
-            finding.id = finding_id(finding)
-            if self._dedup.first_time(finding.id):
-                fresh.append(finding)
-            else:
-                handle.stats.duplicate_findings += 1
-        handle.stats.findings += len(fresh)
-        self.sink.write(fresh)

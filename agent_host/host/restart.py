@@ -1,8 +1,10 @@
-"""When to restart a failed worker, and when to stop trying.
+"""When to restart a failed worker, when to stop trying, and when to try again.
 
 Exponential backoff with jitter between restarts, reset after a period of stable running; and a
 crash-loop breaker in the manner of Erlang/OTP's restart intensity and systemd's StartLimitBurst:
-``burst`` failures within ``window_s`` quarantine the plugin.
+``burst`` failures within ``window_s`` quarantine the plugin. A quarantine is not forever: as
+osquery denylists a query for a while, the plugin is retried on probation after growing periods
+and the quarantine is lifted once it has run ``probation_s`` without failing.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ class RestartPolicy:
     #: This many failures within window_s quarantine the plugin.
     burst: int = 5
     window_s: float = 60.0
+    #: How long each successive quarantine lasts before a retry on probation; the last repeats.
+    quarantine_periods_s: tuple[float, ...] = (600.0, 3600.0, 86400.0)
+    #: A plugin on probation that runs this long without failing is released.
+    probation_s: float = 600.0
 
 
 @dataclass(slots=True)
@@ -50,6 +56,20 @@ class RestartTracker:
             self._failures.popleft()
         if len(self._failures) >= policy.burst:
             return None
+        return self._next_delay()
+
+    def record_uncounted(self, now: float, running_since: float | None) -> float:
+        """Note a failure the plugin did not cause: it backs off, but never toward quarantine.
+
+        Backing off still matters: a plugin that could pass its own crashes off as someone
+        else's must not get an immediate restart loop out of it.
+        """
+        if running_since is not None and now - running_since >= self.policy.stable_after_s:
+            self._consecutive = 0
+        return self._next_delay()
+
+    def _next_delay(self) -> float:
+        policy = self.policy
         self._consecutive += 1
         if self._consecutive == 1:
             return 0.0

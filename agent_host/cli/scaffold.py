@@ -1,4 +1,4 @@
-"""``agent-host plugin new NAME``: a plugin folder to start from, with a test that passes."""
+"""``agent-host plugins new NAME``: a plugin folder to start from, with a test that passes."""
 
 from __future__ import annotations
 

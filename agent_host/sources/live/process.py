@@ -22,7 +22,7 @@ import psutil
 import structlog
 
 from agent_host.protocol import Event, ProcessEvent
-from agent_host.sensors.hub import Emit
+from agent_host.sources.live.base import Emit
 
 log = structlog.get_logger("agent_host")
 

@@ -38,6 +38,14 @@ class HostConfig:
     watchdog_interval_s: float = 0.02
     #: How often memory, CPU and processes are measured.
     sample_interval_s: float = 0.1
+    #: The poison budget: a plugin is quarantined when more than this many of its events are
+    #: dead-lettered within an hour ...
+    poison_per_hour: int = 100
+    #: ... or when more than this share of the events it settled were, once it has at least
+    #: poison_min_letters dead letters. Crashes pinned on one event count here, not toward the
+    #: crash-loop breaker, so that a few poisoned inputs cannot switch a detection off.
+    poison_max_share: float = 0.1
+    poison_min_letters: int = 10
     #: Fork workers from a pre-initialised zygote (fast restarts) rather than exec each one.
     zygote: bool = True
     #: The host name stamped on events and findings that carry none.
@@ -50,5 +58,7 @@ class HostConfig:
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
                 raise ConfigError(f.name, f"must be positive, got {value!r}")
+        if self.poison_max_share > 1:
+            raise ConfigError("poison_max_share", f"at most 1, got {self.poison_max_share}")
         if self.batch_size > 65_536:
             raise ConfigError("batch_size", f"at most 65536, got {self.batch_size}")

@@ -19,12 +19,12 @@ from typing import Any, Final, Protocol
 
 import structlog
 
-from agent_host.zygote import MAX_MESSAGE
+from agent_host.protocol import ZYGOTE_MAX_MESSAGE_BYTES
 
 log = structlog.get_logger("agent_host")
 
-_WORKER_MAIN: Final = "import sys; from agent_host.worker import main; sys.exit(main())"
-_ZYGOTE_MAIN: Final = "import sys; from agent_host.zygote import main; main()"
+_WORKER_MAIN: Final = "import sys; from agent_host.worker.boot import main; sys.exit(main())"
+_ZYGOTE_MAIN: Final = "import sys; from agent_host.worker.zygote import main; main()"
 
 
 #: Where the worker may find agent_host itself, whether installed or run from a checkout.
@@ -56,7 +56,7 @@ class WorkerProcess(Protocol):
 
 class Spawner(Protocol):
     async def spawn(self, args: list[str], cwd: Path) -> WorkerProcess:
-        """Start ``agent_host.worker.main(args + ["--parent-pid", P])`` in ``cwd``."""
+        """Start ``agent_host.worker.boot.main(args + ["--parent-pid", P])`` in ``cwd``."""
         ...
 
     async def close(self) -> None: ...
@@ -66,8 +66,8 @@ class ExecSpawner:
     """A fresh interpreter per worker (fork + exec; never a fork that goes on running Python)."""
 
     async def spawn(self, args: list[str], cwd: Path) -> WorkerProcess:
-        # Not "-m agent_host.worker": that would run the module as __main__, a second copy
-        # beside the agent_host.worker that plugins import.
+        # Not "-m agent_host.worker.boot": that would run the module as __main__, a second copy
+        # beside the agent_host.worker.boot that plugins import.
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-c",
@@ -193,7 +193,7 @@ class ZygoteSpawner:
         assert sock is not None
         while True:
             try:
-                data = sock.recv(MAX_MESSAGE)
+                data = sock.recv(ZYGOTE_MAX_MESSAGE_BYTES)
             except BlockingIOError:
                 return
             except OSError:

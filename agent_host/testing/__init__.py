@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent_host.config import HostConfig
-from agent_host.findings import FindingSink
-from agent_host.manifest import MANIFEST_NAME, Manifest
+from agent_host.host.config import HostConfig
+from agent_host.host.findings import CollectingSink
+from agent_host.host.manifest import MANIFEST_NAME, Manifest
+from agent_host.host.stats import PluginStats
+from agent_host.host.store import DeadLetter
+from agent_host.host.supervisor import Supervisor
 from agent_host.protocol import Event, FileEvent, Finding, NetworkEvent, ProcessEvent
-from agent_host.sensors.replay import ReplaySource
-from agent_host.state import DeadLetter
-from agent_host.stats import PluginStats
-from agent_host.supervisor import Supervisor
+from agent_host.sources.replay import ReplaySource
 
 __all__ = ["PluginRun", "connect_event", "exec_event", "file_event", "run_plugin"]
 
@@ -54,16 +54,6 @@ class PluginRun:
         return [f for f in self.findings if position in f.event_ids]
 
 
-class _Collect(FindingSink):
-    def __init__(self) -> None:
-        super().__init__(None, terminal=None)
-        self.findings: list[Finding] = []
-
-    def write(self, findings: list[Finding]) -> None:
-        self.findings.extend(findings)
-        self.written += len(findings)
-
-
 def _manifest(plugin: Path, config: Mapping[str, Any] | None) -> Manifest:
     manifest = Manifest.load(plugin / MANIFEST_NAME if plugin.is_dir() else plugin)
     if config:
@@ -72,7 +62,7 @@ def _manifest(plugin: Path, config: Mapping[str, Any] | None) -> Manifest:
 
 
 async def _run(manifest: Manifest, events: Iterable[Event] | Path, batch_size: int) -> PluginRun:
-    sink = _Collect()
+    sink = CollectingSink()
     sup = Supervisor(HostConfig(batch_size=batch_size, state_dir=None), [manifest], sink)
     await sup.start()
     try:
@@ -87,8 +77,8 @@ async def _run(manifest: Manifest, events: Iterable[Event] | Path, batch_size: i
         letters = sup.store.dead_letters()
     finally:
         await sup.stop()
-    handle = sup.handles[manifest.name]
-    return PluginRun(sink.findings, handle.stats, handle.state.value, handle.reason, letters)
+    runner = sup.plugins[manifest.name]
+    return PluginRun(sink.findings, runner.stats, runner.phase.value, runner.reason, letters)
 
 
 def run_plugin(

@@ -23,7 +23,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from agent_host.protocol import Event, FileEvent
-from agent_host.sensors.hub import Emit
+from agent_host.sources.live.base import Emit
 
 log = structlog.get_logger("agent_host")
 

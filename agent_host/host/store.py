@@ -1,8 +1,10 @@
 """What the host remembers across runs: quarantined plugins and dead-lettered events (SQLite).
 
-Both are operator-facing: ``agent-host plugins --release NAME`` lifts a quarantine, and
+Both are operator-facing: ``agent-host plugins release NAME`` lifts a quarantine, and
 ``agent-host deadletters`` lists (and exports, for replay after a fix) the events that made a
-plugin fail. The dead-letter table is bounded; when full, the oldest letters are dropped and the
+plugin fail. A quarantine belongs to one version of a plugin (a new version starts clean) and
+has a time after which the plugin is retried on probation. The dead-letter table is bounded;
+when full, the oldest letters are dropped and the
 drop is logged with a count.
 """
 
@@ -23,11 +25,14 @@ DB_NAME: Final = "state.sqlite3"
 MAX_DEAD_LETTERS: Final = 10_000
 
 _SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS quarantine (
-    plugin TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS quarantines (
+    plugin TEXT NOT NULL,
     version TEXT NOT NULL,
     reason TEXT NOT NULL,
-    since REAL NOT NULL
+    since REAL NOT NULL,
+    level INTEGER NOT NULL,  -- how many quarantines in a row this is (1 for the first)
+    until REAL NOT NULL,     -- when it is retried on probation
+    PRIMARY KEY (plugin, version)
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -53,6 +58,8 @@ class Quarantine:
     version: str
     reason: str
     since: float
+    level: int
+    until: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +77,7 @@ class StateStore:
     """The host's state; ``None`` as directory keeps it in memory (for tests and embedding)."""
 
     def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
         if directory is None:
             target = ":memory:"
         else:
@@ -83,19 +91,35 @@ class StateStore:
 
     # -- quarantine -----------------------------------------------------------------------
 
-    def quarantine(self, plugin: str, version: str, reason: str) -> None:
+    def quarantine(
+        self, plugin: str, version: str, reason: str, *, level: int, retry_in_s: float
+    ) -> None:
+        now = time.time()
         self._db.execute(
-            "INSERT OR REPLACE INTO quarantine VALUES (?, ?, ?, ?)",
-            (plugin, version, reason, time.time()),
+            "INSERT OR REPLACE INTO quarantines VALUES (?, ?, ?, ?, ?, ?)",
+            (plugin, version, reason, now, level, now + retry_in_s),
         )
 
-    def quarantined(self) -> dict[str, Quarantine]:
-        rows = self._db.execute("SELECT plugin, version, reason, since FROM quarantine")
-        return {r[0]: Quarantine(*r) for r in rows}
+    def quarantined(self) -> dict[tuple[str, str], Quarantine]:
+        """Every quarantine, by (plugin, version)."""
+        rows = self._db.execute(
+            "SELECT plugin, version, reason, since, level, until FROM quarantines"
+        )
+        return {(r[0], r[1]): Quarantine(*r) for r in rows}
 
-    def release(self, plugin: str) -> bool:
-        """Lift ``plugin``'s quarantine; False if it was not quarantined."""
-        return self._db.execute("DELETE FROM quarantine WHERE plugin = ?", (plugin,)).rowcount > 0
+    def quarantine_of(self, plugin: str, version: str) -> Quarantine | None:
+        return self.quarantined().get((plugin, version))
+
+    def release(self, plugin: str, version: str | None = None) -> bool:
+        """Lift ``plugin``'s quarantine (of every version, unless one is named); False if it was
+        not quarantined."""
+        if version is None:
+            cursor = self._db.execute("DELETE FROM quarantines WHERE plugin = ?", (plugin,))
+        else:
+            cursor = self._db.execute(
+                "DELETE FROM quarantines WHERE plugin = ? AND version = ?", (plugin, version)
+            )
+        return cursor.rowcount > 0
 
     # -- dead letters ---------------------------------------------------------------------
 

@@ -26,9 +26,9 @@ import select
 import signal
 import socket
 import sys
-from typing import Any, Final, NoReturn
+from typing import Any, NoReturn
 
-MAX_MESSAGE: Final = 65536
+from agent_host.protocol import ZYGOTE_MAX_MESSAGE_BYTES
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -52,9 +52,9 @@ def _child(
             os.dup2(fd, target)
             os.close(fd)
         os.chdir(request["cwd"])
-        from agent_host import worker
+        from agent_host.worker import boot
 
-        code = worker.main(request["argv"])
+        code = boot.main(request["argv"])
     except SystemExit as exc:  # as the interpreter would exit for it
         if isinstance(exc.code, int) or exc.code is None:
             code = exc.code or 0
@@ -120,7 +120,7 @@ def serve(sock: socket.socket) -> None:
             _reap(sock)
         if sock not in readable:
             continue
-        data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, 3)
+        data, fds, _, _ = socket.recv_fds(sock, ZYGOTE_MAX_MESSAGE_BYTES, 3)
         if not data:
             return  # the host is gone; PDEATHSIG takes our children with us
         request = json.loads(data)
@@ -136,9 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     sock = socket.socket(fileno=int(args[0]))
     host_pid = int(args[1])
-    from agent_host import sandbox, worker  # the expensive imports, once: grpc and the protocol
+    # The expensive imports, once: grpc, the protocol and the runtime.
+    from agent_host.worker import boot, sandbox
 
-    del worker
+    del boot
     sandbox.die_with_parent(host_pid)
     serve(sock)
     os._exit(0)

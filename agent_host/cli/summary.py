@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from agent_host.handle import WorkerHandle
+from agent_host.host.runner import PluginRunner
 
 _COLUMNS = (
     "plugin",
@@ -22,16 +22,16 @@ _COLUMNS = (
 )
 
 
-def summary_rows(handles: Iterable[WorkerHandle]) -> list[dict[str, Any]]:
+def summary_rows(runners: Iterable[PluginRunner]) -> list[dict[str, Any]]:
     """Per plugin: every counter, restarts by cause, state and the reason for it."""
     rows: list[dict[str, Any]] = []
-    for h in handles:
+    for h in runners:
         s = h.stats
         rows.append(
             {
                 "plugin": h.name,
                 "version": h.manifest.version,
-                "state": h.state.value,
+                "state": h.phase.value,
                 "delivered": s.delivered,
                 "processed": s.processed,
                 "redelivered": s.redelivered,
@@ -41,6 +41,7 @@ def summary_rows(handles: Iterable[WorkerHandle]) -> list[dict[str, Any]]:
                 "errors": s.errors,
                 "findings": s.findings,
                 "rejected_findings": s.rejected_findings,
+                "state_errors": s.state_errors,
                 "restarts": dict(sorted(s.restarts.items())),
                 "peak_rss_mib": round(s.peak_rss_mib, 1),
                 "reason": h.reason,

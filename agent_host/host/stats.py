@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-import enum
 from collections import Counter
 from dataclasses import dataclass, field
-
-
-class State(enum.StrEnum):
-    """Where a plugin's worker is in its life."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    BACKING_OFF = "backing_off"
-    QUARANTINED = "quarantined"
-    FAILED = "failed"  # could not be loaded: bad manifest entrypoint, import error, on_start raised
-    STOPPED = "stopped"
 
 
 @dataclass(slots=True)
@@ -36,5 +24,7 @@ class PluginStats:
     findings: int = 0
     duplicate_findings: int = 0
     rejected_findings: int = 0
+    #: Writes of this plugin's state (quarantine, dead letters) that failed: the host's fault.
+    state_errors: int = 0
     restarts: Counter[str] = field(default_factory=Counter)
     peak_rss_mib: float = 0.0

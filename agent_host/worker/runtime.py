@@ -1,6 +1,6 @@
 """The worker runtime: one process, one plugin, one session with the host.
 
-The host starts it fresh (``agent_host.worker.main`` in a new interpreter, never a fork) and
+The host starts it fresh (``agent_host.worker.runtime.main`` in a new interpreter, never a fork) and
 writes the spawn's secret to its standard input. The worker confines itself, connects, says Hello
 with the secret, and only then imports the plugin the host names in Start. From there it answers
 each EventBatch with a BatchResult, until Stop.
@@ -11,7 +11,6 @@ pipes the host reads. Both reach the host's log tagged with the plugin's name an
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import logging
@@ -20,15 +19,14 @@ import queue
 import sys
 import threading
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
 import grpc
 
-from agent_host import sandbox, sdk
+from agent_host import sdk
 from agent_host.protocol import (
-    MAX_MESSAGE_BYTES,
     BatchResult,
     EventBatch,
     Finding,
@@ -39,18 +37,11 @@ from agent_host.protocol import (
     Ready,
     Start,
     Stopped,
+    WorkerExit,
     WorkerMessage,
     WorkerSessionStub,
 )
 
-# Exit codes, so that the host's log can say why a worker ended.
-EXIT_OK: Final = 0
-EXIT_BOOT_ERROR: Final = 3  # no secret, or the session could not be opened
-EXIT_LOAD_ERROR: Final = 4  # the plugin failed to import or to start
-EXIT_SESSION_LOST: Final = 5  # the host went away mid-session
-EXIT_OUT_OF_MEMORY: Final = 6  # the plugin hit the hard memory limit
-
-TOKEN_BYTES: Final = 32
 HEARTBEAT_INTERVAL_S: Final = 1.0
 _OUTBOX_SIZE: Final = 1024
 _MAX_LOG_MESSAGE: Final = 4096
@@ -122,6 +113,20 @@ def load_plugin(start: Start) -> sdk.Plugin:
     return plugin
 
 
+def _findings(produced: object) -> Iterable[object]:
+    """What a hook returned, as findings: None is none, a single Finding is one."""
+    if produced is None:
+        return ()
+    if isinstance(produced, sdk.Finding):
+        return (produced,)
+    if isinstance(produced, Iterable) and not isinstance(produced, str | bytes | Mapping):
+        return produced
+    raise TypeError(
+        f"expected findings (a Finding, a list of them, or yield them), "
+        f"got {type(produced).__name__}"
+    )
+
+
 def _to_proto(finding: object, default_event_id: int | None) -> Finding:
     """The protocol's Finding; without event_ids it is about ``default_event_id`` (on_stop has
     no event in hand: then it is about none)."""
@@ -143,7 +148,7 @@ class Runtime:
     def __init__(self, plugin: sdk.Plugin, plugin_dir: Path) -> None:
         self._plugin = plugin
         self._plugin_dir = plugin_dir
-        self._log = logging.getLogger("agent_host.worker")
+        self._log = logging.getLogger("agent_host.worker.runtime")
 
     def process(self, batch: EventBatch) -> WorkerMessage:
         message = WorkerMessage()
@@ -154,9 +159,8 @@ class Runtime:
         errors = 0
         for event in batch.events:
             try:
-                produced = on_event(event)
-                if produced is not None:
-                    findings.extend(_to_proto(f, event.seq) for f in produced)
+                # Converted in full before any is kept: an event's findings are all or none.
+                findings.extend([_to_proto(f, event.seq) for f in _findings(on_event(event))])
             except MemoryError:
                 raise  # the worker is in no state to go on; the host will say why
             except Exception as exc:
@@ -174,9 +178,8 @@ class Runtime:
     def stop(self) -> WorkerMessage:
         message = WorkerMessage(stopped=Stopped())
         try:
-            produced: Iterable[object] | None = self._plugin.on_stop()
-            if produced is not None:
-                message.stopped.findings.extend(_to_proto(f, None) for f in produced)
+            produced = self._plugin.on_stop()
+            message.stopped.findings.extend([_to_proto(f, None) for f in _findings(produced)])
         except Exception as exc:
             self._log.error("on_stop raised: %s", describe_exception(exc, self._plugin_dir))
         return message
@@ -221,59 +224,17 @@ def serve(channel: grpc.Channel, worker_id: str, token: bytes) -> int:
                     reason = describe_exception(exc, Path(message.start.plugin_dir))
                     outbox.put(WorkerMessage(load_failed=LoadFailed(reason=reason)))
                     outbox.put(None)
-                    last_word = EXIT_LOAD_ERROR
+                    last_word = WorkerExit.WORKER_EXIT_LOAD_ERROR
                     continue
                 outbox.put(WorkerMessage(ready=Ready()))
             elif body == "stop":
                 if runtime is not None:
                     outbox.put(runtime.stop())
                 outbox.put(None)
-                last_word = EXIT_OK
+                last_word = WorkerExit.WORKER_EXIT_OK
     except grpc.RpcError:
         pass
     finally:
         stopping.set()
         outbox.put(None)
-    return EXIT_SESSION_LOST if last_word is None else last_word
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agent_host.worker")
-    parser.add_argument("--socket", required=True)
-    parser.add_argument("--worker-id", required=True)
-    parser.add_argument(
-        "--parent-pid",
-        type=int,
-        required=True,
-        help="the host, or the zygote that forked this worker",
-    )
-    args = parser.parse_args(argv)
-
-    token = sys.stdin.buffer.read(TOKEN_BYTES)
-    sys.stdin.close()
-    if len(token) != TOKEN_BYTES:
-        print("worker: no session secret on stdin", file=sys.stderr)
-        return EXIT_BOOT_ERROR
-    sandbox.confine_self(args.parent_pid)
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ]
-    with grpc.insecure_channel(f"unix:{args.socket}", options=options) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=10)
-        except grpc.FutureTimeoutError:
-            print(f"worker: cannot connect to {args.socket}", file=sys.stderr)
-            return EXIT_BOOT_ERROR
-        try:
-            code = serve(channel, args.worker_id, token)
-        except MemoryError:
-            code = EXIT_OUT_OF_MEMORY
-    # Skip interpreter teardown: plugin threads or C extensions must not keep a worker alive.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return WorkerExit.WORKER_EXIT_SESSION_LOST if last_word is None else last_word

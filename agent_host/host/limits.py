@@ -1,4 +1,7 @@
-"""Resource watching: what each worker uses, measured from outside, against its manifest's limits.
+"""Limits: deadlines, and what each worker uses, measured from outside, against its manifest.
+
+Deadlines (``Deadlines``): a start that takes too long, a batch not done within the manifest's
+``batch_deadline_s``, an idle worker that stops sending heartbeats.
 
 The kernel enforces hard backstops (rlimits, set by the host with prlimit so that plugin code
 never decides them); this watcher enforces the real limits with precise verdicts, in the manner
@@ -20,7 +23,9 @@ from typing import Final
 
 import psutil
 
-from agent_host.manifest import Limits
+from agent_host.host.fanout import Batch
+from agent_host.host.lifecycle import DeadlineExceeded, HeartbeatLost, Input, Phase, Verdict
+from agent_host.host.manifest import Limits
 
 MIB: Final = 1024 * 1024
 #: Headroom of the hard memory backstop over the watched limit: the interpreter and gRPC
@@ -29,11 +34,46 @@ DATA_HEADROOM_MIB: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
-    """Why a worker must be stopped: a cause counted in the stats and a sentence for the log."""
+class Deadlines:
+    """When a worker is overdue, in the phase it is in."""
 
-    cause: str  # "memory", "cpu", "processes"
-    detail: str  # "memory 612 MiB > limit 256 MiB"
+    start_timeout_s: float
+    heartbeat_timeout_s: float
+    batch_deadline_s: float
+
+    def overdue(
+        self,
+        generation: int,
+        now: float,
+        *,
+        phase: Phase,
+        last_heard: float,
+        head: Batch | None,
+        head_since: float,
+    ) -> Input | None:
+        """The input to feed the lifecycle if the worker is overdue, else None."""
+        if phase is Phase.STARTING:
+            if now - last_heard > self.start_timeout_s:
+                return DeadlineExceeded(
+                    generation, Verdict("hang", f"did not start within {self.start_timeout_s:g}s")
+                )
+            return None
+        if phase not in (Phase.RUNNING, Phase.DRAINING):
+            return None
+        if head is not None and now - head_since > self.batch_deadline_s:
+            return DeadlineExceeded(
+                generation,
+                Verdict(
+                    "hang",
+                    f"batch of {len(head)} events not done within the "
+                    f"{self.batch_deadline_s:g}s deadline",
+                ),
+            )
+        if head is None and now - last_heard > self.heartbeat_timeout_s:
+            return HeartbeatLost(
+                generation, Verdict("hang", f"no heartbeat for {self.heartbeat_timeout_s:g}s")
+            )
+        return None
 
 
 def apply_hard_limits(pid: int, limits: Limits) -> None:

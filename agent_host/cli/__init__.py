@@ -1,0 +1,63 @@
+"""The ``agent-host`` command line: run, replay, record, plugins, deadletters.
+
+Every user error (a bad flag, a missing or unwritable path, an unknown plugin) is one line on
+stderr, ``agent-host: <what>: <why>``, naming the flag or the file, and exit code 2, whatever the
+log format; never a traceback. Each command lives in its own module: ``run`` (run, replay,
+record), ``admin`` (plugins, deadletters), ``scaffold`` (plugins new).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from agent_host import logs
+from agent_host.cli import admin, paths, run, scaffold
+from agent_host.cli.parser import EXIT_USAGE, build_parser
+from agent_host.errors import AgentHostError
+from agent_host.host.store import default_state_dir
+
+__all__ = ["main"]
+
+EXIT_ABORTED = 130
+
+
+def _dispatch(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_format, args.log_level)
+    if args.command == "plugins":
+        command = args.plugins_command or "list"
+        if command == "new":
+            try:
+                folder = scaffold.new_plugin(args.name, args.dir)
+            except ValueError as exc:
+                raise AgentHostError(str(exc)) from None
+            except OSError as exc:
+                raise AgentHostError(f"--dir: cannot create {args.dir}: {exc.strerror}") from None
+            print(scaffold.next_steps(folder))
+            return 0
+        store = paths.open_state("--state-dir", args.state_dir or default_state_dir())
+        if command == "release":
+            return admin.release(store, args.name)
+        return admin.list_plugins(paths.plugins_dir(args.plugins), store)
+    if args.command == "deadletters":
+        store = paths.open_state("--state-dir", args.state_dir or default_state_dir())
+        return admin.dead_letters(store, args.plugin, args.json, args.export, args.purge)
+    if args.command == "record":
+        return asyncio.run(run.record(args))
+    return asyncio.run(run.host(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``agent-host`` command; returns its exit code."""
+    try:
+        return _dispatch(argv)
+    except AgentHostError as exc:
+        print(f"agent-host: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_ABORTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

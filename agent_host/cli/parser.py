@@ -1,0 +1,233 @@
+"""The ``agent-host`` command's flags, each declared once with its check.
+
+argparse's own errors (an unknown flag, a missing argument, a value that fails its check) come
+out in the same one-line form as every other user error: ``agent-host: <what>: <why>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from agent_host import __version__
+from agent_host.host.config import HostConfig
+from agent_host.sources.live import OverflowPolicy
+from agent_host.sources.live.file import DEFAULT_PATHS
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"agent-host: {message.removeprefix('argument ')}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def _number(kind: type[float] | type[int], check: str) -> Callable[[str], float]:
+    """A converter that accepts ``kind`` values that are positive (``>0``) or not negative."""
+
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if check == ">0" and value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if check == ">=0" and value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+        return value
+
+    return convert
+
+
+positive_float = _number(float, ">0")
+positive_int = _number(int, ">0")
+non_negative_float = _number(float, ">=0")
+
+
+def _add_state_dir(p: argparse.ArgumentParser, default: object = None) -> None:
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default,
+        metavar="DIR",
+        help="where quarantines and dead letters are kept (default: ~/.local/state/agent-host)",
+    )
+
+
+def _add_plugins_dir(p: argparse.ArgumentParser, default: object = None) -> None:
+    p.add_argument(
+        "--plugins",
+        type=Path,
+        default=default,
+        metavar="DIR",
+        help="folder of plugin folders (default: ./plugins, else the bundled plugins)",
+    )
+
+
+def _add_host_options(p: argparse.ArgumentParser) -> None:
+    defaults = HostConfig()
+    _add_plugins_dir(p)
+    p.add_argument(
+        "--findings",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="append findings to this JSON Lines file",
+    )
+    p.add_argument("--quiet", action="store_true", help="do not show findings on the terminal")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=defaults.batch_size,
+        help="events per batch (default %(default)s)",
+    )
+    p.add_argument(
+        "--flush-ms",
+        type=positive_float,
+        default=defaults.flush_interval_s * 1000,
+        help="send a partial batch after this long (default %(default)s ms)",
+    )
+    _add_state_dir(p)
+    p.add_argument(
+        "--summary-json",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the end-of-run summary as JSON",
+    )
+
+
+def _add_live_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--duration",
+        type=non_negative_float,
+        default=0.0,
+        help="stop after this many seconds (default: run until signalled)",
+    )
+    p.add_argument(
+        "--sensors",
+        default="process,file,network",
+        help="live sensors to run (default: %(default)s)",
+    )
+    p.add_argument(
+        "--watch",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help=f"folder the file sensor watches, recursively; repeatable "
+        f"(default: {' '.join(DEFAULT_PATHS)})",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="paths the file sensor ignores; repeatable",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=positive_float,
+        default=0.5,
+        metavar="S",
+        help="of the polling sensors (default %(default)s s)",
+    )
+    p.add_argument(
+        "--queue-size",
+        type=positive_int,
+        default=65_536,
+        help="events buffered between sensors and host (default %(default)s)",
+    )
+    p.add_argument(
+        "--overflow",
+        choices=[p.value for p in OverflowPolicy],
+        default="block",
+        help="when that buffer is full: make sensors wait, or drop the oldest "
+        "(counted and reported); default %(default)s",
+    )
+
+
+def _add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
+    plugins = sub.add_parser("plugins", help="the plugins: list, release from quarantine, new")
+    # On the group and on each command: `plugins --state-dir X list` and `plugins list
+    # --state-dir X` both work. SUPPRESS keeps a command's default from hiding the group's value.
+    _add_plugins_dir(plugins)
+    _add_state_dir(plugins)
+    commands = plugins.add_subparsers(dest="plugins_command", metavar="COMMAND")
+    listing = commands.add_parser(
+        "list", help="the plugins found, with validation errors and quarantines (the default)"
+    )
+    _add_plugins_dir(listing, argparse.SUPPRESS)
+    _add_state_dir(listing, argparse.SUPPRESS)
+    release = commands.add_parser("release", help="lift the quarantine of a plugin")
+    release.add_argument("name", help="the plugin's name")
+    _add_state_dir(release, argparse.SUPPRESS)
+    new = commands.add_parser("new", help="scaffold a plugin folder with a test")
+    new.add_argument("name", help="the plugin's name (lowercase, digits, underscores)")
+    new.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("plugins"),
+        metavar="DIR",
+        help="where to create it (default: ./plugins)",
+    )
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="agent-host",
+        description="Run detection plugins, each in its own sandboxed worker process.",
+    )
+    parser.add_argument("--version", action="version", version=f"agent-host {__version__}")
+    parser.add_argument("--log-format", choices=["auto", "console", "json"], default="auto")
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    run = sub.add_parser("run", help="run on live sensors (or another source) until signalled")
+    run.add_argument(
+        "--source", default="live", help="live, synthetic, or replay:FILE (default: live)"
+    )
+    run.add_argument(
+        "--rate",
+        type=positive_float,
+        default=200.0,
+        help="events per second of the synthetic source (default %(default)s)",
+    )
+    _add_live_options(run)
+    _add_host_options(run)
+
+    replay = sub.add_parser(
+        "replay",
+        help="run a recording through the plugins and exit (its quarantines and dead letters "
+        "are kept apart from the daemon's unless --state-dir says otherwise)",
+    )
+    replay.add_argument("recording", type=Path, help="JSON Lines of events")
+    _add_host_options(replay)
+
+    record = sub.add_parser("record", help="write live events to a recording")
+    record.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    _add_live_options(record)
+
+    _add_plugins_group(sub)
+
+    letters = sub.add_parser(
+        "deadletters", help="the events set aside because they killed a plugin"
+    )
+    _add_state_dir(letters)
+    letters.add_argument("--plugin", metavar="NAME", help="only those of plugin NAME")
+    letters.add_argument("--json", action="store_true", help="one JSON object per line")
+    letters.add_argument(
+        "--export",
+        type=Path,
+        metavar="FILE",
+        help="write their events as a recording, to replay after a fix",
+    )
+    letters.add_argument("--purge", action="store_true", help="delete them")
+    return parser

@@ -1,0 +1,67 @@
+"""Paths the user gives the command, checked before anything starts.
+
+Each check raises ``UsageError`` naming the flag, the path and the reason (the operating
+system's own words), so that a missing folder or an unwritable file is one line, not a
+traceback halfway through a run.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import IO
+
+from agent_host.errors import UsageError
+from agent_host.host.store import StateStore
+
+
+def default_plugins_dir() -> Path:
+    """./plugins if there is one, else the example plugins beside the package (a checkout)."""
+    here = Path("plugins")
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parent.parent.parent / "plugins"
+
+
+def plugins_dir(given: Path | None) -> Path:
+    folder = given or default_plugins_dir()
+    if not folder.is_dir():
+        raise UsageError("--plugins", f"not a folder: {folder}")
+    return folder
+
+
+def appendable(flag: str, path: Path | None) -> Path | None:
+    """``path`` if it can be opened for appending (it is created if missing)."""
+    if path is None:
+        return None
+    try:
+        with path.open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise UsageError(flag, f"cannot open {path}: {exc.strerror}") from None
+    return path
+
+
+def open_write(flag: str, path: Path) -> IO[str]:
+    """``path`` opened for writing, replacing what it held."""
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(flag, f"cannot write {path}: {exc.strerror}") from None
+
+
+def writable_file(flag: str, path: Path) -> None:
+    """Fail now, not at the end of a run, if ``path`` cannot be written then."""
+    if path.is_dir():
+        raise UsageError(flag, f"is a folder: {path}")
+    if not path.parent.is_dir():
+        raise UsageError(flag, f"folder does not exist: {path.parent}")
+
+
+def open_state(flag: str, directory: Path | None) -> StateStore:
+    """The state store in ``directory``, or a usage error naming the flag."""
+    try:
+        return StateStore(directory)
+    except (OSError, sqlite3.Error) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise UsageError(flag, f"cannot use {directory}: {why}") from None

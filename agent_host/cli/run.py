@@ -1,0 +1,251 @@
+"""``agent-host run``, ``replay`` and ``record``: the host (or the sensors alone) over a source.
+
+SIGINT or SIGTERM stop the host after every accepted event has been delivered and its findings
+written; a second signal stops it at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+from agent_host.cli import paths
+from agent_host.cli.summary import render_table, summary_rows
+from agent_host.errors import UsageError
+from agent_host.host.config import HostConfig
+from agent_host.host.findings import JsonLinesSink
+from agent_host.host.lifecycle import Phase
+from agent_host.host.manifest import discover
+from agent_host.host.store import default_state_dir
+from agent_host.host.supervisor import Supervisor
+from agent_host.protocol import Event, message_to_json
+from agent_host.sources.live import OverflowPolicy, SensorHub, build_hub
+from agent_host.sources.live.file import DEFAULT_PATHS
+from agent_host.sources.replay import ReplaySource
+from agent_host.sources.synthetic import SyntheticSource
+
+log = structlog.get_logger("agent_host")
+
+EXIT_OK = 0
+EXIT_NOTHING_RAN = 1
+EXIT_ABORTED = 130
+
+
+def _hub(args: argparse.Namespace, exclude: list[str]) -> SensorHub:
+    """The live sensors, never watching the agent's own files (that way lies a feedback loop)."""
+    own = [f"{tempfile.gettempdir()}/agent-host-*", *exclude]
+    return build_hub(
+        [s.strip() for s in args.sensors.split(",") if s.strip()],
+        watch=args.watch or list(DEFAULT_PATHS),
+        exclude=[*args.exclude, *own],
+        poll_interval_s=args.poll_interval,
+        capacity=args.queue_size,
+        policy=OverflowPolicy(args.overflow),
+    )
+
+
+def _open_source(args: argparse.Namespace, exclude: list[str]) -> AsyncIterable[Event]:
+    """The event source the command asks for.
+
+    Raises:
+        UsageError: naming the recording or the flag.
+    """
+    if args.command == "replay":
+        spec, what = f"replay:{args.recording}", str(args.recording)
+    else:
+        spec, what = args.source, "--source"
+    try:
+        if spec == "live":
+            return _hub(args, exclude)
+    except ValueError as exc:
+        raise UsageError("--sensors", str(exc)) from None
+    if spec == "synthetic":
+        return SyntheticSource(rate=args.rate)
+    if spec.startswith("replay:"):
+        source = ReplaySource(Path(spec.removeprefix("replay:")))
+        if not source.path.is_file():
+            raise UsageError(what, "recording not found")
+        return source
+    raise UsageError(what, f"unknown source {spec!r}; known: live, synthetic, replay:FILE")
+
+
+class _Signals:
+    """SIGINT/SIGTERM: the first asks for a graceful stop, a second for an immediate one."""
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+        self.aborting = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self._handle)
+
+    def _handle(self) -> None:
+        # Only note it; the main flow acts.
+        (self.aborting if self.stopping.is_set() else self.stopping).set()
+
+    def stop_after(self, seconds: float) -> None:
+        if seconds:
+            asyncio.get_running_loop().call_later(seconds, self.stopping.set)
+
+
+async def _feed(
+    source: AsyncIterable[Event], take: Callable[[Event], Awaitable[object]], signals: _Signals
+) -> None:
+    """Hand every event of ``source`` to ``take`` until the source ends or a stop is asked.
+
+    Never cancelled mid-event: it checks between events, and a live source ends when its hub
+    is stopped, so no event is ever half-accepted.
+    """
+    async for event in source:
+        await take(event)
+        if signals.stopping.is_set():
+            break
+
+
+async def _run_source(
+    source: AsyncIterable[Event], take: Callable[[Event], Awaitable[object]], signals: _Signals
+) -> None:
+    """Feed until the source ends or a stop is asked; stop live sensors either way."""
+    hub = source if isinstance(source, SensorHub) else None
+    if hub is not None:
+        hub.start()
+    feeding = asyncio.ensure_future(_feed(source, take, signals))
+    stopping = asyncio.ensure_future(signals.stopping.wait())
+    await asyncio.wait({feeding, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if hub is not None:
+        await asyncio.to_thread(hub.stop)
+        hub.report()
+    await feeding
+
+
+def state_dir_for(args: argparse.Namespace) -> Path:
+    """The state folder: as given; by default the daemon's, or for ``replay`` one of its own, so
+    that replaying a poison recording on a workstation cannot quarantine the daemon's plugin."""
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    default = default_state_dir()
+    return default / "replay" if args.command == "replay" else default
+
+
+async def host(args: argparse.Namespace) -> int:
+    """``agent-host run`` and ``replay``: the host over a source, then the summary."""
+    plugins_dir = paths.plugins_dir(args.plugins)
+    state_dir = state_dir_for(args)
+    own_files = [str(p) for p in (args.findings, state_dir) if p is not None]
+    source = _open_source(args, [*own_files, f"{state_dir}/*"])
+    if args.summary_json is not None:
+        paths.writable_file("--summary-json", args.summary_json)
+    config = HostConfig(
+        batch_size=args.batch_size, flush_interval_s=args.flush_ms / 1000, state_dir=state_dir
+    )
+    paths.open_state("--state-dir", state_dir).close()
+    discovery = discover(plugins_dir)
+    for error in discovery.errors:
+        log.error("plugin skipped: bad manifest", error=str(error))
+    if not discovery.manifests:
+        log.error("no usable plugin", path=str(plugins_dir))
+        return EXIT_NOTHING_RAN
+
+    sink = JsonLinesSink(
+        paths.appendable("--findings", args.findings),
+        terminal=None if args.quiet else sys.stdout,
+    )
+    sup = Supervisor(config, discovery.manifests, sink)
+    signals = _Signals()
+    started = time.monotonic()
+    try:
+        await sup.start()
+        if not any(r.phase is Phase.RUNNING for r in sup.plugins.values()):
+            log.error("no plugin could start")
+            await sup.stop()
+            return EXIT_NOTHING_RAN
+        signals.stop_after(getattr(args, "duration", 0.0))
+        await _run_source(source, sup.publish, signals)
+        finish = asyncio.ensure_future(sup.stop())
+        aborting = asyncio.ensure_future(signals.aborting.wait())
+        await asyncio.wait({finish, aborting}, return_when=asyncio.FIRST_COMPLETED)
+        if not finish.done():
+            log.warning("second signal: stopping without draining")
+            finish.cancel()
+            await sup.abort()
+            return EXIT_ABORTED
+        aborting.cancel()
+    finally:
+        sink.close()
+    _report(args, sup, source, time.monotonic() - started)
+    return EXIT_OK
+
+
+def _report(
+    args: argparse.Namespace, sup: Supervisor, source: AsyncIterable[Event], elapsed: float
+) -> None:
+    rows = summary_rows(sup.plugins.values())
+    bad_lines = source.bad_lines if isinstance(source, ReplaySource) else 0
+    summary: dict[str, object] = {
+        "events": sup.accepted,
+        "bad_lines": bad_lines,
+        "events_without_kind": sup.rejected_events,
+        "findings": sup.findings.written,
+        "findings_lost": sup.findings.lost,
+        "elapsed_s": elapsed,
+        "refused_sessions": sup.refused_sessions,
+        "plugins": rows,
+    }
+    if isinstance(source, SensorHub):
+        summary["sensors"] = {
+            "emitted": dict(source.emitted),
+            "dropped": dict(source.dropped),
+            "restarts": dict(source.restarts),
+        }
+    print(
+        f"\n{sup.accepted} events in {elapsed:.2f}s ({sup.accepted / elapsed:,.0f}/s), "
+        f"{bad_lines} bad lines skipped, {sup.findings.written} findings"
+    )
+    print(render_table(rows))
+    if args.summary_json:
+        try:
+            args.summary_json.write_text(json.dumps(summary, indent=2))
+        except OSError as exc:
+            why = f"cannot write {args.summary_json}: {exc.strerror}"
+            raise UsageError("--summary-json", why) from None
+    dead = sum(r["dead_lettered"] for r in rows)
+    if dead and args.command == "replay":
+        where = sup.store.directory
+        print(f"{dead} events dead-lettered; see: agent-host deadletters --state-dir {where}")
+
+
+async def record(args: argparse.Namespace) -> int:
+    """``agent-host record``: live events into a recording, until the duration or a signal."""
+    try:
+        hub = _hub(args, [str(args.output.resolve())])
+    except ValueError as exc:
+        raise UsageError("--sensors", str(exc)) from None
+    out = paths.open_write("--output", args.output)
+    hostname = socket.gethostname()
+    signals = _Signals()
+    signals.stop_after(args.duration)
+    started = time.monotonic()
+    count = 0
+    with out:
+
+        async def write(event: Event) -> None:
+            nonlocal count
+            if not event.host:
+                event.host = hostname
+            out.write(message_to_json(event) + "\n")
+            count += 1
+
+        await _run_source(hub, write, signals)
+    print(f"recorded {count} events in {time.monotonic() - started:.1f}s to {args.output}")
+    return EXIT_OK

@@ -1,0 +1,240 @@
+"""What happens to a finding between a worker and the findings file, in one place.
+
+A worker is untrusted. Every finding it reports goes through ``FindingPipeline.accept``, in this
+order:
+
+1. **cap**: the findings of an event that has more than the manifest's
+   ``max_findings_per_event`` are all rejected (a flood says nothing an analyst can use);
+2. **check**: bounded fields, a known severity, and citations only of events the plugin was given;
+3. **stamp**: plugin name and version from the manifest, host name and time from the host;
+4. **id**: a digest of what makes a detection the same detection;
+5. **dedup**: an id already written is not written again (a redelivered event repeats nothing);
+6. **sink**: written. A sink that fails is the host's fault, never the plugin's: it is logged
+   once per error, the findings are counted as lost, and the plugin carries on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Final, Protocol
+
+import structlog
+
+from agent_host.host.stats import PluginStats
+from agent_host.protocol import Finding, message_to_json
+
+log = structlog.get_logger("agent_host")
+
+_MAX_TEXT: Final = 4096
+_MAX_ATTRIBUTES: Final = 64
+_MAX_EVENT_IDS: Final = 1024
+_SEVERITY_NAMES: Final = {v.number: v.name for v in Finding.Severity.DESCRIPTOR.values}
+
+
+class FindingSink(Protocol):
+    """Where accepted findings go. ``write`` may raise OSError; the pipeline deals with it."""
+
+    def write(self, findings: Sequence[Finding]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class JsonLinesSink:
+    """Appends findings to a JSON Lines file (flushed per batch) and shows them on a terminal."""
+
+    def __init__(self, path: Path | None, terminal: IO[str] | None = sys.stdout) -> None:
+        self._file: IO[str] | None = path.open("a", encoding="utf-8") if path else None
+        self._terminal = terminal
+
+    def write(self, findings: Sequence[Finding]) -> None:
+        if self._file is not None:
+            self._file.write("".join(message_to_json(f) + "\n" for f in findings))
+            self._file.flush()
+        if self._terminal is not None:
+            for f in findings:
+                ids = ",".join(map(str, f.event_ids[:5]))
+                self._terminal.write(
+                    f"[{_SEVERITY_NAMES.get(f.severity, '?'):<8}] "
+                    f"{f.plugin}/{f.rule}: {f.message}  (events {ids})\n"
+                )
+            self._terminal.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class CollectingSink:
+    """Keeps findings in memory (tests, ``agent_host.testing``, embedding)."""
+
+    def __init__(self) -> None:
+        self.findings: list[Finding] = []
+
+    def write(self, findings: Sequence[Finding]) -> None:
+        self.findings.extend(findings)
+
+    def close(self) -> None:
+        return None
+
+
+def finding_id(finding: Finding) -> str:
+    """A digest of what makes a detection the same detection: plugin, rule, events, message."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in (
+        finding.plugin,
+        finding.rule,
+        ",".join(map(str, finding.event_ids)),
+        finding.message,
+    ):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def check(finding: Finding, was_given: Callable[[int], bool]) -> str | None:
+    """Why ``finding`` must be rejected, or None if it may pass.
+
+    ``was_given`` tells whether the plugin was given the event with a sequence number: a finding
+    may cite only those (a correlation may cite events of earlier batches).
+    """
+    if not finding.rule or len(finding.rule) > 256:
+        return "rule must be 1 to 256 characters"
+    if len(finding.message) > _MAX_TEXT:
+        return f"message longer than {_MAX_TEXT} characters"
+    if finding.severity not in _SEVERITY_NAMES or finding.severity == 0:
+        return f"unknown severity {finding.severity}"
+    if len(finding.event_ids) > _MAX_EVENT_IDS:
+        return f"more than {_MAX_EVENT_IDS} event ids"
+    if len(finding.attributes) > _MAX_ATTRIBUTES or any(
+        len(k) + len(v) > _MAX_TEXT for k, v in finding.attributes.items()
+    ):
+        return f"more than {_MAX_ATTRIBUTES} attributes or an attribute over {_MAX_TEXT} bytes"
+    if len(finding.techniques) > 32:
+        return "more than 32 techniques"
+    foreign = [i for i in finding.event_ids if not was_given(i)]
+    if foreign:
+        return f"refers to events it was not given: {foreign[:5]}"
+    return None
+
+
+class Deduplicator:
+    """Remembers the ids of the most recent findings, so a redelivered event cannot repeat one.
+
+    Bounded: ``capacity`` ids, oldest forgotten first. A redelivery comes within one backlog of
+    the original, far fewer findings ago than the default capacity.
+    """
+
+    def __init__(self, capacity: int = 65_536) -> None:
+        self._capacity = capacity
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, fid: str) -> bool:
+        if fid in self._seen:
+            self._seen.move_to_end(fid)
+            return False
+        self._seen[fid] = None
+        if len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Who reported findings, as the host knows it from the manifest (never from the worker)."""
+
+    plugin: str
+    version: str
+    max_findings_per_event: int
+    stats: PluginStats
+    #: Whether the plugin was given the event with this sequence number.
+    was_given: Callable[[int], bool]
+
+
+class FindingPipeline:
+    """Cap, check, stamp, id, dedup and sink: every finding of every plugin, in that order."""
+
+    def __init__(self, sink: FindingSink, hostname: str, dedup_capacity: int = 65_536) -> None:
+        self.sink = sink
+        self._hostname = hostname
+        self._dedup = Deduplicator(dedup_capacity)
+        #: Findings written to the sink.
+        self.written = 0
+        #: Findings accepted but lost because the sink failed (the host's fault, counted here).
+        self.lost = 0
+        self._last_sink_error = ""
+
+    def accept(self, source: Source, findings: Sequence[Finding]) -> None:
+        if not findings:
+            return
+        stats = source.stats
+        fresh: list[Finding] = []
+        for finding in self._cap(source, findings):
+            problem = check(finding, source.was_given)
+            if problem is not None:
+                stats.rejected_findings += 1
+                log.warning(
+                    "finding rejected",
+                    plugin=source.plugin,
+                    rule=finding.rule[:64],
+                    problem=problem,
+                )
+                continue
+            finding.plugin = source.plugin
+            finding.plugin_version = source.version
+            finding.host = self._hostname
+            finding.time.GetCurrentTime()
+            finding.id = finding_id(finding)
+            if self._dedup.first_time(finding.id):
+                fresh.append(finding)
+            else:
+                stats.duplicate_findings += 1
+        if not fresh:
+            return
+        stats.findings += len(fresh)
+        self._write(fresh)
+
+    def _cap(self, source: Source, findings: Sequence[Finding]) -> Sequence[Finding]:
+        """Drop the findings of any event that has more than the manifest allows."""
+        limit = source.max_findings_per_event
+        if len(findings) <= limit:
+            return findings
+        per_event = Counter(f.event_ids[0] if f.event_ids else 0 for f in findings)
+        flooded = {seq for seq, count in per_event.items() if count > limit}
+        if not flooded:
+            return findings
+        kept = [f for f in findings if (f.event_ids[0] if f.event_ids else 0) not in flooded]
+        source.stats.rejected_findings += len(findings) - len(kept)
+        log.warning(
+            "findings rejected: too many for one event",
+            plugin=source.plugin,
+            events=sorted(flooded)[:5],
+            most=max(per_event.values()),
+            limit=limit,
+        )
+        return kept
+
+    def _write(self, findings: list[Finding]) -> None:
+        try:
+            self.sink.write(findings)
+        except OSError as exc:
+            self.lost += len(findings)
+            error = f"{exc.strerror or exc}"
+            if error != self._last_sink_error:  # once per kind of failure, not per batch
+                self._last_sink_error = error
+                log.error(
+                    "findings could not be written; counting them as lost",
+                    error=error,
+                    path=getattr(exc, "filename", None),
+                )
+            return
+        self._last_sink_error = ""
+        self.written += len(findings)
+
+    def close(self) -> None:
+        self.sink.close()

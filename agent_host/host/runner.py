@@ -1,0 +1,667 @@
+"""One plugin's runner: the task that carries out what its lifecycle decides.
+
+A runner outlives the worker processes it starts. Everything that happens to a worker (it was
+spawned, became ready, exited; a deadline passed; a stop was asked) becomes an input in the
+runner's inbox. One task per plugin takes them in order, asks the ``Lifecycle`` what to do, and
+does it: spawn, terminate, schedule a restart, quarantine, settle the accounts. No other code
+changes a plugin's phase.
+
+Two kinds of task feed the inbox and never decide anything: the watcher of each process (it
+waits for the exit, kills what the worker left behind, and reports ``Exited``), and the gRPC
+session (``converse``), which owns the delivery while a worker is connected and reports
+``Ready``, ``LoadFailed`` and protocol violations. The supervisor's watchdog loop reports
+deadlines and resource limits through ``check`` and ``sample_resources``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sqlite3
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
+from typing import Any, Final
+
+import grpc
+import psutil
+import structlog
+
+from agent_host.errors import ProtocolError
+from agent_host.host import lifecycle as lc
+from agent_host.host.config import HostConfig
+from agent_host.host.delivery import PIECE_ID_BASE, Delivery
+from agent_host.host.fanout import Group
+from agent_host.host.findings import FindingPipeline, Source
+from agent_host.host.limits import Deadlines, ResourceMonitor, apply_hard_limits
+from agent_host.host.manifest import Manifest
+from agent_host.host.output import relay_output
+from agent_host.host.poison import Attribution, PoisonBudget
+from agent_host.host.restart import RestartPolicy
+from agent_host.host.spawn import Spawner, WorkerProcess
+from agent_host.host.stats import PluginStats
+from agent_host.host.store import Quarantine, StateStore
+from agent_host.protocol import (
+    SECRET_BYTES,
+    EventBatch,
+    HostMessage,
+    Start,
+    Stop,
+    WorkerMessage,
+)
+
+log = structlog.get_logger("agent_host")
+
+#: How long a worker that hung up its session has to exit by itself before it is killed.
+_SESSION_END_GRACE_S: Final = 0.5
+#: Inputs waiting for the runner; a handful per worker generation by construction (faults are
+#: reported once per generation), so this bound is never reached by a working host.
+_INBOX_SIZE: Final = 256
+
+
+class _SessionEndedError(Exception):
+    """The worker's side of the session ended without a goodbye."""
+
+
+class PluginRunner:
+    """One plugin: its lifecycle, its current worker process and session, and its accounts."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        group: Group,
+        *,
+        config: HostConfig,
+        socket_path: Path,
+        pipeline: FindingPipeline,
+        restart_policy: RestartPolicy,
+        store: StateStore,
+        spawner: Spawner,
+        quarantine: Quarantine | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.group = group
+        self.stats = PluginStats()
+        self._config = config
+        self._socket_path = socket_path
+        self._pipeline = pipeline
+        self._store = store
+        self._spawner = spawner
+        self._quarantine = quarantine
+        self._log = log.bind(plugin=manifest.name)
+        self.life = lc.Lifecycle(
+            restart_policy, quarantine_level=quarantine.level if quarantine else 0
+        )
+        self.delivery = Delivery(manifest.name, group, config.window, self.stats)
+        self._budget = PoisonBudget(
+            per_hour=config.poison_per_hour,
+            max_share=config.poison_max_share,
+            min_letters=config.poison_min_letters,
+        )
+        self._deadlines = Deadlines(
+            config.start_timeout_s, config.heartbeat_timeout_s, manifest.limits.batch_deadline_s
+        )
+        self._source = Source(
+            manifest.name,
+            manifest.version,
+            manifest.limits.max_findings_per_event,
+            self.stats,
+            self.delivery.was_given,
+        )
+
+        self._inbox: asyncio.Queue[lc.Input] = asyncio.Queue(_INBOX_SIZE)
+        self._task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.Task[None] | None = None
+        self._started = asyncio.Event()
+        #: Set after every input the runner has handled (stop() waits on it).
+        self._handled = asyncio.Event()
+        self._draining = False
+        #: backlog.appended when the plugin stopped being owed events; None while it is owed.
+        self._gave_up_at: int | None = None
+
+        # Per worker (generation).
+        self.worker_id = ""
+        self._token = b""
+        self.process: WorkerProcess | None = None
+        self.monitor: ResourceMonitor | None = None
+        self._session_task: asyncio.Task[None] | None = None
+        self._last_heard = 0.0
+        self._fault_reported = 0  # the generation a fault was last reported for
+        self._probation_reported = 0  # the generation whose probation was reported served
+        self._wake = asyncio.Event()
+        group.backlog.subscribers.add(manifest.name)
+        group.backlog.on_append(self._wake.set)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def phase(self) -> lc.Phase:
+        return self.life.phase
+
+    @property
+    def reason(self) -> str:
+        return self.life.reason
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def inflight(self) -> int:
+        """Batches sent to the worker and not yet answered."""
+        return len(self.delivery.inflight)
+
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- the runner's loop ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin: spawn the first worker, or sit out a quarantine from an earlier run."""
+        q = self._quarantine
+        if q is not None and q.until > time.time():
+            retry = q.until - time.time()
+            first = self.life.begin_quarantined(
+                f"quarantined since an earlier run: {q.reason} "
+                f"(lift with: agent-host plugins release {self.name})",
+                retry,
+            )
+        else:
+            if q is not None:
+                self.life.on_probation = True
+                self._log.warning("retrying a quarantined plugin on probation", level=q.level)
+            first = self.life.begin()
+        self._task = asyncio.ensure_future(self._run(first))
+
+    def _feed(self, event: lc.Input) -> None:
+        try:
+            self._inbox.put_nowait(event)
+        except asyncio.QueueFull:  # cannot happen by construction; say so loudly if it does
+            self._log.error("runner inbox full; input dropped", input=type(event).__name__)
+
+    async def _run(self, first: list[lc.Action]) -> None:
+        await self._carry_out(first)
+        while True:
+            event = await self._inbox.get()
+            if isinstance(event, lc.Exited) and event.generation == self.life.generation:
+                event = await self._account_for_exit(event)
+            try:
+                actions = self.life.handle(event, time.monotonic())
+            except lc.IllegalTransition as exc:
+                self._log.error("host bug: input ignored", error=str(exc))
+                actions = []
+            await self._carry_out(actions)
+
+    async def _carry_out(self, actions: list[lc.Action]) -> None:
+        pending = deque(actions)
+        while pending:
+            action = pending.popleft()
+            try:
+                follow = await self._do(action)
+            except Exception:  # a host bug must not silently stop this plugin's supervision
+                self._log.exception("host bug: action failed", action=type(action).__name__)
+                continue
+            if follow is not None:
+                pending.extend(self.life.handle(follow, time.monotonic()))
+        if self.life.phase not in (lc.Phase.SPAWNING, lc.Phase.STARTING):
+            self._started.set()
+        self._handled.set()
+
+    async def _do(self, action: lc.Action) -> lc.Input | None:
+        """Carry out one action; return the input it produced at once, if any."""
+        match action:
+            case lc.Spawn(generation=generation):
+                return await self._spawn(generation)
+            case lc.Terminate(verdict=verdict):
+                self._terminate(verdict)
+            case lc.Kill(verdict=verdict):
+                self._log.error("killing worker", cause=verdict.cause, reason=verdict.detail)
+                self._signal_group(signal.SIGKILL)
+            case lc.Drain():
+                self._draining = True
+                self._wake.set()
+            case lc.ScheduleRestart(delay_s=delay, cause=cause):
+                self.stats.restarts[cause] += 1
+                self._schedule(delay)
+            case lc.Quarantine(reason=reason, level=level, retry_in_s=retry):
+                self._persist_quarantine(reason, level, retry)
+                self._schedule(retry)
+            case lc.Release():
+                self._host_write("release quarantine", self._store.release, self.name)
+                self._log.info("probation passed; quarantine lifted")
+            case lc.Settle():
+                await self._settle()
+        return None
+
+    def _schedule(self, delay: float) -> None:
+        """Feed BackoffElapsed for the current generation after ``delay`` seconds."""
+        generation = self.life.generation
+
+        async def later() -> None:
+            await asyncio.sleep(delay)
+            self._feed(lc.BackoffElapsed(generation))
+
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._background(later())
+
+    def _host_write(self, what: str, write: Any, *args: Any, **kwargs: Any) -> None:
+        """A write to the state store; its failure is the host's, logged, never the plugin's."""
+        try:
+            write(*args, **kwargs)
+        except (sqlite3.Error, OSError) as exc:
+            self.stats.state_errors += 1
+            self._log.error("could not write state", what=what, error=str(exc))
+
+    def _persist_quarantine(self, reason: str, level: int, retry_in: float) -> None:
+        if self._quarantine is not None and self.life.generation == 0:
+            return  # from an earlier run: already persisted
+        self._host_write(
+            "quarantine",
+            self._store.quarantine,
+            self.name,
+            self.manifest.version,
+            reason,
+            level=level,
+            retry_in_s=retry_in,
+        )
+        self._log.error(
+            "plugin quarantined", reason=reason, level=level, retry_on_probation_in_s=retry_in
+        )
+
+    async def _settle(self) -> None:
+        """The plugin is owed nothing more for now: count what it will never process."""
+        backlog = self.group.backlog
+        missed = await backlog.unsubscribe(self.name)
+        missed -= self.delivery.poison.abandon()
+        self._gave_up_at = backlog.appended
+        self.stats.undelivered += missed
+        phase = self.life.phase
+        if phase is not lc.Phase.STOPPED or missed:
+            self._log.error(
+                "plugin stopped",
+                state=phase.value,
+                reason=self.life.reason,
+                undelivered_events=missed,
+            )
+
+    def settle(self) -> None:
+        """Count as undelivered what the group was handed after this plugin gave up."""
+        if self._gave_up_at is not None:
+            self.stats.undelivered += self.group.backlog.appended - self._gave_up_at
+            self._gave_up_at = self.group.backlog.appended
+
+    # -- the process ----------------------------------------------------------------------
+
+    async def _spawn(self, generation: int) -> lc.Input:
+        if self._gave_up_at is not None:  # back from a quarantine served in this run
+            self.settle()
+            self._gave_up_at = None
+            self.group.backlog.subscribers.add(self.name)
+            self.delivery.resume()
+        self.worker_id = uuid.uuid4().hex
+        self._token = secrets.token_bytes(SECRET_BYTES)
+        try:
+            proc = await self._spawner.spawn(
+                ["--socket", str(self._socket_path), "--worker-id", self.worker_id],
+                self.manifest.directory,
+            )
+        except OSError as exc:
+            self._log.error("worker could not be started", error=str(exc))
+            return lc.SpawnFailed(generation, str(exc))
+        self.process = proc
+        self._log = log.bind(plugin=self.name, pid=proc.pid)
+        self._last_heard = time.monotonic()
+        try:
+            # Before the worker has its secret it runs no plugin code: set its limits now.
+            apply_hard_limits(proc.pid, self.manifest.limits)
+            self.monitor = ResourceMonitor(proc.pid, self.manifest.limits)
+        except psutil.Error as exc:
+            self._log.warning("could not set worker limits", error=str(exc))
+        assert proc.stdin is not None
+        proc.stdin.write(self._token)
+        with contextlib.suppress(ConnectionError):
+            await proc.stdin.drain()
+        proc.stdin.close()
+        self._log.debug("worker spawned")
+        for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+            if stream is not None:
+                self._background(relay_output(stream, self.name, proc.pid, name))
+        self._background(self._watch(proc, generation))
+        return lc.Spawned(generation, proc.pid)
+
+    def claim(self, worker_id: str, token: bytes) -> bool:
+        """Whether ``token`` is this spawn's secret; a secret opens one session only."""
+        if (
+            not self._token
+            or worker_id != self.worker_id
+            or not secrets.compare_digest(token, self._token)
+        ):
+            return False
+        self._token = b""
+        return True
+
+    def _signal_group(self, signum: signal.Signals) -> None:
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signum)
+
+    def _terminate(self, verdict: lc.Verdict) -> None:
+        """SIGTERM the worker's group, SIGKILL after the grace period."""
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return
+        self._log.error("stopping worker", cause=verdict.cause, reason=verdict.detail)
+        self._signal_group(signal.SIGTERM)
+        self._background(self._escalate(proc))
+
+    async def _escalate(self, proc: WorkerProcess) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), self._config.kill_grace_s)
+        except TimeoutError:
+            self._log.warning(
+                "worker ignored SIGTERM; killing it", grace_s=self._config.kill_grace_s
+            )
+            self._signal_group(signal.SIGKILL)
+
+    def kill_now(self) -> None:
+        """SIGKILL the worker at once, outside the lifecycle (the host is aborting)."""
+        self.life.death = self.life.death or lc.Verdict("signal", "host aborted")
+        self._signal_group(signal.SIGKILL)
+
+    async def _watch(self, proc: WorkerProcess, generation: int) -> None:
+        returncode = await proc.wait()
+        # The worker's children die with it, even those it left running.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        if self.monitor is not None:
+            for child in self.monitor.last_descendants():
+                with contextlib.suppress(psutil.Error):
+                    child.kill()
+        if self._session_task is not None and not self._session_task.done():
+            self._session_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._session_task
+        self._feed(lc.Exited(generation, returncode))
+
+    async def _account_for_exit(self, exited: lc.Exited) -> lc.Exited:
+        """Settle what the dead worker held, and say whose fault its death was."""
+        phase = self.life.phase
+        if phase not in (lc.Phase.STARTING, lc.Phase.RUNNING):
+            self.delivery.rewind()  # nothing is charged to what it held while stopping
+            verdict = self.life.verdict_for(exited.returncode)
+            if phase is lc.Phase.DRAINING and exited.returncode != 0:
+                self._log.warning("worker ended badly while stopping", reason=verdict.detail)
+            return exited
+        verdict = self.life.verdict_for(exited.returncode)
+        killed_from_outside = self.life.death is None and exited.returncode == -signal.SIGKILL
+        blame = lc.Blame.OUTSIDE if killed_from_outside else lc.Blame.PLUGIN
+        in_flight, attribution = self.delivery.lost(blame)
+        self._log.error(
+            "worker died",
+            cause=verdict.detail,
+            in_flight_events=in_flight,
+            blame=attribution.blame.value,
+        )
+        spent = await self._apply(attribution, verdict)
+        return lc.Exited(exited.generation, exited.returncode, attribution.blame, spent)
+
+    async def _apply(self, attribution: Attribution, verdict: lc.Verdict) -> str:
+        """Act on an attribution; return why the poison budget is spent, if it is."""
+        spent = ""
+        if attribution.suspect is not None:
+            suspect = attribution.suspect
+            self._log.warning(
+                "isolating a poison event",
+                batch_events=len(suspect),
+                first_seq=suspect.seqs[0],
+                last_seq=suspect.seqs[-1],
+            )
+        if attribution.dead_letter is not None:
+            piece = attribution.dead_letter
+            event = EventBatch.FromString(piece.records[0]).events[0]
+            self._host_write(
+                "dead letter",
+                self._store.add_dead_letter,
+                self.name,
+                self.manifest.version,
+                piece.seqs[0],
+                verdict.detail,
+                event.SerializeToString(),
+            )
+            self.stats.dead_lettered += 1
+            self._log.error("event dead-lettered", seq=piece.seqs[0], failure=verdict.detail)
+            spent = self._budget.dead_letter(time.monotonic())
+        if attribution.finished is not None:
+            await self.group.backlog.done(self.name, attribution.finished)
+            self._log.info("isolation finished", batch_events=len(attribution.finished))
+        return spent
+
+    # -- what the supervisor's watchdog reports -------------------------------------------
+
+    def check(self, now: float) -> None:
+        """Deadlines (a batch taking too long, an idle worker gone silent, a slow start), and a
+        probation served."""
+        life = self.life
+        if self.process is None or life.death is not None:
+            return
+        generation = life.generation
+        if self._fault_reported == generation:
+            return
+        overdue = self._deadlines.overdue(
+            generation,
+            now,
+            phase=life.phase,
+            last_heard=self._last_heard,
+            head=self.delivery.head(),
+            head_since=self.delivery.head_since,
+        )
+        if overdue is not None:
+            self._fault_reported = generation
+            self._feed(overdue)
+            return
+        if (
+            life.on_probation
+            and self._probation_reported != generation
+            and life.phase is lc.Phase.RUNNING
+            and life.running_since is not None
+            and now - life.running_since >= life.policy.probation_s
+        ):
+            self._probation_reported = generation
+            self._feed(lc.ProbationPassed(generation))
+
+    def sample_resources(self, now: float, descendants: list[psutil.Process]) -> None:
+        """Measure the worker against its limits (the supervisor calls this periodically)."""
+        life = self.life
+        if self.monitor is None or life.death is not None or life.phase is not lc.Phase.RUNNING:
+            return
+        self.monitor.set_descendants(descendants)
+        verdict = self.monitor.sample(now, idle=self.delivery.idle)
+        self.stats.peak_rss_mib = max(self.stats.peak_rss_mib, self.monitor.peak_rss_mib)
+        if verdict is not None and self._fault_reported != life.generation:
+            self._fault_reported = life.generation
+            self._feed(lc.LimitExceeded(life.generation, verdict))
+
+    # -- the session ----------------------------------------------------------------------
+
+    async def converse(
+        self,
+        requests: AsyncIterator[WorkerMessage],
+        context: grpc.aio.ServicerContext[WorkerMessage, bytes],
+    ) -> None:
+        """Run the authenticated session with the current worker until it ends."""
+        self._session_task = asyncio.current_task()
+        generation = self.life.generation
+        try:
+            await self._converse(requests, context, generation)
+        except ProtocolError as exc:
+            self._log.error("worker broke the protocol", error=exc.message)
+            self._feed(
+                lc.ProtocolViolated(
+                    generation, lc.Verdict("protocol", f"protocol violation: {exc.message}")
+                )
+            )
+        except (
+            _SessionEndedError,
+            grpc.aio.AioRpcError,
+            ConnectionError,
+            asyncio.InvalidStateError,
+        ):
+            # Usually the process is dying and its exit status, not this, is the cause: wait a
+            # moment for it. A worker that hangs up and stays alive is killed.
+            await self._exit_or_kill(generation)
+
+    async def _exit_or_kill(self, generation: int) -> None:
+        proc = self.process
+        if proc is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), _SESSION_END_GRACE_S)
+        except TimeoutError:
+            self._log.warning("worker closed its session but kept running; killing it")
+            self._feed(
+                lc.ProtocolViolated(
+                    generation, lc.Verdict("protocol", "closed its session but kept running")
+                )
+            )
+
+    async def _converse(
+        self,
+        requests: AsyncIterator[WorkerMessage],
+        context: grpc.aio.ServicerContext[WorkerMessage, bytes],
+        generation: int,
+    ) -> None:
+        manifest = self.manifest
+        await context.write(
+            HostMessage(
+                start=Start(
+                    plugin_name=manifest.name,
+                    plugin_dir=str(manifest.directory),
+                    entrypoint=manifest.entrypoint,
+                    config_json=manifest.config_json,
+                )
+            ).SerializeToString()
+        )
+        async for message in requests:
+            self._last_heard = time.monotonic()
+            body = message.WhichOneof("body")
+            if body == "ready":
+                break
+            if body == "load_failed":
+                self._log.error("plugin failed to load", reason=message.load_failed.reason)
+                self._feed(lc.LoadFailed(generation, message.load_failed.reason))
+                return
+            self._handle_side_message(message)
+        else:
+            raise _SessionEndedError
+        self._feed(lc.Ready(generation))
+        self._wake.set()
+        sender = asyncio.ensure_future(self._send(context))
+        try:
+            async for message in requests:
+                self._last_heard = time.monotonic()
+                if await self._receive(message):
+                    return
+            if not sender.done():  # the worker hung up on us
+                raise _SessionEndedError
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+
+    async def _send(self, context: grpc.aio.ServicerContext[WorkerMessage, bytes]) -> None:
+        delivery = self.delivery
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while (batch := delivery.next_batch(time.monotonic())) is not None:
+                await context.write(batch.frame)
+            if self._draining and delivery.drained:
+                await context.write(HostMessage(stop=Stop()).SerializeToString())
+                return
+
+    async def _receive(self, message: WorkerMessage) -> bool:
+        """Handle one message of a running session; True when the session is over."""
+        body = message.WhichOneof("body")
+        if body == "result":
+            await self._on_result(message)
+        elif body == "stopped":
+            self._pipeline.accept(self._source, list(message.stopped.findings))
+            return True
+        else:
+            self._handle_side_message(message)
+        return False
+
+    def _handle_side_message(self, message: WorkerMessage) -> None:
+        body = message.WhichOneof("body")
+        if body == "log":
+            record = message.log
+            level = min(max(record.level, 10), 50)
+            log.log(level, record.message, plugin=self.name, pid=self.pid, logger=record.logger)
+        elif body != "heartbeat":
+            raise ProtocolError(self.name, f"sent {body!r} where it was not expected")
+
+    async def _on_result(self, message: WorkerMessage) -> None:
+        result = message.result
+        answered = self.delivery.answered(result.batch_id, result.processed, time.monotonic())
+        batch = answered.batch
+        self._pipeline.accept(self._source, list(result.findings))
+        self.stats.processed += len(batch)
+        self.stats.errors += result.errors
+        self._budget.processed(len(batch))
+        finished = answered.finished
+        if finished is not None:
+            await self.group.backlog.done(self.name, finished)
+            if batch.batch_id >= PIECE_ID_BASE:
+                self._log.info("isolation finished", batch_events=len(finished))
+        self._wake.set()
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    async def wait_started(self) -> None:
+        """Return once the first worker is running, or has failed to become so."""
+        await self._started.wait()
+
+    async def stop(self, timeout: float) -> None:
+        """Let the worker finish what it holds, run on_stop, and exit; kill it if it will not."""
+        generation = self.life.generation
+        self._feed(lc.StopRequested(generation))
+        try:
+            await asyncio.wait_for(self._stopped(), timeout)
+        except TimeoutError:
+            self._log.warning("worker did not stop in time; killing it", limit_s=timeout)
+            self._feed(
+                lc.DeadlineExceeded(
+                    self.life.generation, lc.Verdict("hang", "did not stop in time")
+                )
+            )
+            await self._stopped()
+        await self.close()
+
+    async def _stopped(self) -> None:
+        """Wait until the plugin is settled, with no input left to handle."""
+        while not (self.life.phase.final and self._inbox.empty()):
+            self._handled.clear()
+            await self._handled.wait()
+
+    async def close(self) -> None:
+        """Cancel the runner's own tasks (after stop, or when the host aborts)."""
+        for task in [self._task, self._timer, *self._tasks]:
+            if task is not None and not task.done() and task is not self._session_task:
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            if self._task is not None:
+                await self._task

@@ -1,0 +1,23 @@
+"""What a live sensor is, to the hub that runs it: kept apart so that sensors and the hub do not
+import each other."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from agent_host.protocol import Event
+
+#: How a sensor hands over an event; it may block (the hub's overflow policy decides).
+Emit = Callable[[Event], None]
+
+
+class Sensor(Protocol):
+    """A source of live events. ``run`` blocks until ``stop`` is set, emitting as it goes."""
+
+    name: str
+    #: Set once the sensor is watching: what happens from then on is seen.
+    ready: threading.Event
+
+    def run(self, emit: Emit, stop: threading.Event) -> None: ...
