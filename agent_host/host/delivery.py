@@ -128,14 +128,14 @@ class Delivery:
         self.poison.processed(batch_id)
         return Answered(batch, batch)
 
-    def lost(self, blame: Blame) -> tuple[int, Attribution]:
-        """The worker died: rewind, and put the death down to what it held.
+    def lost(self, blame: Blame, generation: int) -> tuple[int, Attribution]:
+        """The worker of ``generation`` died: rewind, and put the death down to what it held.
 
         Returns the number of events that were in flight, and the attribution.
         """
         lost = list(self.inflight.values())
         self.rewind()
-        return sum(len(b) for b in lost), self.poison.attribute(lost, blame)
+        return sum(len(b) for b in lost), self.poison.attribute(lost, blame, generation)
 
     def rewind(self) -> None:
         """Forget what is in flight; the next batch is the oldest the plugin has not processed."""

@@ -237,4 +237,7 @@ class FindingPipeline:
         self.written += len(findings)
 
     def close(self) -> None:
-        self.sink.close()
+        try:
+            self.sink.close()
+        except OSError as exc:  # what it still held could not be written: said, not raised
+            log.error("findings sink could not be closed", error=exc.strerror or str(exc))

@@ -112,35 +112,40 @@ class Exited(Input):
     returncode: int
     blame: Blame = Blame.PLUGIN
     poison_budget_spent: str = ""
+    #: Generations whose counted failures turned out to be a poison event's fault.
+    forgive: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
-class DeadlineExceeded(Input):
+class Fault(Input):
+    """The host saw the worker misbehave; ``verdict`` says how."""
+
+    verdict: Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineExceeded(Fault):
     """A batch not done in time, a start too slow, or a stop not finished in time."""
 
-    verdict: Verdict
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatLost(Fault):
+    """An idle worker sent nothing, not even a heartbeat, for too long."""
 
 
 @dataclass(frozen=True, slots=True)
-class HeartbeatLost(Input):
-    verdict: Verdict
-
-
-@dataclass(frozen=True, slots=True)
-class LimitExceeded(Input):
+class LimitExceeded(Fault):
     """Memory, idle CPU or processes over the manifest's limits."""
 
-    verdict: Verdict
-
 
 @dataclass(frozen=True, slots=True)
-class ProtocolViolated(Input):
-    verdict: Verdict
+class ProtocolViolated(Fault):
+    """It sent what the session protocol does not allow, or hung up and kept running."""
 
 
 @dataclass(frozen=True, slots=True)
 class StopRequested(Input):
-    pass
+    """The host is stopping: finish what is owed, then exit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +226,7 @@ _WORKING: Final = (Phase.STARTING, Phase.RUNNING, Phase.DRAINING)
 #: A pair that is not here is ignored and logged as a host bug.
 TRANSITIONS: Final[Mapping[tuple[Phase, type[Input]], frozenset[Phase]]] = {
     (Phase.SPAWNING, Spawned): frozenset({Phase.STARTING}),
-    (Phase.SPAWNING, SpawnFailed): frozenset({Phase.BACKING_OFF, Phase.QUARANTINED}),
+    (Phase.SPAWNING, SpawnFailed): frozenset({Phase.BACKING_OFF}),
     (Phase.STARTING, Ready): frozenset({Phase.RUNNING}),
     (Phase.DRAINING, Ready): frozenset({Phase.DRAINING}),
     (Phase.STARTING, LoadFailed): frozenset({Phase.FAILED}),
@@ -249,7 +254,15 @@ TRANSITIONS: Final[Mapping[tuple[Phase, type[Input]], frozenset[Phase]]] = {
 
 #: Inputs about the current generation that may still arrive after the worker settled (a
 #: process that ends after its plugin gave up): accepted and ignored.
-_LATE: Final = {Exited, DeadlineExceeded, HeartbeatLost, LimitExceeded, ProtocolViolated}
+_LATE: Final = {
+    Exited,
+    DeadlineExceeded,
+    HeartbeatLost,
+    LimitExceeded,
+    ProtocolViolated,
+    BackoffElapsed,
+    ProbationPassed,
+}
 
 
 class IllegalTransition(Exception):  # noqa: N818  (a host bug, named for what it is)
@@ -278,6 +291,8 @@ class Lifecycle:
     death: Verdict | None = None
     running_since: float | None = None
     _restarts: RestartTracker = field(init=False)
+    #: When each generation's failure was counted, so that it can be forgiven.
+    _counted: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._restarts = RestartTracker(self.policy)
@@ -326,11 +341,14 @@ class Lifecycle:
                 self.phase = Phase.STARTING
                 return []
             case SpawnFailed(reason=reason):
-                return self._failed(Verdict("exit", f"could not start: {reason}"), now)
+                # The host could not fork: not the plugin's doing, so it never quarantines it.
+                verdict = Verdict("exit", f"could not start: {reason}")
+                return self._failed(verdict, now, Blame.OUTSIDE)
             case Ready():
                 if self.phase is Phase.STARTING:
                     self.phase = Phase.RUNNING
                 self.running_since = now
+                self.reason = ""  # running again: the last failure is history (and counted)
                 return []
             case LoadFailed(reason=reason):
                 self.phase = Phase.FAILED
@@ -346,9 +364,16 @@ class Lifecycle:
                 return []
             case Exited() if self.phase is Phase.DRAINING:
                 self.phase = Phase.STOPPED
+                self.reason = ""
                 return [Settle()]
-            case Exited(returncode=code, blame=blame, poison_budget_spent=spent):
+            case Exited(returncode=code, blame=blame, poison_budget_spent=spent, forgive=forgive):
+                for generation in forgive:
+                    counted_at = self._counted.pop(generation, None)
+                    if counted_at is not None:
+                        self._restarts.forgive(counted_at)
                 verdict = self.verdict_for(code)
+                if blame is Blame.OUTSIDE and self.death is None:
+                    verdict = Verdict("killed", f"{verdict.detail} from outside the host")
                 if spent:
                     return self._quarantine(f"poison budget spent: {spent}", now)
                 return self._failed(verdict, now, blame)
@@ -394,6 +419,9 @@ class Lifecycle:
             return self._quarantine(f"failed on probation: {verdict.detail}", now)
         else:
             delay = self._restarts.record_failure(now, running_since)
+            self._counted[self.generation] = now
+            for old in [g for g, t in self._counted.items() if now - t > self.policy.window_s]:
+                del self._counted[old]  # out of the breaker's window: nothing left to forgive
         if delay is None:
             policy = self.policy
             return self._quarantine(

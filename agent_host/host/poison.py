@@ -45,8 +45,10 @@ class Piece:
 class Bisection:
     """The bisection of one batch for one plugin."""
 
-    def __init__(self, batch: Batch) -> None:
+    def __init__(self, batch: Batch, charged_by: tuple[int, ...] = ()) -> None:
         self.batch = batch
+        #: The worker generations whose deaths were charged to the batch before bisection.
+        self.charged_by = charged_by
         whole = Piece(batch.records, batch.seqs)
         self._todo: deque[Piece] = deque(whole.halves() if len(whole) > 1 else (whole,))
         #: Events of the batch already processed or dead-lettered.
@@ -87,6 +89,8 @@ class Attribution:
     finished: Batch | None = None
     #: A batch whose bisection this death started.
     suspect: Batch | None = None
+    #: Generations whose deaths this one shows were the poison event's fault, not the plugin's.
+    forgive: tuple[int, ...] = ()
 
 
 class PoisonIsolator:
@@ -98,10 +102,11 @@ class PoisonIsolator:
     """
 
     def __init__(self) -> None:
-        self._charges: dict[int, int] = {}
+        #: batch id -> the generations of the workers that died holding it.
+        self._charges: dict[int, list[int]] = {}
         self.bisection: Bisection | None = None
 
-    def attribute(self, lost: list[Batch], blame: Blame) -> Attribution:
+    def attribute(self, lost: list[Batch], blame: Blame, generation: int) -> Attribution:
         """Charge a death to ``lost`` (what was in flight), and say whose fault it was.
 
         ``blame`` is what the death would be without bisection: the plugin's, or outside's.
@@ -113,20 +118,23 @@ class PoisonIsolator:
             if not lost:  # it died between pieces: nothing to learn from it
                 return Attribution(blame)
             poison = bisection.failed()
+            forgive: tuple[int, ...] = ()
+            if poison is not None:
+                # The deaths that made the batch suspect were this event's doing: once.
+                forgive, bisection.charged_by = bisection.charged_by, ()
             finished = None
             if bisection.done:
                 finished = bisection.batch
                 self.bisection = None
-            return Attribution(Blame.EVENT, dead_letter=poison, finished=finished)
+            return Attribution(Blame.EVENT, dead_letter=poison, finished=finished, forgive=forgive)
         for batch in lost:
-            self._charges[batch.batch_id] = self._charges.get(batch.batch_id, 0) + 1
-        suspect = next((b for b in lost if self._charges[b.batch_id] >= 2), None)
+            self._charges.setdefault(batch.batch_id, []).append(generation)
+        suspect = next((b for b in lost if len(self._charges[b.batch_id]) >= 2), None)
         if suspect is None:
             return Attribution(blame)
-        del self._charges[suspect.batch_id]
-        self.bisection = Bisection(suspect)
-        # The failure that made a batch suspect still counts: a plugin that dies on everything
-        # must reach its breaker, and bisection would hide that if none of its deaths counted.
+        self.bisection = Bisection(suspect, tuple(self._charges.pop(suspect.batch_id)))
+        # These deaths count for now: only a dead letter shows they were an event's fault (and
+        # then they are forgiven). A batch that bisects clean leaves them counted.
         return Attribution(blame, suspect=suspect)
 
     def piece_passed(self) -> Batch | None:

@@ -58,6 +58,14 @@ class RestartTracker:
             return None
         return self._next_delay()
 
+    def forgive(self, at: float) -> None:
+        """Take back the failure recorded at ``at``: it turned out to be an event's fault."""
+        try:
+            self._failures.remove(at)
+        except ValueError:
+            return  # already out of the window
+        self._consecutive = max(0, self._consecutive - 1)
+
     def record_uncounted(self, now: float, running_since: float | None) -> float:
         """Note a failure the plugin did not cause: it backs off, but never toward quarantine.
 

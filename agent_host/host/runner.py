@@ -409,7 +409,7 @@ class PluginRunner:
         verdict = self.life.verdict_for(exited.returncode)
         killed_from_outside = self.life.death is None and exited.returncode == -signal.SIGKILL
         blame = lc.Blame.OUTSIDE if killed_from_outside else lc.Blame.PLUGIN
-        in_flight, attribution = self.delivery.lost(blame)
+        in_flight, attribution = self.delivery.lost(blame, exited.generation)
         self._log.error(
             "worker died",
             cause=verdict.detail,
@@ -417,7 +417,9 @@ class PluginRunner:
             blame=attribution.blame.value,
         )
         spent = await self._apply(attribution, verdict)
-        return lc.Exited(exited.generation, exited.returncode, attribution.blame, spent)
+        return lc.Exited(
+            exited.generation, exited.returncode, attribution.blame, spent, attribution.forgive
+        )
 
     async def _apply(self, attribution: Attribution, verdict: lc.Verdict) -> str:
         """Act on an attribution; return why the poison budget is spent, if it is."""

@@ -17,9 +17,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from agent_host.sdk import Event, Finding, Plugin, Severity
+from agent_host.sdk import Event, FileAction, Finding, Plugin, Severity
 
-MODIFIED, DELETED, MOVED = 2, 3, 4  # FileEvent.Action values that change a file
+CHANGES = (FileAction.MODIFIED, FileAction.DELETED, FileAction.MOVED)
 
 
 def shannon_entropy(data: bytes) -> float:
@@ -77,10 +77,14 @@ class RansomwareBurst(Plugin):
 
     def on_event(self, event: Event) -> Iterator[Finding]:
         file = event.file
-        if file.is_dir or file.action not in (MODIFIED, DELETED, MOVED):
+        if file.is_dir or file.action not in CHANGES:
             return
-        path = file.dest_path if file.action == MOVED else file.path
-        if self.entropy_check and file.action in (MODIFIED, MOVED) and self._looks_encrypted(path):
+        path = file.dest_path if file.action == FileAction.MOVED else file.path
+        if (
+            self.entropy_check
+            and file.action in (FileAction.MODIFIED, FileAction.MOVED)
+            and self._looks_encrypted(path)
+        ):
             self.high_entropy.append(path)
         now = time.monotonic()
         if len(self.windows) > 10_000:  # bounded: forget quiet keys

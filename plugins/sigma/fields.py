@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent_host.protocol import Event, FileEvent, NetworkEvent, ProcessEvent
+from agent_host.sdk import Event, FileAction, NetworkAction, ProcessAction
 
 PROCESS_CREATION = "process_creation"
 FILE_EVENT = "file_event"
@@ -25,7 +25,7 @@ def sigma_fields(event: Event) -> tuple[str, dict[str, Any]] | None:
     kind = event.WhichOneof("kind")
     if kind == "process":
         p = event.process
-        if p.action != ProcessEvent.START:
+        if p.action != ProcessAction.START:
             return None
         return PROCESS_CREATION, {
             "Image": _text(p.exe),
@@ -39,14 +39,14 @@ def sigma_fields(event: Event) -> tuple[str, dict[str, Any]] | None:
         }
     if kind == "file":
         f = event.file
-        if f.action not in (FileEvent.CREATED, FileEvent.MODIFIED, FileEvent.MOVED) or f.is_dir:
+        if f.action not in (FileAction.CREATED, FileAction.MODIFIED, FileAction.MOVED) or f.is_dir:
             return None
         # A rename creates a file under its new name, as Sysmon's FileCreate reports it.
-        target = f.dest_path if f.action == FileEvent.MOVED else f.path
+        target = f.dest_path if f.action == FileAction.MOVED else f.path
         return FILE_EVENT, {"TargetFilename": _text(target), "ProcessId": f.pid or None}
     if kind == "network":
         n = event.network
-        if n.action != NetworkEvent.CONNECT:
+        if n.action != NetworkAction.CONNECT:
             return None
         return NETWORK_CONNECTION, {
             "Image": _text(n.exe),

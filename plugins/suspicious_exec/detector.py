@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from agent_host.sdk import Event, Finding, Plugin, Severity
+from agent_host.sdk import Event, Finding, Plugin, ProcessAction, Severity
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox", "fish"})
 _REVERSE_SHELL = re.compile(
@@ -49,7 +49,7 @@ class SuspiciousExec(Plugin):
 
     def on_event(self, event: Event) -> Iterator[Finding]:
         process = event.process
-        if process.action != process.START:
+        if process.action != ProcessAction.START:
             return
         cmdline = " ".join(process.cmdline)
         who = (

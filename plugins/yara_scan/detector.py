@@ -16,10 +16,11 @@ from typing import Any
 
 import yara
 
-from agent_host.sdk import Event, Finding, Plugin, Severity
+from agent_host.sdk import Event, FileAction, Finding, Plugin, Severity
 
 HERE = Path(__file__).resolve().parent
-CREATED, MODIFIED, MOVED = 1, 2, 4
+#: What makes a file worth a scan: new content, or content under a new name.
+SCANNED = (FileAction.CREATED, FileAction.MODIFIED, FileAction.MOVED)
 SEVERITY = {
     "low": Severity.LOW,
     "medium": Severity.MEDIUM,
@@ -48,9 +49,9 @@ class YaraScan(Plugin):
 
     def on_event(self, event: Event) -> Iterator[Finding]:
         file = event.file
-        if file.is_dir or file.action not in (CREATED, MODIFIED, MOVED):
+        if file.is_dir or file.action not in SCANNED:
             return
-        path = file.dest_path if file.action == MOVED else file.path
+        path = file.dest_path if file.action == FileAction.MOVED else file.path
         try:
             stat = os.stat(path)
         except OSError:

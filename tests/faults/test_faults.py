@@ -237,11 +237,39 @@ class TestCrashes:
         listing = agent_host(["plugins", "--plugins", "plugins"], cwd=tmp_path)
         assert "quarantined since" in listing.stdout
         # ... until an operator lifts it.
+        assert "next try on probation" in listing.stdout
         released = agent_host(["plugins", "release", "faulty"], cwd=tmp_path)
         assert released.returncode == 0
         third = agent_host(["replay", "rec.jsonl", "--plugins", "plugins", "--quiet"], cwd=tmp_path)
         assert third.plugin("faulty")["state"] == "quarantined"
         assert third.plugin("faulty")["dead_lettered"] == 10
+        # A new version starts clean, without an operator.
+        toml = tmp_path / "plugins" / "faulty" / "plugin.toml"
+        toml.write_text(toml.read_text().replace('version = "6.6"', 'version = "6.7"'))
+        fourth = agent_host(
+            ["replay", "rec.jsonl", "--plugins", "plugins", "--quiet"], cwd=tmp_path
+        )
+        assert fourth.plugin("faulty")["reason"].startswith("poison budget spent")
+        assert fourth.plugin("faulty")["dead_lettered"] == 10
+
+
+class TestPoisonCannotSwitchDetectionOff:
+    """Crashes pinned on single events are the events' fault: they do not quarantine."""
+
+    def test_twenty_poison_events_in_ten_thousand(self, tmp_path: Path) -> None:
+        poison = frozenset(range(250, 10_001, 500))
+        fr = run_fault(tmp_path, "segfault", n=10_000, poison=poison)
+        fr.assert_contained()
+        row = fr.faulty
+        assert (row["state"], row["reason"]) == ("stopped", "")
+        assert sorted(d["seq"] for d in fr.dead_letters) == sorted(poison)
+        assert (row["processed"], row["dead_lettered"]) == (9_980, 20)
+        assert fr.seen_by_faulty() == sorted(set(range(1, 10_001)) - poison)
+        assert len(fr.seen_by_faulty()) == 9_980
+        # Each poison event cost two deaths that counted until it was pinned (then forgiven),
+        # and four to bisect its batch of 16; now and then a batch in flight beside it is
+        # charged twice first and bisected clean, which costs one more.
+        assert 20 * (2 + 4) <= row["restarts"]["signal"] < 20 * (2 + 4) + 20
 
 
 # Batches of 4 events, a 0.5 s deadline: the batch hangs twice, then 4 -> 2 -> 1 twice more.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from agent_host.protocol import Event, FileEvent
 from agent_host.sources.live.file import FileSensor
-from tests.sensors.conftest import running
+from tests.sources.live.conftest import running
 
 
 def under(root: Path):  # type: ignore[no-untyped-def]

@@ -19,7 +19,7 @@ from agent_host.sources.live.process import (
     PollingProcessSensor,
     describe,
 )
-from tests.sensors.conftest import running
+from tests.sources.live.conftest import running
 
 needs_netlink = pytest.mark.skipif(
     not NetlinkProcessSensor.available(), reason="netlink process events need CAP_NET_ADMIN"

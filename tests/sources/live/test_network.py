@@ -8,7 +8,7 @@ import sys
 
 from agent_host.protocol import NetworkEvent
 from agent_host.sources.live.network import NetworkSensor
-from tests.sensors.conftest import running
+from tests.sources.live.conftest import running
 
 
 class TestNetworkSensor:

@@ -1,0 +1,85 @@
+"""Every user error is one line, ``agent-host: <what>: <why>``, and exit code 2, whatever the
+log format; the state folder of ``replay`` is its own unless one is given."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent_host.protocol import message_to_json
+from tests.helpers import exec_event, use_plugin
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent_host", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO), "XDG_STATE_HOME": str(cwd / "xdg"), **env},
+    )
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    use_plugin(tmp_path / "plugins", "tally")
+    (tmp_path / "rec.jsonl").write_text(message_to_json(exec_event("/usr/bin/id")) + "\n")
+    (tmp_path / "a_file").write_text("")
+    return tmp_path
+
+
+REPLAY = ["replay", "rec.jsonl", "--plugins", "plugins", "--quiet"]
+CASES = [
+    (["run", "--duration", "-1"], "--duration: must not be negative, got -1"),
+    ([*REPLAY, "--flush-ms", "0"], "--flush-ms: must be positive, got 0"),
+    ([*REPLAY, "--batch-size", "many"], "--batch-size: not a number: 'many'"),
+    (
+        [*REPLAY, "--findings", "missing/f.jsonl"],
+        "--findings: cannot open missing/f.jsonl: No such file or directory",
+    ),
+    ([*REPLAY, "--summary-json", "missing/s.json"], "--summary-json: folder does not exist"),
+    ([*REPLAY, "--state-dir", "a_file"], "--state-dir: cannot use a_file: File exists"),
+    (["replay", "nope.jsonl"], "nope.jsonl: recording not found"),
+    (["run", "--source", "tape", "--plugins", "plugins"], "--source: unknown source 'tape'"),
+    (["run", "--sensors", "sonar", "--plugins", "plugins"], "--sensors: unknown sensor 'sonar'"),
+    (["plugins", "list", "--plugins", "missing"], "--plugins: not a folder: missing"),
+    (["plugins", "release", "tally"], "tally: not quarantined"),
+    (["plugins", "new", "Bad-Name"], "'Bad-Name' is not a valid plugin name"),
+    (["record", "-o", "missing/r.jsonl"], "--output: cannot write missing/r.jsonl"),
+    (["deadletters", "--export", "missing/p.jsonl"], "--export: cannot write missing/p.jsonl"),
+    (["replay"], "the following arguments are required: recording"),
+    (["replay", "rec.jsonl", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+]
+
+
+class TestUserErrors:
+    """One line naming the flag or file, exit 2, no traceback, in either log format."""
+
+    @pytest.mark.parametrize(("args", "message"), CASES, ids=[" ".join(c[0]) for c in CASES])
+    @pytest.mark.parametrize("log_format", ["json", "console"])
+    def test_one_line(self, workdir: Path, args: list[str], message: str, log_format: str) -> None:
+        done = cli(["--log-format", log_format, *args], workdir)
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.splitlines()
+        assert len(lines) == 1, done.stderr
+        assert lines[0].startswith(f"agent-host: {message}"), lines[0]
+
+
+class TestReplayState:
+    """Replaying a recording never touches the daemon's quarantines and dead letters."""
+
+    def test_replay_keeps_its_state_apart(self, workdir: Path) -> None:
+        done = cli([*REPLAY], workdir)
+        assert done.returncode == 0, done.stderr
+        assert (workdir / "xdg" / "agent-host" / "replay" / "state.sqlite3").is_file()
+        assert not (workdir / "xdg" / "agent-host" / "state.sqlite3").exists()
+        listing = cli(["plugins", "list", "--plugins", "plugins"], workdir)
+        assert (workdir / "xdg" / "agent-host" / "state.sqlite3").is_file()  # the daemon's
+        assert "1 usable, 0 with errors, 0 quarantined" in listing.stdout
