@@ -157,7 +157,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    report.write(results, out)
+    results["plots"] = report.write(results, out)
     return results
 
 
@@ -208,7 +208,8 @@ def main() -> int:
     logs.configure("console", "critical")
     results = run(args.quick, args.out)
     print(report.summary(results))
-    print(f"\nwrote {args.out}/results.json, report.md and plots")
+    drawn = " and plots" if results["plots"] else ""
+    print(f"\nwrote {args.out}/results.json, report.md{drawn}")
     gross = [n for n, t in results["targets"].items() if t["gross_miss"]]
     if gross:
         print(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,20 @@ def plots(results: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
-def write(results: dict[str, Any], out: Path) -> None:
+def write(results: dict[str, Any], out: Path) -> bool:
+    """Write report.md, then the plots if matplotlib is there; return whether they were drawn.
+
+    The report never depends on the plots: an install without the dev extra still gets every
+    number it measured.
+    """
     (out / "report.md").write_text(markdown(results))
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(
+            "plots skipped: matplotlib is not installed (pip install 'agent-host[dev]')",
+            file=sys.stderr,
+        )
+        return False
     plots(results, out)
+    return True

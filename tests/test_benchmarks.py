@@ -43,3 +43,22 @@ def test_quick_run(tmp_path: Path) -> None:
     assert "| isolated / in-process throughput, 1 trivial plugin |" in report
     for plot in ("throughput.png", "latency.png"):
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Without matplotlib (an install without the dev extra) the report is still written.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    script = (
+        "import json, sys; from pathlib import Path; sys.modules['matplotlib'] = None; "
+        "from benchmarks import report; "
+        f"r = json.loads(Path({str(tmp_path / 'results.json')!r}).read_text()); "
+        f"print(report.write(r, Path({str(bare)!r})))"
+    )
+    drawn = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert drawn.stdout.strip() == "False"
+    assert drawn.stderr.strip() == (
+        "plots skipped: matplotlib is not installed (pip install 'agent-host[dev]')"
+    )
+    assert (bare / "report.md").read_text() == report
+    assert not list(bare.glob("*.png"))

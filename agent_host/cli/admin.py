@@ -11,6 +11,7 @@ from agent_host.errors import UsageError
 from agent_host.host.manifest import discover
 from agent_host.host.store import StateStore
 from agent_host.protocol import Event, message_to_json
+from agent_host.sources.recording import RecordingWriter
 
 EXIT_OK = 0
 EXIT_NOTHING = 1
@@ -75,8 +76,9 @@ def dead_letters(
         store.close()
     if export is not None:
         with paths.open_write("--export", export) as f:
+            writer = RecordingWriter(f, binary=False)
             for letter in letters:
-                f.write(message_to_json(Event.FromString(letter.event)) + "\n")
+                writer.write(Event.FromString(letter.event))
         print(
             f"wrote {len(letters)} events to {export}; replay them with: agent-host replay {export}"
         )

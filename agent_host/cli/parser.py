@@ -208,11 +208,18 @@ def build_parser() -> Parser:
         help="run a recording through the plugins and exit (its quarantines and dead letters "
         "are kept apart from the daemon's unless --state-dir says otherwise)",
     )
-    replay.add_argument("recording", type=Path, help="JSON Lines of events")
+    replay.add_argument("recording", type=Path, help="a recording: JSON Lines or binary")
     _add_host_options(replay)
 
     record = sub.add_parser("record", help="write live events to a recording")
     record.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    record.add_argument(
+        "--format",
+        choices=["jsonl", "binary"],
+        default="jsonl",
+        help="JSON Lines (readable) or binary (fast to replay); replay tells them apart by "
+        "content (default %(default)s)",
+    )
     _add_live_options(record)
 
     _add_plugins_group(sub)

@@ -42,10 +42,10 @@ def appendable(flag: str, path: Path | None) -> Path | None:
     return path
 
 
-def open_write(flag: str, path: Path) -> IO[str]:
-    """``path`` opened for writing, replacing what it held."""
+def open_write(flag: str, path: Path) -> IO[bytes]:
+    """``path`` opened for writing (bytes), replacing what it held."""
     try:
-        return path.open("w", encoding="utf-8")
+        return path.open("wb")
     except OSError as exc:
         raise UsageError(flag, f"cannot write {path}: {exc.strerror}") from None
 

@@ -28,9 +28,10 @@ from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import discover
 from agent_host.host.store import default_state_dir
 from agent_host.host.supervisor import Supervisor
-from agent_host.protocol import Event, message_to_json
+from agent_host.protocol import Event
 from agent_host.sources.live import OverflowPolicy, SensorHub, build_hub
 from agent_host.sources.live.file import DEFAULT_PATHS
+from agent_host.sources.recording import RecordingWriter
 from agent_host.sources.replay import ReplaySource
 from agent_host.sources.synthetic import SyntheticSource
 
@@ -238,12 +239,13 @@ async def record(args: argparse.Namespace) -> int:
     started = time.monotonic()
     count = 0
     with out:
+        writer = RecordingWriter(out, binary=args.format == "binary")
 
         async def write(event: Event) -> None:
             nonlocal count
             if not event.host:
                 event.host = hostname
-            out.write(message_to_json(event) + "\n")
+            writer.write(event)
             count += 1
 
         await _run_source(hub, write, signals)

@@ -160,8 +160,8 @@ class Group:
         i = bisect.bisect_left(history, seq)
         return i < len(history) and history[i] == seq
 
-    async def add(self, record: bytes, seq: int) -> None:
-        """Add one serialized event; sends a batch when it is full."""
+    def put(self, record: bytes, seq: int) -> bool:
+        """Add one serialized event without waiting; True when the batch is full (flush it)."""
         self._history.append(seq)
         if len(self._history) >= 2 * HISTORY:
             del self._history[:HISTORY]
@@ -169,7 +169,11 @@ class Group:
             self._oldest = time.monotonic()
         self._records.append(record)
         self._seqs.append(seq)
-        if len(self._records) >= self._batch_size:
+        return len(self._records) >= self._batch_size
+
+    async def add(self, record: bytes, seq: int) -> None:
+        """Add one serialized event; sends a batch when it is full."""
+        if self.put(record, seq):
             await self.flush()
 
     def age(self, now: float) -> float:

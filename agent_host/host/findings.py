@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import sys
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final, Protocol
 
+import orjson
 import structlog
 
 from agent_host.host.stats import PluginStats
-from agent_host.protocol import Finding, message_to_json
+from agent_host.protocol import Finding
 
 log = structlog.get_logger("agent_host")
 
@@ -44,16 +46,42 @@ class FindingSink(Protocol):
     def close(self) -> None: ...
 
 
+def finding_json(finding: Finding) -> bytes:
+    """``finding`` in the protobuf JSON mapping (proto field names, defaults left out, uint64 as
+    strings, the enum by name), as ``message_to_json`` writes it, at a tenth of its cost: the
+    findings file is on the host's hot path (a test compares the two)."""
+    out: dict[str, object] = {}
+    for name in ("id", "plugin", "plugin_version", "rule"):
+        value = getattr(finding, name)
+        if value:
+            out[name] = value
+    if finding.severity:
+        out["severity"] = _SEVERITY_NAMES.get(finding.severity, finding.severity)
+    if finding.message:
+        out["message"] = finding.message
+    if finding.event_ids:
+        out["event_ids"] = [str(i) for i in finding.event_ids]
+    if finding.attributes:
+        out["attributes"] = dict(finding.attributes)
+    if finding.techniques:
+        out["techniques"] = list(finding.techniques)
+    if finding.host:
+        out["host"] = finding.host
+    if finding.HasField("time"):
+        out["time"] = finding.time.ToJsonString()
+    return orjson.dumps(out)
+
+
 class JsonLinesSink:
     """Appends findings to a JSON Lines file (flushed per batch) and shows them on a terminal."""
 
     def __init__(self, path: Path | None, terminal: IO[str] | None = sys.stdout) -> None:
-        self._file: IO[str] | None = path.open("a", encoding="utf-8") if path else None
+        self._file: IO[bytes] | None = path.open("ab") if path else None
         self._terminal = terminal
 
     def write(self, findings: Sequence[Finding]) -> None:
         if self._file is not None:
-            self._file.write("".join(message_to_json(f) + "\n" for f in findings))
+            self._file.write(b"".join(finding_json(f) + b"\n" for f in findings))
             self._file.flush()
         if self._terminal is not None:
             for f in findings:
@@ -174,6 +202,8 @@ class FindingPipeline:
             return
         stats = source.stats
         fresh: list[Finding] = []
+        # One clock reading for the batch (Timestamp.GetCurrentTime is Python, per call).
+        seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
         for finding in self._cap(source, findings):
             problem = check(finding, source.was_given)
             if problem is not None:
@@ -188,7 +218,8 @@ class FindingPipeline:
             finding.plugin = source.plugin
             finding.plugin_version = source.version
             finding.host = self._hostname
-            finding.time.GetCurrentTime()
+            stamp = finding.time
+            stamp.seconds, stamp.nanos = seconds, nanos
             finding.id = finding_id(finding)
             if self._dedup.first_time(finding.id):
                 fresh.append(finding)

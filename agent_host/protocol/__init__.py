@@ -99,6 +99,10 @@ def event_kind(event: Event) -> EventKind | None:
 
 
 def _varint(value: int) -> bytes:
+    if value < 0x80:  # the common cases first: most events are under 16 KiB
+        return bytes((value,))
+    if value < 0x4000:
+        return bytes(((value & 0x7F) | 0x80, value >> 7))
     out = bytearray()
     while True:
         byte = value & 0x7F

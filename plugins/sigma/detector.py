@@ -8,6 +8,7 @@ from typing import Any
 
 from engine import RuleSet, load_rules, prepare
 from fields import sigma_fields
+from plan import Plan, rule_atoms
 
 from agent_host.sdk import Event, Finding, Plugin, Severity
 
@@ -30,8 +31,15 @@ class SigmaDetector(Plugin):
         self.rules: RuleSet = load_rules([d for d in directories if d.is_dir()])
         for path, reason in self.rules.rejected:
             self.log.warning("sigma rule not loaded: %s: %s", path, reason)
+        self.plans = {
+            category: Plan(rules, [rule_atoms(r.conditions) for r in rules])
+            for category, rules in self.rules.by_category.items()
+        }
         self.log.info(
-            "sigma rules loaded: %d, not loaded: %d", len(self.rules), len(self.rules.rejected)
+            "sigma rules loaded: %d, not loaded: %d, indexed by their literals: %d",
+            len(self.rules),
+            len(self.rules.rejected),
+            sum(p.indexed for p in self.plans.values()),
         )
 
     def on_event(self, event: Event) -> Iterator[Finding]:
@@ -39,19 +47,20 @@ class SigmaDetector(Plugin):
         if mapped is None:
             return
         category, fields = mapped
-        prepared = prepare(fields)
-        for rule in self.rules.by_category.get(category, ()):
-            if rule.matches(prepared):
-                attributes = {
-                    "title": rule.title,
-                    "level": rule.level,
-                    "rule_file": Path(rule.path).name,
-                }
-                attributes.update({k: str(v) for k, v in fields.items() if v is not None})
-                yield Finding(
-                    rule=rule.id,
-                    severity=SEVERITY.get(rule.level, Severity.MEDIUM),
-                    message=rule.title,
-                    attributes=attributes,
-                    techniques=rule.techniques,
-                )
+        plan = self.plans.get(category)
+        if plan is None:
+            return
+        for rule in plan.matches(prepare(fields)):
+            attributes = {
+                "title": rule.title,
+                "level": rule.level,
+                "rule_file": Path(rule.path).name,
+            }
+            attributes.update({k: str(v) for k, v in fields.items() if v is not None})
+            yield Finding(
+                rule=rule.id,
+                severity=SEVERITY.get(rule.level, Severity.MEDIUM),
+                message=rule.title,
+                attributes=attributes,
+                techniques=rule.techniques,
+            )

@@ -43,6 +43,8 @@ class CompiledRule:
     techniques: tuple[str, ...]
     path: str
     matches: Predicate
+    #: pySigma's condition trees (any may match), for plans that index the rule's literals.
+    conditions: tuple[Any, ...] = ()
 
 
 @dataclass(slots=True)
@@ -255,7 +257,8 @@ def compile_rule(text: str, path: str) -> CompiledRule:
         raise UnsupportedRuleError(
             f"logsource category {logsource.category!r} (supported: {', '.join(CATEGORIES)})"
         )
-    conditions = [compile_condition(c.parsed) for c in rule.detection.parsed_condition]
+    trees = tuple(c.parsed for c in rule.detection.parsed_condition)
+    conditions = [compile_condition(tree) for tree in trees]
     matches: Predicate = (
         conditions[0] if len(conditions) == 1 else lambda f: any(c(f) for c in conditions)
     )
@@ -268,6 +271,7 @@ def compile_rule(text: str, path: str) -> CompiledRule:
         techniques=techniques(rule),
         path=path,
         matches=matches,
+        conditions=trees,
     )
 
 

@@ -176,4 +176,7 @@ class TestBadRules:
         assert "nosuchmodifier" in reported["bad_modifier.yml"]
         assert reported["dns.yml"].startswith("logsource category 'dns_query'")
         assert reported["windows.yml"] == "product 'windows' is not linux"
-        assert any(e["event"] == "sigma rules loaded: 1, not loaded: 4" for e in logs)
+        assert any(
+            e["event"] == "sigma rules loaded: 1, not loaded: 4, indexed by their literals: 1"
+            for e in logs
+        )
