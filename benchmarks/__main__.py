@@ -23,14 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from agent_host import logs
-from benchmarks import faults, latency, memory, report, throughput
+from benchmarks import faults, latency, memory, report, scaling, throughput
 from benchmarks.common import make_events, make_recording, median, percentile, realistic, trivial
 
 #: target value, and whether higher is better
 TARGETS: dict[str, tuple[float, bool]] = {
     "ratio_trivial_1": (0.8, True),
-    "ratio_realistic_4": (1.3, True),
+    "ratio_realistic_4": (1.5, True),
+    "ratio_trivial_1_parsed": (0.7, True),
+    "decode_binary_us": (3.0, False),
+    "decode_jsonl_us": (10.0, False),
+    "sigma_us_138": (15.0, False),
+    "sigma_us_1000": (40.0, False),
     "latency_p99_ms_at_10k": (20.0, False),
+    "latency_p99_ms_at_50k": (50.0, False),
     "restart_p50_ms": (50.0, False),
     "hang_p50_over_ms": (100.0, False),
     "containment_ratio": (0.95, True),
@@ -81,7 +87,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     flushes = [0.005] if quick else [0.001, 0.005, 0.02]
     kills, hangs = (5, 3) if quick else (25, 10)
     memory_counts = [1, 4] if quick else [1, 4, 16]
-    steps = 2 * len(plugin_counts) + 1 + len(rates) + len(flushes) - 1 + 3 + len(memory_counts)
+    rule_counts = [10, 138] if quick else [10, 138, 300, 1000]
+    steps = 2 * len(plugin_counts) + 1 + len(rates) + len(flushes) - 1 + 3 + len(memory_counts) + 3
     progress = Progress(steps)
     results: dict[str, Any] = {
         "quick": quick,
@@ -106,6 +113,17 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             lambda: throughput.measure(recording, trivial(1, workdir / "trivial"), parsed=parsed),
         )
         results["throughput"].append({"plugins": 1, "workload": "trivial, pre-parsed", **row})
+        results["scaling"] = progress.run(
+            "scaling: plugins, batch size, findings per event (pre-parsed)",
+            lambda: scaling.sweeps(n_events // 5, workdir, quick),
+        )
+    results["decode"] = progress.run(
+        "decoding recordings, per event", lambda: scaling.decode(n_events // 5)
+    )
+    results["sigma_rules"] = progress.run(
+        f"sigma per process event with {', '.join(map(str, rule_counts))} rules",
+        lambda: scaling.sigma_rules(rule_counts, n_events // 20),
+    )
 
     seconds = 1.0 if quick else 3.0
     for rate in rates:
@@ -172,13 +190,28 @@ def observed(results: dict[str, Any]) -> dict[str, float]:
             float("nan"),
         )
 
+    def sigma(rules: int) -> float:
+        """The planned cost at the generated count closest to ``rules`` (duplicates collapse)."""
+        rows = [r for r in results["sigma_rules"] if abs(r["rules"] - rules) <= rules * 0.05]
+        return rows[-1]["plan_us"] if rows else float("nan")
+
     at_10k = next(
         r for r in results["latency"] if r["offered_eps"] == 10_000 and r["flush_ms"] == 5
+    )
+    at_50k = next(
+        (r for r in results["latency"] if r["offered_eps"] == 50_000 and r["flush_ms"] == 5),
+        None,
     )
     return {
         "ratio_trivial_1": ratio("trivial", 1),
         "ratio_realistic_4": ratio("realistic", 4),
+        "ratio_trivial_1_parsed": ratio("trivial, pre-parsed", 1),
+        "decode_binary_us": results["decode"]["binary_us"],
+        "decode_jsonl_us": results["decode"]["jsonl_us"],
+        "sigma_us_138": sigma(138),
+        "sigma_us_1000": sigma(1000),
         "latency_p99_ms_at_10k": at_10k["p99_ms"],
+        "latency_p99_ms_at_50k": at_50k["p99_ms"] if at_50k else float("nan"),
         "restart_p50_ms": results["restart"]["p50_ms"],
         "hang_p50_over_ms": results["hang_detection"]["p50_over_ms"],
         "containment_ratio": results["containment_ratio"],

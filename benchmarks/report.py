@@ -9,7 +9,13 @@ from typing import Any
 TARGET_TEXT = {
     "ratio_trivial_1": "isolated / in-process throughput, 1 trivial plugin",
     "ratio_realistic_4": "isolated / in-process throughput, 4 realistic plugins",
+    "ratio_trivial_1_parsed": "isolated / in-process throughput, 1 trivial plugin, pre-parsed",
+    "decode_binary_us": "recording decode per event, binary (us)",
+    "decode_jsonl_us": "recording decode per event, JSON Lines (us)",
+    "sigma_us_138": "sigma per process event, 138 rules (us)",
+    "sigma_us_1000": "sigma per process event, ~1,000 rules (us)",
     "latency_p99_ms_at_10k": "p99 event-to-finding latency at 10k events/s (ms)",
+    "latency_p99_ms_at_50k": "p99 event-to-finding latency at 50k events/s, a finding each (ms)",
     "restart_p50_ms": "restart latency p50 (ms)",
     "hang_p50_over_ms": "hang detected after the deadline, p50 (ms)",
     "containment_ratio": "healthy throughput beside a crash loop / alone",
@@ -26,9 +32,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def summary(results: dict[str, Any]) -> str:
     rows = []
     for name, t in results["targets"].items():
-        better = (
-            ">=" if name in ("ratio_trivial_1", "ratio_realistic_4", "containment_ratio") else "<="
-        )
+        better = ">=" if name.startswith("ratio") or name == "containment_ratio" else "<="
         rows.append(
             [
                 TARGET_TEXT[name],
@@ -118,6 +122,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"that dies on every event (default restart policy): ratio "
         f"{results['containment_ratio']:.2f}.",
         "",
+        *_scaling_sections(results),
         "## Memory (MB)",
         "",
         _table(
@@ -135,6 +140,106 @@ def markdown(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(parts)
+
+
+def _side_by_side(rows: list[dict[str, Any]], key: str, label: str) -> str:
+    return _table(
+        [label, "in-process (events/s)", "isolated (events/s)", "ratio"],
+        [
+            [
+                str(r[key]),
+                f"{r['in_process_eps']:,.0f}",
+                f"{r['isolated_eps']:,.0f}",
+                f"{r['ratio']:.2f}",
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _scaling_sections(results: dict[str, Any]) -> list[str]:
+    if "scaling" not in results:
+        return []
+    sweeps = results["scaling"]
+    d = results["decode"]
+    return [
+        "## Decoding a recording (us per event)",
+        "",
+        _table(
+            ["binary", "JSON Lines (orjson)", "JSON Lines (json_format, before)"],
+            [[f"{d['binary_us']:.2f}", f"{d['jsonl_us']:.2f}", f"{d['json_format_us']:.2f}"]],
+        ),
+        "",
+        "## Sigma per process event as rules grow (us)",
+        "",
+        _table(
+            ["rules", "process_creation", "indexed", "plan", "rule by rule"],
+            [
+                [
+                    str(r["rules"]),
+                    str(r["process_rules"]),
+                    str(r["indexed"]),
+                    f"{r['plan_us']:.1f}",
+                    f"{r['one_by_one_us']:.1f}",
+                ]
+                for r in results["sigma_rules"]
+            ],
+        ),
+        "",
+        "## Throughput as one thing varies (events pre-parsed)",
+        "",
+        _side_by_side(sweeps["plugins"], "plugins", "trivial plugins"),
+        "",
+        _side_by_side(sweeps["batch"], "batch_size", "batch size"),
+        "",
+        _side_by_side(sweeps["findings"], "findings_per_event", "findings per event"),
+        "",
+    ]
+
+
+def _sweep_plot(plt: Any, rows: list[dict[str, Any]], key: str, label: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    xs = [r[key] for r in rows]
+    ax.plot(xs, [r["in_process_eps"] for r in rows], "o-", label="in-process")
+    ax.plot(xs, [r["isolated_eps"] for r in rows], "s-", label="isolated")
+    ax.set_xscale("symlog" if min(xs) == 0 else "log", base=2)
+    ax.set_xlabel(label)
+    ax.set_ylabel("events/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Throughput by {label}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _scaling_plots(plt: Any, results: dict[str, Any], out: Path) -> None:
+    if "scaling" not in results:
+        return
+    sweeps = results["scaling"]
+    _sweep_plot(plt, sweeps["plugins"], "plugins", "plugins", out / "scaling_plugins.png")
+    _sweep_plot(plt, sweeps["batch"], "batch_size", "batch size", out / "scaling_batch.png")
+    _sweep_plot(
+        plt,
+        sweeps["findings"],
+        "findings_per_event",
+        "findings per event",
+        out / "scaling_findings.png",
+    )
+    rows = results["sigma_rules"]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    xs = [r["rules"] for r in rows]
+    ax.plot(xs, [r["plan_us"] for r in rows], "o-", label="plan (indexed)")
+    ax.plot(xs, [r["one_by_one_us"] for r in rows], "s-", label="rule by rule")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("Sigma rules")
+    ax.set_ylabel("us per process event")
+    ax.set_title("Sigma evaluation as rules grow")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "scaling_sigma.png", dpi=110)
+    plt.close(fig)
 
 
 def plots(results: dict[str, Any], out: Path) -> None:
@@ -170,6 +275,7 @@ def plots(results: dict[str, Any], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "latency.png", dpi=110)
     plt.close(fig)
+    _scaling_plots(plt, results, out)
 
 
 def write(results: dict[str, Any], out: Path) -> bool:

@@ -6,11 +6,12 @@ an ``or`` gives the union of its parts; an ``and`` needs only its most selective
 with wildcards inside gives its longest literal piece as a substring. A rule whose condition
 has no such atoms (a ``not`` at the top, a regex, a number) is always evaluated.
 
-Per logsource category the atoms are indexed by field: exact values in a dict, prefixes and
-suffixes in dicts by length (one slice and lookup per distinct length), substrings in one
-Aho-Corasick automaton per field. For an event, the plan finds the rules whose atoms hold, then
-evaluates only those (and the always-evaluated ones) in full, in the rules' own order: the
-results are exactly those of evaluating every rule (``tests/detections/test_sigma_plan.py``).
+Per logsource category the atoms are indexed by field, all kinds in one Aho-Corasick automaton
+per field (exact values, prefixes and suffixes are words anchored to marks of the value's start
+and end), so a value is scanned once however many rules test it. For an event, the plan finds
+the rules whose atoms hold, then evaluates only those (and the always-evaluated ones) in full,
+in the rules' own order: the results are exactly those of evaluating every rule
+(``tests/detections/test_sigma_plan.py``).
 
 All atoms are on casefolded text: they come only from case-insensitive values, which is what
 almost every Sigma value is.
@@ -19,7 +20,6 @@ almost every Sigma value is.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import ahocorasick
@@ -98,49 +98,39 @@ def rule_atoms(conditions: Iterable[Any]) -> frozenset[Atom] | None:
     return frozenset(found) or None
 
 
-@dataclass(slots=True)
+#: Marks of a value's start and end, so that one automaton finds every kind of atom: a prefix
+#: "ab" is the word START + "ab" in START + value + END, a suffix is "ab" + END, an exact value
+#: START + "ab" + END, a substring just "ab". A value that holds these characters itself can only
+#: add candidates (each is then evaluated in full), never hide one.
+_START, _END = "\x02", "\x03"
+_WORD = {
+    "eq": lambda t: _START + t + _END,
+    "prefix": lambda t: _START + t,
+    "suffix": lambda t: t + _END,
+    "contains": lambda t: t,
+}
+
+
 class _FieldIndex:
-    eq: dict[str, list[int]] = field(default_factory=dict)
-    prefix: dict[int, dict[str, list[int]]] = field(default_factory=dict)
-    suffix: dict[int, dict[str, list[int]]] = field(default_factory=dict)
-    contains: Any = None  # ahocorasick.Automaton, values: lists of rule positions
-    _substrings: dict[str, list[int]] = field(default_factory=dict)
+    """Every atom of one field, in one Aho-Corasick automaton: one pass over a value."""
+
+    def __init__(self) -> None:
+        self._words: dict[str, list[int]] = {}
+        self._automaton: Any = None
 
     def add(self, kind: str, text: str, position: int) -> None:
-        if kind == "eq":
-            self.eq.setdefault(text, []).append(position)
-        elif kind == "prefix":
-            self.prefix.setdefault(len(text), {}).setdefault(text, []).append(position)
-        elif kind == "suffix":
-            self.suffix.setdefault(len(text), {}).setdefault(text, []).append(position)
-        else:
-            self._substrings.setdefault(text, []).append(position)
+        self._words.setdefault(_WORD[kind](text), []).append(position)
 
     def build(self) -> None:
-        if self._substrings:
-            automaton = ahocorasick.Automaton()
-            for text, positions in self._substrings.items():
-                automaton.add_word(text, positions)
-            automaton.make_automaton()
-            self.contains = automaton
+        automaton = ahocorasick.Automaton()
+        for word, positions in self._words.items():
+            automaton.add_word(word, positions)
+        automaton.make_automaton()
+        self._automaton = automaton
 
     def hits(self, value: str, into: set[int]) -> None:
-        if value in self.eq:
-            into.update(self.eq[value])
-        size = len(value)
-        for length, texts in self.prefix.items():
-            if length <= size:
-                found = texts.get(value[:length])
-                if found:
-                    into.update(found)
-        for length, texts in self.suffix.items():
-            if length <= size:
-                found = texts.get(value[size - length :])
-                if found:
-                    into.update(found)
-        if self.contains is not None:
-            for _, positions in self.contains.iter(value):
-                into.update(positions)
+        for _, positions in self._automaton.iter(_START + value + _END):
+            into.update(positions)
 
 
 class Plan:

@@ -56,7 +56,7 @@ def test_sigmahq_rules_fire_on_real_commands(tmp_path: Path) -> None:
     plugins = tmp_path / "plugins"
     sigma = plugins / "sigma"
     sigma.mkdir(parents=True)
-    for name in ("detector.py", "engine.py", "fields.py"):
+    for name in ("detector.py", "engine.py", "fields.py", "plan.py"):
         (sigma / name).symlink_to(REPO / "plugins" / "sigma" / name)
     manifest = (REPO / "plugins" / "sigma" / "plugin.toml").read_text()
     (sigma / "plugin.toml").write_text(

@@ -138,7 +138,9 @@ def assert_isolated(
     assert fr.seen_by_faulty() == [i for i in range(1, fr.n + 1) if i != poison]
     assert fr.faulty["processed"] == fr.n - 1
     assert fr.faulty["state"] == "stopped"
-    assert fr.faulty["restarts"] == {cause: failures}
+    # One more now and then: a worker can die with a finished batch's result unsent, twice, and
+    # that innocent batch is then bisected first (cleanly, at no cost) before the guilty one.
+    assert fr.faulty["restarts"] in ({cause: failures}, {cause: failures + 1})
 
 
 # Batches of 16 events: the batch fails twice, then 16 -> 8 -> 4 -> 2 -> 1 fails four times more.
