@@ -113,16 +113,9 @@ class CollectingSink:
 
 def finding_id(finding: Finding) -> str:
     """A digest of what makes a detection the same detection: plugin, rule, events, message."""
-    digest = hashlib.blake2b(digest_size=16)
-    for part in (
-        finding.plugin,
-        finding.rule,
-        ",".join(map(str, finding.event_ids)),
-        finding.message,
-    ):
-        digest.update(part.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
+    ids = ",".join(map(str, finding.event_ids))
+    text = "\0".join((finding.plugin, finding.rule, ids, finding.message)) + "\0"
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def check(finding: Finding, was_given: Callable[[int], bool]) -> str | None:
@@ -131,21 +124,26 @@ def check(finding: Finding, was_given: Callable[[int], bool]) -> str | None:
     ``was_given`` tells whether the plugin was given the event with a sequence number: a finding
     may cite only those (a correlation may cite events of earlier batches).
     """
-    if not finding.rule or len(finding.rule) > 256:
+    rule = finding.rule
+    if not rule or len(rule) > 256:
         return "rule must be 1 to 256 characters"
     if len(finding.message) > _MAX_TEXT:
         return f"message longer than {_MAX_TEXT} characters"
-    if finding.severity not in _SEVERITY_NAMES or finding.severity == 0:
-        return f"unknown severity {finding.severity}"
-    if len(finding.event_ids) > _MAX_EVENT_IDS:
+    severity = finding.severity
+    if severity not in _SEVERITY_NAMES or severity == 0:
+        return f"unknown severity {severity}"
+    event_ids = finding.event_ids
+    if len(event_ids) > _MAX_EVENT_IDS:
         return f"more than {_MAX_EVENT_IDS} event ids"
-    if len(finding.attributes) > _MAX_ATTRIBUTES or any(
-        len(k) + len(v) > _MAX_TEXT for k, v in finding.attributes.items()
+    attributes = finding.attributes
+    if attributes and (  # most findings have none: skip the (slow) map iteration
+        len(attributes) > _MAX_ATTRIBUTES
+        or any(len(k) + len(v) > _MAX_TEXT for k, v in attributes.items())
     ):
         return f"more than {_MAX_ATTRIBUTES} attributes or an attribute over {_MAX_TEXT} bytes"
     if len(finding.techniques) > 32:
         return "more than 32 techniques"
-    foreign = [i for i in finding.event_ids if not was_given(i)]
+    foreign = [i for i in event_ids if not was_given(i)]
     if foreign:
         return f"refers to events it was not given: {foreign[:5]}"
     return None
