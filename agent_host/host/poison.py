@@ -113,6 +113,8 @@ class PoisonIsolator:
         Under bisection, pieces go one at a time, so the piece in flight is the one that failed;
         the failures that narrow it down are progress (``Blame.EVENT``), as is the dead letter.
         """
+        # A kill from outside is charged too: a plugin can SIGKILL itself, and one that did so
+        # on one event, uncharged, would get that event forever and stall its whole group.
         bisection = self.bisection
         if bisection is not None:
             if not lost:  # it died between pieces: nothing to learn from it

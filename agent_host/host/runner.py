@@ -8,7 +8,7 @@ changes a plugin's phase.
 
 Two kinds of task feed the inbox and never decide anything: the watcher of each process (it
 waits for the exit, kills what the worker left behind, and reports ``Exited``), and the gRPC
-session (``converse``), which owns the delivery while a worker is connected and reports
+session (``conversation.py``), which owns the delivery while a worker is connected and reports
 ``Ready``, ``LoadFailed`` and protocol violations. The supervisor's watchdog loop reports
 deadlines and resource limits through ``check`` and ``sample_resources``.
 """
@@ -32,10 +32,10 @@ import grpc
 import psutil
 import structlog
 
-from agent_host.errors import ProtocolError
 from agent_host.host import lifecycle as lc
 from agent_host.host.config import HostConfig
-from agent_host.host.delivery import PIECE_ID_BASE, Delivery
+from agent_host.host.conversation import Conversation
+from agent_host.host.delivery import PIECE_ID_BASE, Answered, Delivery
 from agent_host.host.fanout import Group
 from agent_host.host.findings import FindingPipeline, Source
 from agent_host.host.limits import Deadlines, ResourceMonitor, apply_hard_limits
@@ -46,26 +46,13 @@ from agent_host.host.restart import RestartPolicy
 from agent_host.host.spawn import Spawner, WorkerProcess
 from agent_host.host.stats import PluginStats
 from agent_host.host.store import Quarantine, StateStore
-from agent_host.protocol import (
-    SECRET_BYTES,
-    EventBatch,
-    HostMessage,
-    Start,
-    Stop,
-    WorkerMessage,
-)
+from agent_host.protocol import SECRET_BYTES, EventBatch, Finding, WorkerMessage
 
 log = structlog.get_logger("agent_host")
 
-#: How long a worker that hung up its session has to exit by itself before it is killed.
-_SESSION_END_GRACE_S: Final = 0.5
 #: Inputs waiting for the runner; a handful per worker generation by construction (faults are
 #: reported once per generation), so this bound is never reached by a working host.
 _INBOX_SIZE: Final = 256
-
-
-class _SessionEndedError(Exception):
-    """The worker's side of the session ended without a goodbye."""
 
 
 class PluginRunner:
@@ -194,14 +181,21 @@ class PluginRunner:
         await self._carry_out(first)
         while True:
             event = await self._inbox.get()
-            if isinstance(event, lc.Exited) and event.generation == self.life.generation:
-                event = await self._account_for_exit(event)
             try:
-                actions = self.life.handle(event, time.monotonic())
-            except lc.IllegalTransition as exc:
-                self._log.error("host bug: input ignored", error=str(exc))
-                actions = []
-            await self._carry_out(actions)
+                await self._take(event)
+            except Exception:  # a host bug must not silently end this plugin's supervision
+                self._log.exception("host bug: input not handled", input=type(event).__name__)
+                self._handled.set()
+
+    async def _take(self, event: lc.Input) -> None:
+        if isinstance(event, lc.Exited) and event.generation == self.life.generation:
+            event = await self._account_for_exit(event)
+        try:
+            actions = self.life.handle(event, time.monotonic())
+        except lc.IllegalTransition as exc:
+            self._log.error("host bug: input ignored", error=str(exc))
+            actions = []
+        await self._carry_out(actions)
 
     async def _carry_out(self, actions: list[lc.Action]) -> None:
         pending = deque(actions)
@@ -238,7 +232,9 @@ class PluginRunner:
                 self._persist_quarantine(reason, level, retry)
                 self._schedule(retry)
             case lc.Release():
-                self._host_write("release quarantine", self._store.release, self.name)
+                self._host_write(
+                    "release quarantine", self._store.release, self.name, self.manifest.version
+                )
                 self._log.info("probation passed; quarantine lifted")
             case lc.Settle():
                 await self._settle()
@@ -497,7 +493,7 @@ class PluginRunner:
             self._fault_reported = life.generation
             self._feed(lc.LimitExceeded(life.generation, verdict))
 
-    # -- the session ----------------------------------------------------------------------
+    # -- what the session reports ----------------------------------------------------------
 
     async def converse(
         self,
@@ -506,123 +502,32 @@ class PluginRunner:
     ) -> None:
         """Run the authenticated session with the current worker until it ends."""
         self._session_task = asyncio.current_task()
-        generation = self.life.generation
-        try:
-            await self._converse(requests, context, generation)
-        except ProtocolError as exc:
-            self._log.error("worker broke the protocol", error=exc.message)
-            self._feed(
-                lc.ProtocolViolated(
-                    generation, lc.Verdict("protocol", f"protocol violation: {exc.message}")
-                )
-            )
-        except (
-            _SessionEndedError,
-            grpc.aio.AioRpcError,
-            ConnectionError,
-            asyncio.InvalidStateError,
-        ):
-            # Usually the process is dying and its exit status, not this, is the cause: wait a
-            # moment for it. A worker that hangs up and stays alive is killed.
-            await self._exit_or_kill(generation)
+        await Conversation(self, self.life.generation).run(requests, context)
 
-    async def _exit_or_kill(self, generation: int) -> None:
-        proc = self.process
-        if proc is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), _SESSION_END_GRACE_S)
-        except TimeoutError:
-            self._log.warning("worker closed its session but kept running; killing it")
-            self._feed(
-                lc.ProtocolViolated(
-                    generation, lc.Verdict("protocol", "closed its session but kept running")
-                )
-            )
+    def report(self, event: lc.Input) -> None:
+        """An input for the runner (from the session, the watchdog, or a timer)."""
+        self._feed(event)
 
-    async def _converse(
-        self,
-        requests: AsyncIterator[WorkerMessage],
-        context: grpc.aio.ServicerContext[WorkerMessage, bytes],
-        generation: int,
-    ) -> None:
-        manifest = self.manifest
-        await context.write(
-            HostMessage(
-                start=Start(
-                    plugin_name=manifest.name,
-                    plugin_dir=str(manifest.directory),
-                    entrypoint=manifest.entrypoint,
-                    config_json=manifest.config_json,
-                )
-            ).SerializeToString()
-        )
-        async for message in requests:
-            self._last_heard = time.monotonic()
-            body = message.WhichOneof("body")
-            if body == "ready":
-                break
-            if body == "load_failed":
-                self._log.error("plugin failed to load", reason=message.load_failed.reason)
-                self._feed(lc.LoadFailed(generation, message.load_failed.reason))
-                return
-            self._handle_side_message(message)
-        else:
-            raise _SessionEndedError
-        self._feed(lc.Ready(generation))
-        self._wake.set()
-        sender = asyncio.ensure_future(self._send(context))
-        try:
-            async for message in requests:
-                self._last_heard = time.monotonic()
-                if await self._receive(message):
-                    return
-            if not sender.done():  # the worker hung up on us
-                raise _SessionEndedError
-        finally:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+    def heard(self) -> None:
+        """The worker sent something: it is alive (heartbeats are judged by this)."""
+        self._last_heard = time.monotonic()
 
-    async def _send(self, context: grpc.aio.ServicerContext[WorkerMessage, bytes]) -> None:
-        delivery = self.delivery
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while (batch := delivery.next_batch(time.monotonic())) is not None:
-                await context.write(batch.frame)
-            if self._draining and delivery.drained:
-                await context.write(HostMessage(stop=Stop()).SerializeToString())
-                return
+    @property
+    def wake(self) -> asyncio.Event:
+        """Set when there may be something to send: a new batch, a result, a stop."""
+        return self._wake
 
-    async def _receive(self, message: WorkerMessage) -> bool:
-        """Handle one message of a running session; True when the session is over."""
-        body = message.WhichOneof("body")
-        if body == "result":
-            await self._on_result(message)
-        elif body == "stopped":
-            self._pipeline.accept(self._source, list(message.stopped.findings))
-            return True
-        else:
-            self._handle_side_message(message)
-        return False
+    @property
+    def draining(self) -> bool:
+        """Whether the worker is to be stopped once it has everything it is owed."""
+        return self._draining
 
-    def _handle_side_message(self, message: WorkerMessage) -> None:
-        body = message.WhichOneof("body")
-        if body == "log":
-            record = message.log
-            level = min(max(record.level, 10), 50)
-            log.log(level, record.message, plugin=self.name, pid=self.pid, logger=record.logger)
-        elif body != "heartbeat":
-            raise ProtocolError(self.name, f"sent {body!r} where it was not expected")
-
-    async def _on_result(self, message: WorkerMessage) -> None:
-        result = message.result
-        answered = self.delivery.answered(result.batch_id, result.processed, time.monotonic())
+    async def processed(self, answered: Answered, findings: list[Finding], errors: int) -> None:
+        """Account for a batch the worker processed, and its findings."""
         batch = answered.batch
-        self._pipeline.accept(self._source, list(result.findings))
+        self._pipeline.accept(self._source, findings)
         self.stats.processed += len(batch)
-        self.stats.errors += result.errors
+        self.stats.errors += errors
         self._budget.processed(len(batch))
         finished = answered.finished
         if finished is not None:
@@ -630,6 +535,10 @@ class PluginRunner:
             if batch.batch_id >= PIECE_ID_BASE:
                 self._log.info("isolation finished", batch_events=len(finished))
         self._wake.set()
+
+    def findings_at_stop(self, findings: list[Finding]) -> None:
+        """The findings on_stop reported."""
+        self._pipeline.accept(self._source, findings)
 
     # -- shutdown -------------------------------------------------------------------------
 

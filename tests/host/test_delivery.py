@@ -129,6 +129,26 @@ class TestPoison:
 
         run(scenario())
 
+    def test_kills_from_outside_are_charged_too(self) -> None:
+        """A plugin that SIGKILLs itself on one event still gets that event set aside (or it
+        would stall its group), though such deaths never count toward quarantine."""
+
+        async def scenario() -> None:
+            _, delivery = await delivering(1, PluginStats(), window=2)
+            for generation in (1, 2):
+                delivery.next_batch(0.0)
+                _, attribution = delivery.lost(Blame.OUTSIDE, generation)
+                assert attribution.blame is Blame.OUTSIDE
+            assert attribution.suspect is not None
+            delivery.next_batch(0.0)
+            _, attribution = delivery.lost(Blame.OUTSIDE, 3)
+            assert attribution.dead_letter is not None
+            assert attribution.dead_letter.seqs == [1]
+
+        run(scenario())
+
+        run(scenario())
+
 
 class TestPoisonBudget:
     """A plugin poisoned by a large share of its input, or too often, is quarantined."""
