@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from agent_host.protocol import Event, FileEvent, NetworkEvent, ProcessEvent
+from agent_host.protocol import Finding as _WireFinding
 
 __all__ = [
     "Event",
@@ -81,6 +82,8 @@ class NetworkAction(enum.IntEnum):
 
 
 _TECHNIQUE: Final = re.compile(r"^T\d{4}(\.\d{3})?$")
+#: Attribute keys the host keeps for itself: the names of a finding's own fields.
+_RESERVED: Final = frozenset(f.name for f in _WireFinding.DESCRIPTOR.fields)
 _SEVERITY_NAMES: Final = ", ".join(repr(s.name.lower()) for s in Severity)
 
 
@@ -167,6 +170,12 @@ class Finding:
             isinstance(k, str) and isinstance(v, str) for k, v in self.attributes.items()
         ):
             raise TypeError("Finding.attributes: expected a mapping of strings to strings")
+        reserved = sorted(_RESERVED.intersection(self.attributes))
+        if reserved:
+            raise ValueError(
+                f"Finding.attributes: {reserved[0]!r} is reserved for what the host stamps; "
+                "use another key"
+            )
         techniques = _strings("techniques", self.techniques, "('T1059.004',)")
         bad = [t for t in techniques if not _TECHNIQUE.match(t)]
         if bad:

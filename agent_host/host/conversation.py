@@ -19,6 +19,7 @@ import structlog
 
 from agent_host.errors import ProtocolError
 from agent_host.host import lifecycle as lc
+from agent_host.host.untrusted import printable
 from agent_host.protocol import HostMessage, Start, Stop, WorkerMessage
 
 if TYPE_CHECKING:
@@ -94,8 +95,9 @@ class Conversation:
             if body == "ready":
                 break
             if body == "load_failed":
-                self._log.error("plugin failed to load", reason=message.load_failed.reason)
-                runner.report(lc.LoadFailed(self._generation, message.load_failed.reason))
+                reason = printable(message.load_failed.reason, 1024)
+                self._log.error("plugin failed to load", reason=reason)
+                runner.report(lc.LoadFailed(self._generation, reason))
                 return
             self._side_message(message)
         else:
@@ -143,14 +145,20 @@ class Conversation:
     def _side_message(self, message: WorkerMessage) -> None:
         body = message.WhichOneof("body")
         if body == "log":
+            # Cut, escaped and rate-limited here, whatever the worker's own handler did.
+            limit = self._runner.log_limit
+            if not limit.allow(time.monotonic()):
+                return
+            suppressed = limit.take_suppressed()
             record = message.log
             level = min(max(record.level, 10), 50)
             log.log(
                 level,
-                record.message,
+                printable(record.message),
                 plugin=self._runner.name,
                 pid=self._runner.pid,
-                logger=record.logger,
+                logger=printable(record.logger, 128),
+                **({"suppressed_before": suppressed} if suppressed else {}),
             )
         elif body != "heartbeat":
             raise ProtocolError(self._runner.name, f"sent {body!r} where it was not expected")

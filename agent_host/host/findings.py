@@ -28,6 +28,7 @@ import orjson
 import structlog
 
 from agent_host.host.stats import PluginStats
+from agent_host.host.untrusted import printable
 from agent_host.protocol import Finding
 
 log = structlog.get_logger("agent_host")
@@ -36,6 +37,9 @@ _MAX_TEXT: Final = 4096
 _MAX_ATTRIBUTES: Final = 64
 _MAX_EVENT_IDS: Final = 1024
 _SEVERITY_NAMES: Final = {v.number: v.name for v in Finding.Severity.DESCRIPTOR.values}
+#: Attribute keys a plugin may not use: the names of what a finding carries, which the host
+#: stamps or checks, so that no attribute can pass for the plugin, host or id of a finding.
+RESERVED_ATTRIBUTES: Final = frozenset(f.name for f in Finding.DESCRIPTOR.fields)
 
 
 class FindingSink(Protocol):
@@ -88,7 +92,7 @@ class JsonLinesSink:
                 ids = ",".join(map(str, f.event_ids[:5]))
                 self._terminal.write(
                     f"[{_SEVERITY_NAMES.get(f.severity, '?'):<8}] "
-                    f"{f.plugin}/{f.rule}: {f.message}  (events {ids})\n"
+                    f"{f.plugin}/{printable(f.rule, 256)}: {printable(f.message)}  (events {ids})\n"
                 )
             self._terminal.flush()
 
@@ -143,6 +147,10 @@ def check(finding: Finding, was_given: Callable[[int], bool]) -> str | None:
         return f"more than {_MAX_ATTRIBUTES} attributes or an attribute over {_MAX_TEXT} bytes"
     if len(finding.techniques) > 32:
         return "more than 32 techniques"
+    if attributes:
+        reserved = sorted(RESERVED_ATTRIBUTES.intersection(attributes))
+        if reserved:
+            return f"attribute key {reserved[0]!r} is reserved for what the host stamps"
     foreign = [i for i in event_ids if not was_given(i)]
     if foreign:
         return f"refers to events it was not given: {foreign[:5]}"

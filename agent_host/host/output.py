@@ -13,6 +13,8 @@ from typing import Final
 
 import structlog
 
+from agent_host.host.untrusted import printable
+
 log = structlog.get_logger("agent_host")
 
 LINE_MAX: Final = 4096
@@ -44,7 +46,7 @@ async def relay_output(stream: asyncio.StreamReader, plugin: str, pid: int, name
             if suppressed:
                 out.warning("plugin output suppressed", lines=suppressed, limit_per_s=LINES_PER_S)
                 suppressed = 0
-            text = line[:LINE_MAX].decode("utf-8", "replace").rstrip()
+            text = printable(line[:LINE_MAX].decode("utf-8", "replace").rstrip("\r"))
             if len(line) > LINE_MAX:
                 text += f" ... ({len(line) - LINE_MAX} bytes cut)"
             out.info("plugin output", line=text)

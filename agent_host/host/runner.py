@@ -46,6 +46,7 @@ from agent_host.host.restart import RestartPolicy
 from agent_host.host.spawn import Spawner, WorkerProcess
 from agent_host.host.stats import PluginStats
 from agent_host.host.store import Quarantine, StateStore
+from agent_host.host.untrusted import RateLimit
 from agent_host.protocol import SECRET_BYTES, EventBatch, Finding, WorkerMessage
 
 log = structlog.get_logger("agent_host")
@@ -53,6 +54,10 @@ log = structlog.get_logger("agent_host")
 #: Inputs waiting for the runner; a handful per worker generation by construction (faults are
 #: reported once per generation), so this bound is never reached by a working host.
 _INBOX_SIZE: Final = 256
+#: How long a stopped worker's output may take to reach its end of file.
+_RELAY_DRAIN_S: Final = 1.0
+#: Log records of one plugin per second, on average, that reach the host's log.
+LOG_RECORDS_PER_S: Final = 200.0
 
 
 class PluginRunner:
@@ -101,9 +106,13 @@ class PluginRunner:
             self.delivery.was_given,
         )
 
+        #: The plugin's log records reach the host's log at this rate at most.
+        self.log_limit = RateLimit(LOG_RECORDS_PER_S)
         self._inbox: asyncio.Queue[lc.Input] = asyncio.Queue(_INBOX_SIZE)
         self._task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: The tasks relaying a worker's stdout and stderr: they end at the pipe's end of file.
+        self._relays: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
         #: Set after every input the runner has handled (stop() waits on it).
@@ -333,7 +342,7 @@ class PluginRunner:
         self._log.debug("worker spawned")
         for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
             if stream is not None:
-                self._background(relay_output(stream, self.name, proc.pid, name))
+                self._relays.add(self._background(relay_output(stream, self.name, proc.pid, name)))
         self._background(self._watch(proc, generation))
         return lc.Spawned(generation, proc.pid)
 
@@ -569,7 +578,14 @@ class PluginRunner:
             await self._handled.wait()
 
     async def close(self) -> None:
-        """Cancel the runner's own tasks (after stop, or when the host aborts)."""
+        """Cancel the runner's own tasks (after stop, or when the host aborts).
+
+        The output relays are let run to their pipe's end of file (the worker is gone, so it
+        comes at once): a relay cancelled before it would leave the pipe open.
+        """
+        self._relays = {t for t in self._relays if not t.done()}
+        if self._relays:
+            await asyncio.wait(self._relays, timeout=_RELAY_DRAIN_S)
         for task in [self._task, self._timer, *self._tasks]:
             if task is not None and not task.done() and task is not self._session_task:
                 task.cancel()

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Final
 
 import structlog
 
@@ -35,6 +38,17 @@ from agent_host.host.store import StateStore
 from agent_host.protocol import EVENT_KINDS, Event, EventKind, event_kind, event_record
 
 log = structlog.get_logger("agent_host")
+
+_PR_SET_DUMPABLE: Final = 4
+
+
+def not_dumpable() -> None:
+    """Make this process not dumpable: no core file, and /proc/PID/mem, environ and ptrace are
+    closed to processes of the same user (a worker holds no secret of the host's, but the host
+    holds every worker's session secret until it is used)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        log.warning("host could not make itself non-dumpable", errno=ctypes.get_errno())
 
 
 class Supervisor:
@@ -81,6 +95,7 @@ class Supervisor:
 
     async def start(self) -> None:
         """Open the socket, spawn every worker, and wait until each is ready or has failed."""
+        not_dumpable()
         await self._server.start()
         if self.config.zygote:
             zygote = ZygoteSpawner()
