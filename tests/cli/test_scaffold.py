@@ -1,4 +1,4 @@
-"""agent-host plugin new: a plugin folder whose own test passes, through agent_host.testing."""
+"""agent-host plugins new: a plugin folder whose own test passes, through agent_host.testing."""
 
 from __future__ import annotations
 
