@@ -46,6 +46,9 @@ class HostConfig:
     #: crash-loop breaker, so that a few poisoned inputs cannot switch a detection off.
     poison_max_share: float = 0.1
     poison_min_letters: int = 10
+    #: A cgroup per worker (memory, pids; everything it starts is killed with it), where the
+    #: host can make one; where it cannot, the host says so at start.
+    cgroups: bool = True
     #: Fork workers from a pre-initialised zygote (fast restarts) rather than exec each one.
     zygote: bool = True
     #: The host name stamped on events and findings that carry none.

@@ -33,12 +33,13 @@ import psutil
 import structlog
 
 from agent_host.host import lifecycle as lc
+from agent_host.host.cgroups import Cgroups, WorkerCgroup
 from agent_host.host.config import HostConfig
 from agent_host.host.conversation import Conversation
 from agent_host.host.delivery import PIECE_ID_BASE, Answered, Delivery
 from agent_host.host.fanout import Group
 from agent_host.host.findings import FindingPipeline, Source
-from agent_host.host.limits import Deadlines, ResourceMonitor, apply_hard_limits
+from agent_host.host.limits import DATA_HEADROOM_MIB, Deadlines, ResourceMonitor, apply_hard_limits
 from agent_host.host.manifest import Manifest
 from agent_host.host.output import relay_output
 from agent_host.host.poison import Attribution, PoisonBudget
@@ -75,6 +76,7 @@ class PluginRunner:
         store: StateStore,
         spawner: Spawner,
         quarantine: Quarantine | None = None,
+        cgroups: Cgroups | None = None,
     ) -> None:
         self.manifest = manifest
         self.group = group
@@ -85,6 +87,8 @@ class PluginRunner:
         self._store = store
         self._spawner = spawner
         self._quarantine = quarantine
+        self._cgroups = cgroups
+        self._cgroup: WorkerCgroup | None = None
         self._log = log.bind(plugin=manifest.name)
         self.life = lc.Lifecycle(
             restart_policy, quarantine_level=quarantine.level if quarantine else 0
@@ -334,6 +338,7 @@ class PluginRunner:
             self.monitor = ResourceMonitor(proc.pid, self.manifest.limits)
         except psutil.Error as exc:
             self._log.warning("could not set worker limits", error=str(exc))
+        self._cgroup = self._join_cgroup(proc.pid)
         assert proc.stdin is not None
         proc.stdin.write(self._token)
         with contextlib.suppress(ConnectionError):
@@ -345,6 +350,35 @@ class PluginRunner:
                 self._relays.add(self._background(relay_output(stream, self.name, proc.pid, name)))
         self._background(self._watch(proc, generation))
         return lc.Spawned(generation, proc.pid)
+
+    def _join_cgroup(self, pid: int) -> WorkerCgroup | None:
+        """Put the new worker (not yet running plugin code) in a cgroup of its own."""
+        if self._cgroups is None:
+            return None
+        try:
+            cgroup = self._cgroups.for_worker(self.worker_id, self.manifest.limits)
+            if cgroup is not None:
+                cgroup.add(pid)
+        except OSError as exc:
+            self._log.error("worker runs without its cgroup", error=exc.strerror or str(exc))
+            return None
+        return cgroup
+
+    async def _leave_cgroup(self, generation: int) -> None:
+        """Kill what the worker left in its cgroup; a memory kill there is the plugin's."""
+        cgroup, self._cgroup = self._cgroup, None
+        if cgroup is None:
+            return
+        left = await asyncio.to_thread(cgroup.kill_all)
+        if left:
+            self._log.warning("killed what the worker left behind", processes=left)
+        if cgroup.oom_kills() and self.life.death is None:
+            limit = self.manifest.limits.memory_mb + DATA_HEADROOM_MIB
+            verdict = lc.Verdict(
+                "memory", f"memory {limit} MiB (cgroup, memfd and tmpfs pages included) reached"
+            )
+            self._feed(lc.LimitExceeded(generation, verdict))
+        cgroup.remove()
 
     def claim(self, worker_id: str, token: bytes) -> bool:
         """Whether ``token`` is this spawn's secret; a secret opens one session only."""
@@ -396,6 +430,7 @@ class PluginRunner:
             for child in self.monitor.last_descendants():
                 with contextlib.suppress(psutil.Error):
                     child.kill()
+        await self._leave_cgroup(generation)
         if self._session_task is not None and not self._session_task.done():
             self._session_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

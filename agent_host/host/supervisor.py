@@ -24,6 +24,7 @@ from typing import Final
 
 import structlog
 
+from agent_host.host.cgroups import Cgroups
 from agent_host.host.config import HostConfig
 from agent_host.host.fanout import Group
 from agent_host.host.findings import FindingPipeline, FindingSink
@@ -78,6 +79,7 @@ class Supervisor:
         self.rejected_events = 0
         self._background: list[asyncio.Task[None]] = []
         self._spawner: Spawner = ExecSpawner()
+        self._cgroups: Cgroups | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -96,6 +98,15 @@ class Supervisor:
     async def start(self) -> None:
         """Open the socket, spawn every worker, and wait until each is ready or has failed."""
         not_dumpable()
+        if self.config.cgroups:
+            self._cgroups = Cgroups()
+            if self._cgroups.available:
+                log.info("sandbox layer active: cgroup", version=self._cgroups.version)
+            else:
+                log.warning(
+                    "sandbox layer unavailable: cgroup; workers' leftovers are killed by pid",
+                    reason=self._cgroups.unavailable,
+                )
         await self._server.start()
         if self.config.zygote:
             zygote = ZygoteSpawner()
@@ -120,6 +131,7 @@ class Supervisor:
                 store=self.store,
                 spawner=self._spawner,
                 quarantine=self.store.quarantine_of(manifest.name, manifest.version),
+                cgroups=self._cgroups if self._cgroups and self._cgroups.available else None,
             )
         self._background.append(asyncio.create_task(self._watch_workers()))
         for runner in self.plugins.values():
@@ -214,6 +226,8 @@ class Supervisor:
                 await task
         await self._server.stop()
         await self._spawner.close()
+        if self._cgroups is not None:
+            self._cgroups.close()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
         self.store.close()
 
@@ -224,4 +238,6 @@ class Supervisor:
             await runner.close()
         await self._server.stop(0)
         await self._spawner.close()
+        if self._cgroups is not None:
+            self._cgroups.close()
         shutil.rmtree(self._runtime_dir, ignore_errors=True)
