@@ -6,6 +6,7 @@ A reader's map, by the life of an event:
 - ``fanout``: batching per subscription group, and the bounded backlog workers read from.
 - ``runner``: one plugin's task, which carries out what its ``lifecycle`` decides.
 - ``conversation``: the gRPC session with the plugin's current worker (Start, batches, Stop).
+- ``child``: that worker's process (secret, limits, its cgroup from ``cgroups``), and its end.
 - ``lifecycle``: the phases of a worker and the transition table, with no I/O at all.
 - ``delivery``: what one plugin has been sent and not yet processed (cursor, window, in flight).
 - ``poison``: bisection of a batch that keeps failing a plugin, and the poison budget.

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import secrets
 import signal
 import sqlite3
 import time
-import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
@@ -33,13 +30,14 @@ import psutil
 import structlog
 
 from agent_host.host import lifecycle as lc
-from agent_host.host.cgroups import Cgroups, WorkerCgroup
+from agent_host.host.cgroups import Cgroups
+from agent_host.host.child import Child
 from agent_host.host.config import HostConfig
 from agent_host.host.conversation import Conversation
 from agent_host.host.delivery import PIECE_ID_BASE, Answered, Delivery
 from agent_host.host.fanout import Group
 from agent_host.host.findings import FindingPipeline, Source
-from agent_host.host.limits import DATA_HEADROOM_MIB, Deadlines, ResourceMonitor, apply_hard_limits
+from agent_host.host.limits import DATA_HEADROOM_MIB, Deadlines
 from agent_host.host.manifest import Manifest
 from agent_host.host.output import relay_output
 from agent_host.host.poison import Attribution, PoisonBudget
@@ -48,7 +46,7 @@ from agent_host.host.spawn import Spawner, WorkerProcess
 from agent_host.host.stats import PluginStats
 from agent_host.host.store import Quarantine, StateStore
 from agent_host.host.untrusted import RateLimit
-from agent_host.protocol import SECRET_BYTES, EventBatch, Finding, WorkerMessage
+from agent_host.protocol import EventBatch, Finding, WorkerMessage
 
 log = structlog.get_logger("agent_host")
 
@@ -88,7 +86,6 @@ class PluginRunner:
         self._spawner = spawner
         self._quarantine = quarantine
         self._cgroups = cgroups
-        self._cgroup: WorkerCgroup | None = None
         self._log = log.bind(plugin=manifest.name)
         self.life = lc.Lifecycle(
             restart_policy, quarantine_level=quarantine.level if quarantine else 0
@@ -126,10 +123,7 @@ class PluginRunner:
         self._gave_up_at: int | None = None
 
         # Per worker (generation).
-        self.worker_id = ""
-        self._token = b""
-        self.process: WorkerProcess | None = None
-        self.monitor: ResourceMonitor | None = None
+        self.child: Child | None = None
         self._session_task: asyncio.Task[None] | None = None
         self._last_heard = 0.0
         self._fault_reported = 0  # the generation a fault was last reported for
@@ -152,7 +146,11 @@ class PluginRunner:
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+        return self.child.pid if self.child else None
+
+    @property
+    def process(self) -> WorkerProcess | None:
+        return self.child.process if self.child else None
 
     @property
     def inflight(self) -> int:
@@ -319,123 +317,67 @@ class PluginRunner:
             self._gave_up_at = None
             self.group.backlog.subscribers.add(self.name)
             self.delivery.resume()
-        self.worker_id = uuid.uuid4().hex
-        self._token = secrets.token_bytes(SECRET_BYTES)
         try:
-            proc = await self._spawner.spawn(
-                ["--socket", str(self._socket_path), "--worker-id", self.worker_id],
-                self.manifest.directory,
+            child = await Child.start(
+                self._spawner, self._socket_path, self.manifest, self._cgroups, self._log
             )
         except OSError as exc:
             self._log.error("worker could not be started", error=str(exc))
             return lc.SpawnFailed(generation, str(exc))
-        self.process = proc
-        self._log = log.bind(plugin=self.name, pid=proc.pid)
+        self.child = child
+        self._log = log.bind(plugin=self.name, pid=child.pid)
         self._last_heard = time.monotonic()
-        try:
-            # Before the worker has its secret it runs no plugin code: set its limits now.
-            apply_hard_limits(proc.pid, self.manifest.limits)
-            self.monitor = ResourceMonitor(proc.pid, self.manifest.limits)
-        except psutil.Error as exc:
-            self._log.warning("could not set worker limits", error=str(exc))
-        self._cgroup = self._join_cgroup(proc.pid)
-        assert proc.stdin is not None
-        proc.stdin.write(self._token)
-        with contextlib.suppress(ConnectionError):
-            await proc.stdin.drain()
-        proc.stdin.close()
         self._log.debug("worker spawned")
+        proc = child.process
         for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
             if stream is not None:
                 self._relays.add(self._background(relay_output(stream, self.name, proc.pid, name)))
-        self._background(self._watch(proc, generation))
-        return lc.Spawned(generation, proc.pid)
-
-    def _join_cgroup(self, pid: int) -> WorkerCgroup | None:
-        """Put the new worker (not yet running plugin code) in a cgroup of its own."""
-        if self._cgroups is None:
-            return None
-        try:
-            cgroup = self._cgroups.for_worker(self.worker_id, self.manifest.limits)
-            if cgroup is not None:
-                cgroup.add(pid)
-        except OSError as exc:
-            self._log.error("worker runs without its cgroup", error=exc.strerror or str(exc))
-            return None
-        return cgroup
-
-    async def _leave_cgroup(self, generation: int) -> None:
-        """Kill what the worker left in its cgroup; a memory kill there is the plugin's."""
-        cgroup, self._cgroup = self._cgroup, None
-        if cgroup is None:
-            return
-        left = await asyncio.to_thread(cgroup.kill_all)
-        if left:
-            self._log.warning("killed what the worker left behind", processes=left)
-        if cgroup.oom_kills() and self.life.death is None:
-            limit = self.manifest.limits.memory_mb + DATA_HEADROOM_MIB
-            verdict = lc.Verdict(
-                "memory", f"memory {limit} MiB (cgroup, memfd and tmpfs pages included) reached"
-            )
-            self._feed(lc.LimitExceeded(generation, verdict))
-        cgroup.remove()
+        self._background(self._watch(child, generation))
+        return lc.Spawned(generation, child.pid)
 
     def claim(self, worker_id: str, token: bytes) -> bool:
-        """Whether ``token`` is this spawn's secret; a secret opens one session only."""
-        if (
-            not self._token
-            or worker_id != self.worker_id
-            or not secrets.compare_digest(token, self._token)
-        ):
-            return False
-        self._token = b""
-        return True
+        """Whether ``token`` is the current spawn's secret (which opens one session only)."""
+        return self.child is not None and self.child.claim(worker_id, token)
 
     def _signal_group(self, signum: signal.Signals) -> None:
-        proc = self.process
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signum)
+        if self.child is not None:
+            self.child.signal_group(signum)
 
     def _terminate(self, verdict: lc.Verdict) -> None:
         """SIGTERM the worker's group, SIGKILL after the grace period."""
-        proc = self.process
-        if proc is None or proc.returncode is not None:
+        child = self.child
+        if child is None or not child.running:
             return
         self._log.error("stopping worker", cause=verdict.cause, reason=verdict.detail)
-        self._signal_group(signal.SIGTERM)
-        self._background(self._escalate(proc))
+        child.signal_group(signal.SIGTERM)
+        self._background(self._escalate(child))
 
-    async def _escalate(self, proc: WorkerProcess) -> None:
-        try:
-            await asyncio.wait_for(asyncio.shield(proc.wait()), self._config.kill_grace_s)
-        except TimeoutError:
+    async def _escalate(self, child: Child) -> None:
+        if await child.kill_after(self._config.kill_grace_s):
             self._log.warning(
                 "worker ignored SIGTERM; killing it", grace_s=self._config.kill_grace_s
             )
-            self._signal_group(signal.SIGKILL)
 
     def kill_now(self) -> None:
         """SIGKILL the worker at once, outside the lifecycle (the host is aborting)."""
         self.life.death = self.life.death or lc.Verdict("signal", "host aborted")
         self._signal_group(signal.SIGKILL)
 
-    async def _watch(self, proc: WorkerProcess, generation: int) -> None:
-        returncode = await proc.wait()
-        # The worker's children die with it, even those it left running.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        if self.monitor is not None:
-            for child in self.monitor.last_descendants():
-                with contextlib.suppress(psutil.Error):
-                    child.kill()
-        await self._leave_cgroup(generation)
+    async def _watch(self, child: Child, generation: int) -> None:
+        exit = await child.reap()
+        if exit.leftovers:
+            self._log.warning("killed what the worker left behind", processes=exit.leftovers)
+        if exit.oom_killed and self.life.death is None:  # the plugin's, not the outside's
+            limit = self.manifest.limits.memory_mb + DATA_HEADROOM_MIB
+            verdict = lc.Verdict(
+                "memory", f"memory {limit} MiB (cgroup, memfd and tmpfs pages included) reached"
+            )
+            self._feed(lc.LimitExceeded(generation, verdict))
         if self._session_task is not None and not self._session_task.done():
             self._session_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._session_task
-        self._feed(lc.Exited(generation, returncode))
+        self._feed(lc.Exited(generation, exit.returncode))
 
     async def _account_for_exit(self, exited: lc.Exited) -> lc.Exited:
         """Settle what the dead worker held, and say whose fault its death was."""
@@ -528,11 +470,12 @@ class PluginRunner:
     def sample_resources(self, now: float, descendants: list[psutil.Process]) -> None:
         """Measure the worker against its limits (the supervisor calls this periodically)."""
         life = self.life
-        if self.monitor is None or life.death is not None or life.phase is not lc.Phase.RUNNING:
+        monitor = self.child.monitor if self.child else None
+        if monitor is None or life.death is not None or life.phase is not lc.Phase.RUNNING:
             return
-        self.monitor.set_descendants(descendants)
-        verdict = self.monitor.sample(now, idle=self.delivery.idle)
-        self.stats.peak_rss_mib = max(self.stats.peak_rss_mib, self.monitor.peak_rss_mib)
+        monitor.set_descendants(descendants)
+        verdict = monitor.sample(now, idle=self.delivery.idle)
+        self.stats.peak_rss_mib = max(self.stats.peak_rss_mib, monitor.peak_rss_mib)
         if verdict is not None and self._fault_reported != life.generation:
             self._fault_reported = life.generation
             self._feed(lc.LimitExceeded(life.generation, verdict))

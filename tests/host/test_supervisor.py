@@ -54,7 +54,7 @@ class TestAuthentication:
             assert stat.S_IMODE(sup.socket_path.stat().st_mode) == 0o600
             message = {
                 "wrong secret for a real worker id": WorkerMessage(
-                    hello=Hello(worker_id=handle.worker_id, token=os.urandom(32))
+                    hello=Hello(worker_id=handle.child.worker_id, token=os.urandom(32))
                 ),
                 "unknown worker id": WorkerMessage(
                     hello=Hello(worker_id="x" * 32, token=os.urandom(32))
