@@ -15,7 +15,9 @@ order:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import sys
 import time
 from collections import Counter, OrderedDict
@@ -77,16 +79,21 @@ def finding_json(finding: Finding) -> bytes:
 
 
 class JsonLinesSink:
-    """Appends findings to a JSON Lines file (flushed per batch) and shows them on a terminal."""
+    """Appends findings to a JSON Lines file and shows them on a terminal.
+
+    Each batch is written whole or not at all: a write the disk cannot take in full is cut back
+    to where the file ended, so a full disk never leaves half a line for a reader to choke on.
+    """
 
     def __init__(self, path: Path | None, terminal: IO[str] | None = sys.stdout) -> None:
-        self._file: IO[bytes] | None = path.open("ab") if path else None
+        self._fd: int | None = None
+        if path is not None:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self._terminal = terminal
 
     def write(self, findings: Sequence[Finding]) -> None:
-        if self._file is not None:
-            self._file.write(b"".join(finding_json(f) + b"\n" for f in findings))
-            self._file.flush()
+        if self._fd is not None:
+            self._append(b"".join(finding_json(f) + b"\n" for f in findings))
         if self._terminal is not None:
             for f in findings:
                 ids = ",".join(map(str, f.event_ids[:5]))
@@ -96,10 +103,23 @@ class JsonLinesSink:
                 )
             self._terminal.flush()
 
+    def _append(self, data: bytes) -> None:
+        fd = self._fd
+        assert fd is not None
+        end = os.fstat(fd).st_size
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(fd, data[written:])
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)  # whole lines or nothing
+            raise
+
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class CollectingSink:

@@ -84,7 +84,28 @@ class StateStore:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             target = str(directory / DB_NAME)
         self._db = sqlite3.connect(target, isolation_level=None)
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.executescript(_SCHEMA)
+            self._db.execute("SELECT COUNT(*) FROM quarantines").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if directory is None or isinstance(exc, sqlite3.OperationalError):
+                raise  # not a damaged file: a folder it cannot write, a locked database
+            self._db.close()
+            self._db = sqlite3.connect(self._set_aside(directory / DB_NAME), isolation_level=None)
+            self._db.executescript(_SCHEMA)
+
+    @staticmethod
+    def _set_aside(path: Path) -> str:
+        """Move a damaged database out of the way, keeping it for a post-mortem."""
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        path.rename(aside)
+        log.error(
+            "state database is damaged; set aside and started afresh "
+            "(quarantines and dead letters in it are not used)",
+            path=str(path),
+            moved_to=str(aside),
+        )
+        return str(path)
 
     def close(self) -> None:
         self._db.close()

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import os
 import shutil
 import tempfile
 import time
@@ -52,6 +53,19 @@ def not_dumpable() -> None:
         log.warning("host could not make itself non-dumpable", errno=ctypes.get_errno())
 
 
+def remove_stale_runtime_dirs(parent: Path | None = None) -> list[Path]:
+    """Remove the socket folders of hosts that are gone (killed with SIGKILL, say)."""
+    removed = []
+    for folder in Path(parent or tempfile.gettempdir()).glob("agent-host-*-*"):
+        pid = folder.name.split("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    if removed:
+        log.info("removed socket folders of hosts that are gone", folders=len(removed))
+    return removed
+
+
 class Supervisor:
     """Hosts one worker per plugin and delivers every accepted event to every subscriber."""
 
@@ -68,7 +82,9 @@ class Supervisor:
         self._restart_policy = restart_policy or RestartPolicy()
         self.store = StateStore(config.state_dir)
         self._manifests = list(manifests)
-        self._runtime_dir = Path(tempfile.mkdtemp(prefix="agent-host-"))  # mode 0700
+        remove_stale_runtime_dirs()
+        # Mode 0700, named by this host's pid so that a later host can tell it is stale.
+        self._runtime_dir = Path(tempfile.mkdtemp(prefix=f"agent-host-{os.getpid()}-"))
         self._server = SessionServer(self._runtime_dir / "host.sock", self._claim)
         self.groups: dict[frozenset[EventKind], Group] = {}
         self._groups_by_kind: dict[EventKind, list[Group]] = {k: [] for k in EVENT_KINDS}

@@ -1,0 +1,90 @@
+"""The host's own faults are the host's: a damaged state database, socket folders of dead
+hosts, a full disk under the findings file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import structlog
+
+from agent_host.host.config import HostConfig
+from agent_host.host.findings import JsonLinesSink
+from agent_host.host.manifest import Manifest
+from agent_host.host.store import DB_NAME, StateStore
+from agent_host.host.supervisor import Supervisor, remove_stale_runtime_dirs
+from benchmarks.common import HERE as BENCHMARKS
+from tests.helpers import exec_event
+
+
+class TestStateDatabase:
+    """A damaged database is named, set aside, and the host starts afresh."""
+
+    def test_damaged_database_is_set_aside(self, tmp_path: Path) -> None:
+        (tmp_path / DB_NAME).write_bytes(b"SQLite format 3\x00" + os.urandom(4096))
+        with structlog.testing.capture_logs() as logs:
+            store = StateStore(tmp_path)
+        store.quarantine("p", "1", "r", level=1, retry_in_s=60)
+        assert set(store.quarantined()) == {("p", "1")}
+        store.close()
+        aside = [p.name for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+        assert len(aside) == 1
+        (event,) = [e for e in logs if e["event"].startswith("state database is damaged")]
+        assert event["path"] == str(tmp_path / DB_NAME)
+        assert event["moved_to"].endswith(aside[0])
+
+    def test_an_unwritable_folder_is_not_taken_for_damage(self, tmp_path: Path) -> None:
+        (tmp_path / DB_NAME).mkdir()  # a folder where the file should be
+        with pytest.raises(Exception, match="unable to open database file"):
+            StateStore(tmp_path)
+        assert not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+
+
+def test_socket_folders_of_dead_hosts_are_removed(tmp_path: Path) -> None:
+    dead = tmp_path / "agent-host-999999999-abc"
+    mine = tmp_path / f"agent-host-{os.getpid()}-def"
+    for folder in (dead, mine):
+        folder.mkdir()
+        (folder / "host.sock").touch()
+    assert remove_stale_runtime_dirs(tmp_path) == [dead]
+    assert mine.is_dir()
+    assert not dead.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_leaves_whole_lines_and_blames_no_plugin(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)])
+    if mounted.returncode != 0:
+        pytest.skip("tmpfs could not be mounted")
+    try:
+        findings = small / "findings.jsonl"
+
+        async def scenario() -> Supervisor:
+            echo = Manifest.load(BENCHMARKS / "plugins" / "echo" / "plugin.toml")
+            sup = Supervisor(
+                HostConfig(state_dir=None, batch_size=50), [echo], JsonLinesSink(findings, None)
+            )
+            await sup.start()
+            for i in range(1, 2001):
+                await sup.publish(exec_event(f"/usr/bin/tool{i}", pid=i))
+            await sup.stop()
+            sup.findings.close()
+            return sup
+
+        sup = asyncio.run(scenario())
+        lines = findings.read_bytes().split(b"\n")
+        assert lines[-1] == b""  # ends with a whole line
+        parsed = [json.loads(line) for line in lines[:-1]]  # every line is whole JSON
+        assert len(parsed) == sup.findings.written > 0
+        assert sup.findings.lost > 0
+        assert sup.findings.written + sup.findings.lost == 2000
+        runner = sup.plugins["echo"]
+        assert (dict(runner.stats.restarts), runner.stats.processed) == ({}, 2000)
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
