@@ -81,14 +81,18 @@ def _open_source(args: argparse.Namespace, exclude: list[str]) -> AsyncIterable[
 
 
 class _Signals:
-    """SIGINT/SIGTERM: the first asks for a graceful stop, a second for an immediate one."""
+    """SIGINT/SIGTERM: the first asks for a graceful stop, a second for an immediate one.
+    SIGHUP (when the host runs): reload the plugins and reopen the findings file."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, reload: bool = False) -> None:
         self.stopping = asyncio.Event()
         self.aborting = asyncio.Event()
+        self.reloading = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._handle)
+        if reload:
+            loop.add_signal_handler(signal.SIGHUP, self.reloading.set)
 
     def _handle(self) -> None:
         # Only note it; the main flow acts.
@@ -130,6 +134,25 @@ async def _run_source(
     await feeding
 
 
+async def _reload_on_hup(
+    sup: Supervisor, plugins_dir: Path, sink: JsonLinesSink, signals: _Signals
+) -> None:
+    """On each SIGHUP: the plugin set as the folder has it now, and the findings file reopened
+    (after logrotate moved it away)."""
+    while True:
+        await signals.reloading.wait()
+        signals.reloading.clear()
+        log.info("SIGHUP: reloading plugins and reopening the findings file")
+        try:
+            sink.reopen()
+        except OSError as exc:
+            log.error("findings file could not be reopened", error=exc.strerror or str(exc))
+        discovery = discover(plugins_dir)
+        for error in discovery.errors:
+            log.error("plugin skipped: bad manifest", error=str(error))
+        await sup.reload(discovery.manifests)
+
+
 def state_dir_for(args: argparse.Namespace) -> Path:
     """The state folder: as given; by default the daemon's, or for ``replay`` one of its own, so
     that replaying a poison recording on a workstation cannot quarantine the daemon's plugin."""
@@ -163,7 +186,7 @@ async def host(args: argparse.Namespace) -> int:
         terminal=None if args.quiet else sys.stdout,
     )
     sup = Supervisor(config, discovery.manifests, sink)
-    signals = _Signals()
+    signals = _Signals(reload=True)
     started = time.monotonic()
     try:
         await sup.start()
@@ -172,7 +195,9 @@ async def host(args: argparse.Namespace) -> int:
             await sup.stop()
             return EXIT_NOTHING_RAN
         signals.stop_after(getattr(args, "duration", 0.0))
+        reloads = asyncio.ensure_future(_reload_on_hup(sup, plugins_dir, sink, signals))
         await _run_source(source, sup.publish, signals)
+        reloads.cancel()
         finish = asyncio.ensure_future(sup.stop())
         aborting = asyncio.ensure_future(signals.aborting.wait())
         await asyncio.wait({finish, aborting}, return_when=asyncio.FIRST_COMPLETED)
@@ -191,7 +216,7 @@ async def host(args: argparse.Namespace) -> int:
 def _report(
     args: argparse.Namespace, sup: Supervisor, source: AsyncIterable[Event], elapsed: float
 ) -> None:
-    rows = summary_rows(sup.plugins.values())
+    rows = summary_rows(sup.runners)
     bad_lines = source.bad_lines if isinstance(source, ReplaySource) else 0
     summary: dict[str, object] = {
         "events": sup.accepted,

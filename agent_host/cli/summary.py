@@ -44,7 +44,7 @@ def summary_rows(runners: Iterable[PluginRunner]) -> list[dict[str, Any]]:
                 "state_errors": s.state_errors,
                 "restarts": dict(sorted(s.restarts.items())),
                 "peak_rss_mib": round(s.peak_rss_mib, 1),
-                "reason": h.reason,
+                "reason": h.retired or h.reason,
             }
         )
     return rows

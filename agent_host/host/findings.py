@@ -86,10 +86,22 @@ class JsonLinesSink:
     """
 
     def __init__(self, path: Path | None, terminal: IO[str] | None = sys.stdout) -> None:
-        self._fd: int | None = None
-        if path is not None:
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._path = path
+        self._fd: int | None = self._open(path) if path is not None else None
         self._terminal = terminal
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def reopen(self) -> None:
+        """Open the file by its name again (logrotate has moved the old one away)."""
+        if self._path is None:
+            return
+        fd = self._open(self._path)  # first: a failure leaves the old file in use
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
 
     def write(self, findings: Sequence[Finding]) -> None:
         if self._fd is not None:

@@ -75,8 +75,14 @@ class PluginRunner:
         spawner: Spawner,
         quarantine: Quarantine | None = None,
         cgroups: Cgroups | None = None,
+        key: str | None = None,
     ) -> None:
         self.manifest = manifest
+        #: How the group's backlog knows this runner: the plugin's name, and after a reload
+        #: that replaced a version, name#N, so that old and new are owed different batches.
+        self.key = key or manifest.name
+        #: Why the plugin was taken out by a reload ("" while it is in).
+        self.retired = ""
         self.group = group
         self.stats = PluginStats()
         self._config = config
@@ -90,7 +96,7 @@ class PluginRunner:
         self.life = lc.Lifecycle(
             restart_policy, quarantine_level=quarantine.level if quarantine else 0
         )
-        self.delivery = Delivery(manifest.name, group, config.window, self.stats)
+        self.delivery = Delivery(self.key, group, config.window, self.stats)
         self._budget = PoisonBudget(
             per_hour=config.poison_per_hour,
             max_share=config.poison_max_share,
@@ -129,7 +135,7 @@ class PluginRunner:
         self._fault_reported = 0  # the generation a fault was last reported for
         self._probation_reported = 0  # the generation whose probation was reported served
         self._wake = asyncio.Event()
-        group.backlog.subscribers.add(manifest.name)
+        group.backlog.subscribers.add(self.key)
         group.backlog.on_append(self._wake.set)
 
     @property
@@ -290,7 +296,7 @@ class PluginRunner:
     async def _settle(self) -> None:
         """The plugin is owed nothing more for now: count what it will never process."""
         backlog = self.group.backlog
-        missed = await backlog.unsubscribe(self.name)
+        missed = await backlog.unsubscribe(self.key)
         missed -= self.delivery.poison.abandon()
         self._gave_up_at = backlog.appended
         self.stats.undelivered += missed
@@ -304,8 +310,9 @@ class PluginRunner:
             )
 
     def settle(self) -> None:
-        """Count as undelivered what the group was handed after this plugin gave up."""
-        if self._gave_up_at is not None:
+        """Count as undelivered what the group was handed after this plugin gave up (a plugin
+        a reload took out was owed nothing after that)."""
+        if self._gave_up_at is not None and not self.retired:
             self.stats.undelivered += self.group.backlog.appended - self._gave_up_at
             self._gave_up_at = self.group.backlog.appended
 
@@ -315,7 +322,7 @@ class PluginRunner:
         if self._gave_up_at is not None:  # back from a quarantine served in this run
             self.settle()
             self._gave_up_at = None
-            self.group.backlog.subscribers.add(self.name)
+            self.group.backlog.subscribers.add(self.key)
             self.delivery.resume()
         try:
             child = await Child.start(
@@ -430,7 +437,7 @@ class PluginRunner:
             self._log.error("event dead-lettered", seq=piece.seqs[0], failure=verdict.detail)
             spent = self._budget.dead_letter(time.monotonic())
         if attribution.finished is not None:
-            await self.group.backlog.done(self.name, attribution.finished)
+            await self.group.backlog.done(self.key, attribution.finished)
             self._log.info("isolation finished", batch_events=len(attribution.finished))
         return spent
 
@@ -518,7 +525,7 @@ class PluginRunner:
         self._budget.processed(len(batch))
         finished = answered.finished
         if finished is not None:
-            await self.group.backlog.done(self.name, finished)
+            await self.group.backlog.done(self.key, finished)
             if batch.batch_id >= PIECE_ID_BASE:
                 self._log.info("isolation finished", batch_events=len(finished))
         self._wake.set()
@@ -528,6 +535,16 @@ class PluginRunner:
         self._pipeline.accept(self._source, findings)
 
     # -- shutdown -------------------------------------------------------------------------
+
+    def retire(self, reason: str) -> None:
+        """Owe this plugin no batch from now on; it finishes those it holds, then stops.
+
+        The caller flushes the group first, so that the cut is between two batches: every
+        event before it is this plugin's to process, every event after it its successor's.
+        """
+        self.retired = reason
+        self.group.backlog.subscribers.discard(self.key)
+        self._feed(lc.StopRequested(self.life.generation))
 
     async def wait_started(self) -> None:
         """Return once the first worker is running, or has failed to become so."""

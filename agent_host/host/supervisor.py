@@ -31,7 +31,7 @@ from agent_host.host.fanout import Group
 from agent_host.host.findings import FindingPipeline, FindingSink
 from agent_host.host.lifecycle import Phase
 from agent_host.host.limits import descendants_by_root
-from agent_host.host.manifest import Manifest
+from agent_host.host.manifest import Manifest, content_digest
 from agent_host.host.restart import RestartPolicy
 from agent_host.host.runner import PluginRunner
 from agent_host.host.session import SessionServer
@@ -89,6 +89,11 @@ class Supervisor:
         self.groups: dict[frozenset[EventKind], Group] = {}
         self._groups_by_kind: dict[EventKind, list[Group]] = {k: [] for k in EVENT_KINDS}
         self.plugins: dict[str, PluginRunner] = {}
+        #: Runners a reload took out (replaced or removed), kept for their accounts.
+        self.retired: list[PluginRunner] = []
+        self._digests: dict[str, str] = {}
+        self._instances = 0
+        self._keys: set[str] = set()
         self._seq = 0
         self.accepted = 0
         #: Events with none of process, file, network: skipped, counted, reported in the summary.
@@ -106,7 +111,7 @@ class Supervisor:
         return self._server.refused
 
     def _claim(self, worker_id: str, token: bytes) -> PluginRunner | None:
-        for runner in self.plugins.values():
+        for runner in self.runners:
             if runner.claim(worker_id, token):
                 return runner
         return None
@@ -129,40 +134,106 @@ class Supervisor:
             if await zygote.start():
                 self._spawner = zygote
         for manifest in self._manifests:
-            group = self.groups.get(manifest.subscribe)
-            if group is None:
-                group = Group(
-                    manifest.subscribe, self.config.batch_size, self.config.backlog_batches
-                )
-                self.groups[manifest.subscribe] = group
-                for kind in manifest.subscribe:
-                    self._groups_by_kind[kind].append(group)
-            self.plugins[manifest.name] = PluginRunner(
-                manifest,
-                group,
-                config=self.config,
-                socket_path=self.socket_path,
-                pipeline=self.findings,
-                restart_policy=self._restart_policy,
-                store=self.store,
-                spawner=self._spawner,
-                quarantine=self.store.quarantine_of(manifest.name, manifest.version),
-                cgroups=self._cgroups if self._cgroups and self._cgroups.available else None,
-            )
+            self.plugins[manifest.name] = self._runner_for(manifest)
+            self._digests[manifest.name] = content_digest(manifest.directory)
         self._background.append(asyncio.create_task(self._watch_workers()))
         for runner in self.plugins.values():
             runner.start()
         await asyncio.gather(*(r.wait_started() for r in self.plugins.values()))
         self._background.append(asyncio.create_task(self._flush_periodically()))
         for runner in self.plugins.values():
-            log.info(
-                "plugin started" if runner.phase is Phase.RUNNING else "plugin not started",
-                plugin=runner.name,
-                version=runner.manifest.version,
-                pid=runner.pid,
-                state=runner.phase.value,
-                subscribe=sorted(runner.manifest.subscribe),
-            )
+            self._log_start(runner)
+
+    def _log_start(self, runner: PluginRunner) -> None:
+        log.info(
+            "plugin started" if runner.phase is Phase.RUNNING else "plugin not started",
+            plugin=runner.name,
+            version=runner.manifest.version,
+            pid=runner.pid,
+            state=runner.phase.value,
+            subscribe=sorted(runner.manifest.subscribe),
+        )
+
+    def _group_for(self, kinds: frozenset[EventKind]) -> Group:
+        group = self.groups.get(kinds)
+        if group is None:
+            group = Group(kinds, self.config.batch_size, self.config.backlog_batches)
+            self.groups[kinds] = group
+            for kind in kinds:
+                self._groups_by_kind[kind].append(group)
+        return group
+
+    def _runner_for(self, manifest: Manifest) -> PluginRunner:
+        self._instances += 1
+        return PluginRunner(
+            manifest,
+            self._group_for(manifest.subscribe),
+            config=self.config,
+            socket_path=self.socket_path,
+            pipeline=self.findings,
+            restart_policy=self._restart_policy,
+            store=self.store,
+            spawner=self._spawner,
+            quarantine=self.store.quarantine_of(manifest.name, manifest.version),
+            cgroups=self._cgroups if self._cgroups and self._cgroups.available else None,
+            key=self._key_for(manifest.name),
+        )
+
+    def _key_for(self, name: str) -> str:
+        key = name if name not in self._keys else f"{name}#{self._instances}"
+        self._keys.add(key)
+        return key
+
+    @property
+    def runners(self) -> list[PluginRunner]:
+        """Every plugin's runner, those a reload took out included (for checks and accounts)."""
+        return [*self.retired, *self.plugins.values()]
+
+    async def reload(self, manifests: Iterable[Manifest]) -> dict[str, list[str]]:
+        """Take in a new plugin set: start the new plugins, replace the changed ones (a new
+        version, manifest or any file of the folder), retire the removed ones. The others keep
+        running and lose nothing.
+
+        Every group is flushed first, so that the cut between an old version and its successor
+        is between two batches: each event is processed by exactly one of them.
+        """
+        wanted = {m.name: m for m in manifests}
+        for group in self.groups.values():
+            await group.flush()
+        report: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "kept": []}
+        for name, runner in list(self.plugins.items()):
+            new = wanted.get(name)
+            if (
+                new is not None
+                and new == runner.manifest
+                and (content_digest(new.directory) == self._digests.get(name))
+            ):
+                report["kept"].append(name)
+                continue
+            if new is None:
+                runner.retire("removed by a reload")
+                report["removed"].append(name)
+            else:
+                runner.retire(f"replaced by version {new.version} in a reload")
+                report["changed"].append(name)
+            self.retired.append(runner)
+            del self.plugins[name]
+        started = []
+        for name, manifest in wanted.items():
+            if name in self.plugins:
+                continue
+            if name not in report["changed"]:
+                report["added"].append(name)
+            runner = self._runner_for(manifest)
+            self._digests[name] = content_digest(manifest.directory)
+            self.plugins[name] = runner
+            runner.start()
+            started.append(runner)
+        await asyncio.gather(*(r.wait_started() for r in started))
+        for runner in started:
+            self._log_start(runner)
+        log.info("plugins reloaded", **{k: sorted(v) for k, v in report.items()})
+        return report
 
     async def publish(self, event: Event) -> bool:
         """Accept one event: number it, stamp it, queue it for every group that wants its kind.
@@ -211,16 +282,17 @@ class Supervisor:
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            for runner in self.plugins.values():
+            runners = self.runners
+            for runner in runners:
                 runner.check(now)
             tick += 1
             if tick % every:
                 continue
-            pids = {r.pid for r in self.plugins.values() if r.pid and r.phase is Phase.RUNNING}
+            pids = {r.pid for r in runners if r.pid and r.phase is Phase.RUNNING}
             if not pids:
                 continue
             descendants = await asyncio.to_thread(descendants_by_root, pids)
-            for runner in self.plugins.values():
+            for runner in runners:
                 if runner.pid in descendants:
                     runner.sample_resources(now, descendants[runner.pid])
 
@@ -233,8 +305,8 @@ class Supervisor:
     async def stop(self) -> None:
         """Drain, then let every worker run on_stop and exit; close the socket."""
         await self.drain()
-        await asyncio.gather(*(r.stop(self.config.stop_timeout_s) for r in self.plugins.values()))
-        for runner in self.plugins.values():
+        await asyncio.gather(*(r.stop(self.config.stop_timeout_s) for r in self.runners))
+        for runner in self.runners:
             runner.settle()
         for task in self._background:
             task.cancel()
@@ -249,7 +321,7 @@ class Supervisor:
 
     async def abort(self) -> None:
         """Stop at once: kill every worker without draining (a second SIGINT)."""
-        for runner in self.plugins.values():
+        for runner in self.runners:
             runner.kill_now()
             await runner.close()
         await self._server.stop(0)

@@ -1,0 +1,79 @@
+"""SIGHUP to a running agent: the plugin set is reloaded (one added, one changed, one removed)
+and the findings file reopened after a logrotate-style rename; nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.helpers import TEST_PLUGINS
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def copy_plugin(source: str, root: Path, name: str, version: str = "1.0") -> None:
+    folder = root / name
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(TEST_PLUGINS / source, folder)
+    toml = folder / "plugin.toml"
+    text = re.sub(r'(?m)^name = ".*"$', f'name = "{name}"', toml.read_text())
+    toml.write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', text))
+
+
+def test_sighup_reloads_plugins_and_reopens_findings(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    copy_plugin("exec_from_tmp", plugins, "catcher")
+    copy_plugin("tally", plugins, "changed")
+    copy_plugin("tally", plugins, "removed")
+    findings, summary = tmp_path / "findings.jsonl", tmp_path / "summary.json"
+    agent = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "agent_host", "--log-format", "json", "run"),
+            *("--source", "synthetic", "--rate", "500", "--duration", "6"),
+            *("--plugins", str(plugins), "--findings", str(findings), "--quiet"),
+            *("--summary-json", str(summary), "--state-dir", str(tmp_path / "state")),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    deadline = time.monotonic() + 60
+    while not (findings.exists() and findings.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    findings.rename(tmp_path / "findings.jsonl.1")  # as logrotate does
+    copy_plugin("tally", plugins, "changed", version="1.1")
+    shutil.rmtree(plugins / "removed")
+    copy_plugin("tally", plugins, "added")
+    agent.send_signal(signal.SIGHUP)
+    _, stderr = agent.communicate(timeout=120)
+    assert agent.returncode == 0, stderr[-3000:]
+    logs = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    (reloaded,) = [e for e in logs if e["event"] == "plugins reloaded"]
+    assert (reloaded["added"], reloaded["changed"], reloaded["removed"], reloaded["kept"]) == (
+        ["added"],
+        ["changed"],
+        ["removed"],
+        ["catcher"],
+    )
+    rows = {(r["plugin"], r["version"]): r for r in json.loads(summary.read_text())["plugins"]}
+    steady = rows[("catcher", "1.0")]["processed"]
+    assert rows[("catcher", "1.0")]["restarts"] == {}
+    old, new = rows[("changed", "1.0")], rows[("changed", "1.1")]
+    assert old["processed"] + new["processed"] == steady  # exactly one version each
+    assert rows[("removed", "1.0")]["processed"] == old["processed"]
+    assert rows[("added", "1.0")]["processed"] == new["processed"]
+    assert rows[("removed", "1.0")]["reason"] == "removed by a reload"
+    assert all(r["undelivered"] == 0 and r["state"] == "stopped" for r in rows.values())
+    # Findings before the rename are in the old file, those after in a new one.
+    assert (tmp_path / "findings.jsonl.1").read_text().strip()
+    after = [json.loads(line) for line in findings.read_text().splitlines()]
+    assert {f["plugin"] for f in after if f["rule"] == "tally"} == {"changed", "removed", "added"}
