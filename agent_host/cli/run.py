@@ -188,6 +188,7 @@ async def host(args: argparse.Namespace) -> int:
     sup = Supervisor(config, discovery.manifests, sink)
     signals = _Signals(reload=True)
     started = time.monotonic()
+    code = EXIT_OK
     try:
         await sup.start()
         if not any(r.phase is Phase.RUNNING for r in sup.plugins.values()):
@@ -205,12 +206,12 @@ async def host(args: argparse.Namespace) -> int:
             log.warning("second signal: stopping without draining")
             finish.cancel()
             await sup.abort()
-            return EXIT_ABORTED
+            code = EXIT_ABORTED  # and still the summary: what was done, and what was not
         aborting.cancel()
     finally:
         sink.close()
     _report(args, sup, source, time.monotonic() - started)
-    return EXIT_OK
+    return code
 
 
 def _report(

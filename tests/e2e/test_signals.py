@@ -1,5 +1,6 @@
-"""SIGHUP to a running agent: the plugin set is reloaded (one added, one changed, one removed)
-and the findings file reopened after a logrotate-style rename; nothing is lost."""
+"""Signals to a running agent. SIGHUP: the plugin set is reloaded (one added, one changed, one
+removed) and the findings file reopened after a logrotate-style rename; nothing is lost. A
+second SIGINT: the agent stops at once and still writes its summary."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.helpers import TEST_PLUGINS
+from tests.helpers import TEST_PLUGINS, exec_event, make_plugin, recording
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,3 +78,43 @@ def test_sighup_reloads_plugins_and_reopens_findings(tmp_path: Path) -> None:
     assert (tmp_path / "findings.jsonl.1").read_text().strip()
     after = [json.loads(line) for line in findings.read_text().splitlines()]
     assert {f["plugin"] for f in after if f["rule"] == "tally"} == {"changed", "removed", "added"}
+
+
+SLOW = """\
+import time
+from agent_host.sdk import Plugin
+
+class Detector(Plugin):
+    def on_event(self, event):
+        time.sleep(1)
+"""
+
+
+def test_a_second_signal_stops_at_once_and_still_writes_the_summary(tmp_path: Path) -> None:
+    make_plugin(tmp_path / "plugins", "slow", SLOW, extra_toml="[limits]\nbatch_deadline_s = 60\n")
+    recording(tmp_path / "rec.jsonl", [exec_event("/usr/bin/id", pid=i) for i in range(1, 61)])
+    summary = tmp_path / "summary.json"
+    agent = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "agent_host", "--log-format", "json", "replay", "rec.jsonl"),
+            *("--plugins", "plugins", "--quiet", "--batch-size", "1"),
+            *("--summary-json", str(summary), "--state-dir", str(tmp_path / "state")),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    time.sleep(3)  # started, and a minute of work ahead of it
+    agent.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    started = time.monotonic()
+    agent.send_signal(signal.SIGINT)
+    _, stderr = agent.communicate(timeout=60)
+    assert time.monotonic() - started < 30  # at once, not after the minute of work
+    assert agent.returncode == 130
+    assert "second signal: stopping without draining" in stderr
+    row = json.loads(summary.read_text())["plugins"][0]
+    assert row["plugin"] == "slow"
+    assert 0 < row["delivered"] < 60
