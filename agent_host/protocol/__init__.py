@@ -74,6 +74,7 @@ __all__ = [
     "event_record",
     "message_from_json",
     "message_to_json",
+    "varint",
 ]
 
 EventKind = Literal["process", "file", "network"]
@@ -98,7 +99,8 @@ def event_kind(event: Event) -> EventKind | None:
     return event.WhichOneof("kind")
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """``value`` as a protobuf base-128 varint (lengths in frames and recordings)."""
     if value < 0x80:  # the common cases first: most events are under 16 KiB
         return bytes((value,))
     if value < 0x4000:
@@ -121,17 +123,17 @@ def batch_frame(serialized_batch: bytes) -> bytes:
     bytes field, so the host serializes each batch once and wraps the same bytes for every worker
     with a two-to-six byte prefix instead of re-encoding every event per worker.
     """
-    return _HOST_MESSAGE_BATCH_TAG + _varint(len(serialized_batch)) + serialized_batch
+    return _HOST_MESSAGE_BATCH_TAG + varint(len(serialized_batch)) + serialized_batch
 
 
 def event_record(serialized_event: bytes) -> bytes:
     """``serialized_event`` encoded as one element of ``EventBatch.events``."""
-    return _EVENT_BATCH_EVENTS_TAG + _varint(len(serialized_event)) + serialized_event
+    return _EVENT_BATCH_EVENTS_TAG + varint(len(serialized_event)) + serialized_event
 
 
 def batch_payload(batch_id: int, records: list[bytes]) -> bytes:
     """A serialized EventBatch made of records from :func:`event_record`."""
-    return b"".join([_EVENT_BATCH_ID_TAG, _varint(batch_id), *records])
+    return b"".join([_EVENT_BATCH_ID_TAG, varint(batch_id), *records])
 
 
 def message_to_json(message: Event | Finding) -> str:

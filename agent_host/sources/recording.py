@@ -27,7 +27,7 @@ import orjson
 from google.protobuf import json_format
 
 from agent_host.errors import RecordingError
-from agent_host.protocol import Event, event_kind, message_to_json
+from agent_host.protocol import Event, event_kind, message_to_json, varint
 
 MAGIC: Final = b"\x93AHREC"
 VERSION: Final = 1
@@ -134,18 +134,6 @@ def parse_event_line(line: str | bytes, path: str, number: int) -> Event:
     if event_kind(event) is None:
         raise RecordingError(path, number, "event has none of process, file, network")
     return event
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def is_binary(path: Path) -> bool:
@@ -267,7 +255,7 @@ class RecordingWriter:
     def write(self, event: Event) -> None:
         if self._binary:
             data = event.SerializeToString()
-            self._out.write(_varint(len(data)) + data)
+            self._out.write(varint(len(data)) + data)
         else:
             self._out.write(message_to_json(event).encode() + b"\n")
 

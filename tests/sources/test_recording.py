@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import json_format
 
 from agent_host.errors import RecordingError
-from agent_host.protocol import Event, FileEvent, NetworkEvent, ProcessEvent
+from agent_host.protocol import Event, FileEvent, NetworkEvent, ProcessEvent, varint
 from agent_host.sources import recording
 from agent_host.sources.recording import parse_event_line, read_recording, write_recording
 from tests.helpers import agent_host, use_plugin
@@ -124,7 +124,7 @@ class TestBinary:
 
     def record(self, event: Event) -> bytes:
         data = event.SerializeToString()
-        return recording._varint(len(data)) + data
+        return varint(len(data)) + data
 
     def test_a_garbage_record_is_skipped(self, tmp_path: Path) -> None:
         path = tmp_path / "r"
