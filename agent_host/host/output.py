@@ -13,7 +13,7 @@ from typing import Final
 
 import structlog
 
-from agent_host.host.untrusted import printable
+from agent_host.host.untrusted import RateLimit, printable
 
 log = structlog.get_logger("agent_host")
 
@@ -26,9 +26,7 @@ async def relay_output(stream: asyncio.StreamReader, plugin: str, pid: int, name
     """Log ``stream`` line by line until it closes."""
     out = log.bind(plugin=plugin, pid=pid, stream=name)
     pending = b""
-    allowance = LINES_PER_S
-    last = time.monotonic()
-    suppressed = 0
+    limit = RateLimit(LINES_PER_S)
     while chunk := await stream.read(_CHUNK):
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
@@ -36,19 +34,14 @@ async def relay_output(stream: asyncio.StreamReader, plugin: str, pid: int, name
             lines.append(pending)
             pending = b""
         now = time.monotonic()
-        allowance = min(LINES_PER_S, allowance + (now - last) * LINES_PER_S)
-        last = now
         for line in lines:
-            if allowance < 1:
-                suppressed += 1
+            if not limit.allow(now):
                 continue
-            allowance -= 1
-            if suppressed:
+            if suppressed := limit.take_suppressed():
                 out.warning("plugin output suppressed", lines=suppressed, limit_per_s=LINES_PER_S)
-                suppressed = 0
             text = printable(line[:LINE_MAX].decode("utf-8", "replace").rstrip("\r"))
             if len(line) > LINE_MAX:
                 text += f" ... ({len(line) - LINE_MAX} bytes cut)"
             out.info("plugin output", line=text)
-    if suppressed:
+    if suppressed := limit.take_suppressed():
         out.warning("plugin output suppressed", lines=suppressed, limit_per_s=LINES_PER_S)
