@@ -92,7 +92,6 @@ class Supervisor:
         #: Runners a reload took out (replaced or removed), kept for their accounts.
         self.retired: list[PluginRunner] = []
         self._digests: dict[str, str] = {}
-        self._instances = 0
         self._keys: set[str] = set()
         self._seq = 0
         self.accepted = 0
@@ -164,7 +163,6 @@ class Supervisor:
         return group
 
     def _runner_for(self, manifest: Manifest) -> PluginRunner:
-        self._instances += 1
         return PluginRunner(
             manifest,
             self._group_for(manifest.subscribe),
@@ -180,7 +178,7 @@ class Supervisor:
         )
 
     def _key_for(self, name: str) -> str:
-        key = name if name not in self._keys else f"{name}#{self._instances}"
+        key = name if name not in self._keys else f"{name}#{len(self._keys)}"
         self._keys.add(key)
         return key
 
@@ -198,16 +196,13 @@ class Supervisor:
         is between two batches: each event is processed by exactly one of them.
         """
         wanted = {m.name: m for m in manifests}
+        digests = {name: content_digest(m.directory) for name, m in wanted.items()}
         for group in self.groups.values():
             await group.flush()
         report: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "kept": []}
         for name, runner in list(self.plugins.items()):
             new = wanted.get(name)
-            if (
-                new is not None
-                and new == runner.manifest
-                and (content_digest(new.directory) == self._digests.get(name))
-            ):
+            if new == runner.manifest and digests[name] == self._digests.get(name):
                 report["kept"].append(name)
                 continue
             if new is None:
@@ -225,7 +220,7 @@ class Supervisor:
             if name not in report["changed"]:
                 report["added"].append(name)
             runner = self._runner_for(manifest)
-            self._digests[name] = content_digest(manifest.directory)
+            self._digests[name] = digests[name]
             self.plugins[name] = runner
             runner.start()
             started.append(runner)
