@@ -134,14 +134,13 @@ class Cgroups:
     def available(self) -> bool:
         return bool(self._bases)
 
-    @staticmethod
-    def _remove_stale(parent: Path) -> None:
+    def _remove_stale(self, parent: Path) -> None:
         """Remove the (empty) cgroups left by hosts that are gone."""
         for old in parent.glob("agent-host-*"):
             pid = old.name.removeprefix("agent-host-")
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
                 for child in sorted(old.glob("*/"), reverse=True):
-                    WorkerCgroup((child,), 1).kill_all()
+                    WorkerCgroup((child,), self.version).kill_all()
                     with contextlib.suppress(OSError):
                         child.rmdir()
                 with contextlib.suppress(OSError):
