@@ -5,6 +5,7 @@
     ├── ManifestError        a plugin.toml that cannot be used      (path, key)
     ├── RecordingError       an event line that cannot be parsed    (path, line)
     ├── ConfigError          a bad host setting                     (key)
+    ├── SandboxUnavailableError   a strict sandbox layer the machine lacks (layer)
     └── ProtocolError        a worker broke the session protocol    (plugin)
 
 Each carries the structured fields that name the thing at fault, and its message says what to fix.
@@ -67,3 +68,15 @@ class ProtocolError(AgentHostError):
         self.plugin = plugin
         self.message = message
         super().__init__(f"plugin {plugin}: {message}")
+
+
+class SandboxUnavailableError(AgentHostError):
+    """Under ``--sandbox strict``, a layer of the workers' sandbox cannot be applied here."""
+
+    def __init__(self, layer: str, reason: str) -> None:
+        self.layer = layer
+        self.reason = reason
+        super().__init__(
+            f"sandbox layer unavailable: {layer}: {reason} "
+            "(strict: no worker runs without it; --sandbox warn runs them without it)"
+        )

@@ -14,7 +14,6 @@ import secrets
 import signal
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import psutil
 import structlog
@@ -22,6 +21,7 @@ import structlog
 from agent_host.host.cgroups import Cgroups, WorkerCgroup
 from agent_host.host.limits import ResourceMonitor, apply_hard_limits
 from agent_host.host.manifest import Manifest
+from agent_host.host.sandbox import WorkerSandbox
 from agent_host.host.spawn import Spawner, WorkerProcess
 from agent_host.protocol import SECRET_BYTES
 
@@ -58,7 +58,7 @@ class Child:
     async def start(
         cls,
         spawner: Spawner,
-        socket_path: Path,
+        sandbox: WorkerSandbox,
         manifest: Manifest,
         cgroups: Cgroups | None,
         log: structlog.typing.FilteringBoundLogger,
@@ -66,9 +66,9 @@ class Child:
         """Start a worker for ``manifest`` and hand it a fresh secret; raises OSError."""
         worker_id = uuid.uuid4().hex
         token = secrets.token_bytes(SECRET_BYTES)
-        proc = await spawner.spawn(
-            ["--socket", str(socket_path), "--worker-id", worker_id], manifest.directory
-        )
+        args = ["--socket", str(sandbox.socket_path), "--worker-id", worker_id]
+        args += ["--sandbox", sandbox.policy_argument()]
+        proc = await spawner.spawn(args, manifest.directory)
         log = log.bind(pid=proc.pid)
         monitor = None
         try:

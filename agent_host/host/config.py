@@ -6,11 +6,21 @@ checked when the object is made, so a bad one fails at start-up with the setting
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Final
 
 from agent_host.errors import ConfigError
+from agent_host.host.caps import Caps
+
+SANDBOX_MODES: Final = ("strict", "warn")
+
+
+def default_sandbox_mode() -> str:
+    """Strict where every layer can be had (as root); a warning per missing layer elsewhere."""
+    return "strict" if os.geteuid() == 0 else "warn"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +61,13 @@ class HostConfig:
     cgroups: bool = True
     #: Fork workers from a pre-initialised zygote (fast restarts) rather than exec each one.
     zygote: bool = True
+    #: "strict": a worker whose sandbox misses a layer does not run; "warn": it runs without
+    #: that layer, and the host says so once per layer.
+    sandbox: str = field(default_factory=default_sandbox_mode)
+    #: The size of each worker's private /tmp, in MiB (its pages count against its cgroup).
+    scratch_mb: int = 64
+    #: What a manifest may ask for (limits and permissions).
+    caps: Caps = field(default_factory=Caps)
     #: The host name stamped on events and findings that carry none.
     hostname: str = field(default_factory=socket.gethostname)
     #: Where the host keeps state across runs (quarantine, dead letters); None for no state.
@@ -61,6 +78,8 @@ class HostConfig:
             value = getattr(self, f.name)
             if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
                 raise ConfigError(f.name, f"must be positive, got {value!r}")
+        if self.sandbox not in SANDBOX_MODES:
+            raise ConfigError("sandbox", f"one of {', '.join(SANDBOX_MODES)}, got {self.sandbox!r}")
         if self.poison_max_share > 1:
             raise ConfigError("poison_max_share", f"at most 1, got {self.poison_max_share}")
         if self.batch_size > 65_536:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -57,6 +58,57 @@ class Limits:
         return cls(**values)
 
 
+#: Never grantable: the whole filesystem, and the kernel's own interfaces.
+_UNGRANTABLE: Final = frozenset({"/", "/proc", "/sys", "/dev", "/run"})
+
+
+@dataclass(frozen=True, slots=True)
+class Permissions:
+    """What a plugin needs beyond the default nothing, as its ``[permissions]`` table says.
+
+    Granted only as far as the operator allows (``host.caps``), and still as the worker's own
+    unprivileged user: a file its owner keeps to itself stays unreadable.
+    """
+
+    #: Files and folders it may read (read-only, at their own paths), besides its own folder.
+    read: tuple[str, ...] = ()
+    #: The host's network (no network namespace) and TCP/UDP sockets.
+    network: bool = False
+    #: Executing programs (execve).
+    exec: bool = False
+
+    @classmethod
+    def from_table(cls, path: Path, table: Mapping[str, Any]) -> Permissions:
+        known = {"read", "network", "exec"}
+        for key in table:
+            if key not in known:
+                raise ManifestError(
+                    path,
+                    f"unknown permission; known: {', '.join(sorted(known))}",
+                    key=f"permissions.{key}",
+                )
+        for key in ("network", "exec"):
+            if not isinstance(table.get(key, False), bool):
+                raise ManifestError(path, "must be true or false", key=f"permissions.{key}")
+        read = table.get("read", [])
+        if not isinstance(read, list) or not all(isinstance(p, str) for p in read):
+            raise ManifestError(path, "must be a list of paths", key="permissions.read")
+        return cls(
+            tuple(_grantable(path, entry) for entry in read),
+            network=table.get("network", False),
+            exec=table.get("exec", False),
+        )
+
+
+def _grantable(path: Path, entry: str) -> str:
+    normal = os.path.normpath(entry) if entry else entry
+    if not normal.startswith("/") or ".." in Path(normal).parts:
+        raise ManifestError(path, f"{entry!r} is not an absolute path", key="permissions.read")
+    if normal in _UNGRANTABLE or normal.startswith(("/proc/", "/sys/", "/dev/")):
+        raise ManifestError(path, f"{entry!r} cannot be granted", key="permissions.read")
+    return normal
+
+
 @dataclass(frozen=True, slots=True)
 class Manifest:
     """A validated plugin manifest."""
@@ -67,6 +119,7 @@ class Manifest:
     subscribe: frozenset[EventKind]
     directory: Path
     limits: Limits = field(default_factory=Limits)
+    permissions: Permissions = field(default_factory=Permissions)
     config: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
 
@@ -125,9 +178,12 @@ class Manifest:
                 key="plugin.subscribe",
             )
         limits = data.get("limits", {})
+        permissions = data.get("permissions", {})
         config = data.get("config", {})
         if not isinstance(limits, dict):
             raise ManifestError(path, "must be a table", key="limits")
+        if not isinstance(permissions, dict):
+            raise ManifestError(path, "must be a table", key="permissions")
         if not isinstance(config, dict):
             raise ManifestError(path, "must be a table", key="config")
         description = plugin.get("description", "")
@@ -138,6 +194,7 @@ class Manifest:
             subscribe=frozenset(subscribe),
             directory=path.parent.resolve(),
             limits=Limits.from_table(path, limits),
+            permissions=Permissions.from_table(path, permissions),
             config=config,
             description=description if isinstance(description, str) else "",
         )

@@ -42,6 +42,8 @@ from agent_host.host.manifest import Manifest
 from agent_host.host.output import relay_output
 from agent_host.host.poison import Attribution, PoisonBudget
 from agent_host.host.restart import RestartPolicy
+from agent_host.host.sandbox import WorkerSandbox
+from agent_host.host.session import SessionServer
 from agent_host.host.spawn import Spawner, WorkerProcess
 from agent_host.host.stats import PluginStats
 from agent_host.host.store import Quarantine, StateStore
@@ -68,7 +70,7 @@ class PluginRunner:
         group: Group,
         *,
         config: HostConfig,
-        socket_path: Path,
+        sandbox: WorkerSandbox,
         pipeline: FindingPipeline,
         restart_policy: RestartPolicy,
         store: StateStore,
@@ -86,7 +88,8 @@ class PluginRunner:
         self.group = group
         self.stats = PluginStats()
         self._config = config
-        self._socket_path = socket_path
+        self.sandbox = sandbox
+        self._server: SessionServer | None = None
         self._pipeline = pipeline
         self._store = store
         self._spawner = spawner
@@ -325,8 +328,9 @@ class PluginRunner:
             self.group.backlog.subscribers.add(self.key)
             self.delivery.resume()
         try:
+            await self._serve_sessions()
             child = await Child.start(
-                self._spawner, self._socket_path, self.manifest, self._cgroups, self._log
+                self._spawner, self.sandbox, self.manifest, self._cgroups, self._log
             )
         except OSError as exc:
             self._log.error("worker could not be started", error=str(exc))
@@ -341,6 +345,34 @@ class PluginRunner:
                 self._relays.add(self._background(relay_output(stream, self.name, proc.pid, name)))
         self._background(self._watch(child, generation))
         return lc.Spawned(generation, child.pid)
+
+    async def _serve_sessions(self) -> None:
+        """Open this plugin's own session socket, once (its folder is its workers' alone)."""
+        if self._server is not None:
+            return
+        server = SessionServer(self.sandbox.socket_path, self._claim)
+        try:
+            await server.start()
+            self.sandbox.secure_socket()
+        except (OSError, RuntimeError) as exc:
+            await server.stop(0)
+            raise OSError(f"cannot serve {self.sandbox.socket_path}: {exc}") from exc
+        self._server = server
+
+    async def close_sessions(self, grace: float) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.sandbox.socket_path
+
+    @property
+    def refused_sessions(self) -> int:
+        return self._server.refused if self._server is not None else 0
+
+    def _claim(self, worker_id: str, token: bytes) -> PluginRunner | None:
+        return self if self.claim(worker_id, token) else None
 
     def claim(self, worker_id: str, token: bytes) -> bool:
         """Whether ``token`` is the current spawn's secret (which opens one session only)."""

@@ -1,8 +1,11 @@
-"""The host's gRPC server: one Unix socket in a private directory, one session per worker.
+"""The host's gRPC server for one plugin: a Unix socket in a folder that only its workers' uid
+may enter, one session per worker.
 
 A connection counts for nothing until its first message is a Hello carrying the secret the host
-created for that spawn. Handlers are registered by hand so that the host can write pre-framed
-bytes (see ``protocol.batch_frame``) while the worker still reads typed HostMessages.
+created for that spawn; and since each plugin has a socket of its own, a secret, however it was
+learnt, opens only its own plugin's session. Handlers are registered by hand so that the host
+can write pre-framed bytes (see ``protocol.batch_frame``) while the worker still reads typed
+HostMessages.
 """
 
 from __future__ import annotations
@@ -10,12 +13,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import grpc
 import structlog
 
-from agent_host.host.runner import PluginRunner
 from agent_host.protocol import MAX_MESSAGE_BYTES, WorkerMessage
 
 log = structlog.get_logger("agent_host")
@@ -23,7 +25,18 @@ log = structlog.get_logger("agent_host")
 SERVICE: Final = "agent_host.protocol.v1.WorkerSession"
 HELLO_TIMEOUT_S: Final = 5.0
 
-Claim = Callable[[str, bytes], PluginRunner | None]
+
+class Conversant(Protocol):
+    """Who holds a session once it is claimed: the plugin's runner."""
+
+    async def converse(
+        self,
+        requests: AsyncIterator[WorkerMessage],
+        context: grpc.aio.ServicerContext[WorkerMessage, bytes],
+    ) -> None: ...
+
+
+Claim = Callable[[str, bytes], Conversant | None]
 
 
 class SessionServer:
@@ -36,9 +49,9 @@ class SessionServer:
             options=[
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                # Workers are local and few; a bounded number of concurrent sessions keeps a rogue
-                # process on the socket from piling up handlers.
-                ("grpc.max_concurrent_streams", 1024),
+                # One worker at a time; a bound keeps a rogue process on the socket from piling
+                # up handlers.
+                ("grpc.max_concurrent_streams", 16),
             ]
         )
         handler: grpc.RpcMethodHandler[WorkerMessage, bytes]

@@ -25,6 +25,7 @@ log = structlog.get_logger("agent_host")
 
 _WORKER_MAIN: Final = "import sys; from agent_host.worker.boot import main; sys.exit(main())"
 _ZYGOTE_MAIN: Final = "import sys; from agent_host.worker.zygote import main; main()"
+_PROBE_MAIN: Final = "from agent_host.worker.sandbox.probe import main; main()"
 
 
 #: Where the worker may find agent_host itself, whether installed or run from a checkout.
@@ -39,6 +40,25 @@ def worker_env() -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
         "LANG": os.environ.get("LANG", "C.UTF-8"),
     }
+
+
+async def probe_sandbox(timeout: float = 30.0) -> str:
+    """Run the sandbox probe in a fresh interpreter (where there is no zygote to ask); returns
+    its report (base64 SandboxReport), or "" if it could not run."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _PROBE_MAIN,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=worker_env(),
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except (OSError, TimeoutError):
+        return ""
+    return out.decode().strip()
 
 
 class WorkerProcess(Protocol):
@@ -143,6 +163,9 @@ class ZygoteSpawner:
         self._children: dict[int, ZygoteChild] = {}
         self._ready: asyncio.Future[None] | None = None
         self._ids = 0
+        #: What the zygote's probe found this machine's sandbox can apply (base64
+        #: SandboxReport), as it said in its "ready".
+        self.sandbox_probe = ""
 
     @property
     def alive(self) -> bool:
@@ -206,6 +229,7 @@ class ZygoteSpawner:
     def _dispatch(self, message: dict[str, Any]) -> None:
         op = message.get("op")
         if op == "ready" and self._ready is not None and not self._ready.done():
+            self.sandbox_probe = str(message.get("sandbox", ""))
             self._ready.set_result(None)
         elif op == "spawned":
             waiter = self._pending.pop(message["id"], None)
@@ -253,7 +277,13 @@ class ZygoteSpawner:
         self._pending[request_id] = waiter
         try:
             argv = [*args, "--parent-pid", str(self.parent_pid)]
-            request = {"op": "spawn", "id": request_id, "cwd": str(cwd), "argv": argv}
+            request = {
+                "op": "spawn",
+                "id": request_id,
+                "cwd": str(cwd),
+                "argv": argv,
+                "sandbox": True,
+            }
             socket.send_fds(sock, [json.dumps(request).encode()], theirs)
         finally:
             for fd in theirs:

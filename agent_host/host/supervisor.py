@@ -25,6 +25,7 @@ from typing import Final
 
 import structlog
 
+from agent_host.errors import SandboxUnavailableError
 from agent_host.host.cgroups import Cgroups
 from agent_host.host.config import HostConfig
 from agent_host.host.fanout import Group
@@ -34,10 +35,18 @@ from agent_host.host.limits import descendants_by_root
 from agent_host.host.manifest import Manifest, content_digest
 from agent_host.host.restart import RestartPolicy
 from agent_host.host.runner import PluginRunner
-from agent_host.host.session import SessionServer
-from agent_host.host.spawn import ExecSpawner, Spawner, ZygoteSpawner
+from agent_host.host.sandbox import WorkerSandbox, decode_report, for_plugin
+from agent_host.host.spawn import ExecSpawner, Spawner, ZygoteSpawner, probe_sandbox
 from agent_host.host.store import StateStore
-from agent_host.protocol import EVENT_KINDS, Event, EventKind, event_kind, event_record
+from agent_host.protocol import (
+    EVENT_KINDS,
+    Event,
+    EventKind,
+    SandboxLayer,
+    SandboxReport,
+    event_kind,
+    event_record,
+)
 
 log = structlog.get_logger("agent_host")
 
@@ -81,11 +90,11 @@ class Supervisor:
         self.findings = FindingPipeline(sink, config.hostname)
         self._restart_policy = restart_policy or RestartPolicy()
         self.store = StateStore(config.state_dir)
-        self._manifests = list(manifests)
+        self._manifests = self._admitted(manifests)
         remove_stale_runtime_dirs()
         # Mode 0700, named by this host's pid so that a later host can tell it is stale.
         self._runtime_dir = Path(tempfile.mkdtemp(prefix=f"agent-host-{os.getpid()}-"))
-        self._server = SessionServer(self._runtime_dir / "host.sock", self._claim)
+        self._slots = 0
         self.groups: dict[frozenset[EventKind], Group] = {}
         self._groups_by_kind: dict[EventKind, list[Group]] = {k: [] for k in EVENT_KINDS}
         self.plugins: dict[str, PluginRunner] = {}
@@ -100,38 +109,42 @@ class Supervisor:
         self._background: list[asyncio.Task[None]] = []
         self._spawner: Spawner = ExecSpawner()
         self._cgroups: Cgroups | None = None
+        #: What every worker's sandbox holds on this machine (known once started).
+        self.sandbox = SandboxReport()
 
-    @property
-    def socket_path(self) -> Path:
-        return self._server.socket_path
+    def _admitted(self, manifests: Iterable[Manifest]) -> list[Manifest]:
+        """The manifests that ask for no more than the operator's caps allow."""
+        admitted = []
+        for manifest in manifests:
+            refusal = self.config.caps.check(manifest)
+            if refusal is None:
+                admitted.append(manifest)
+            else:
+                log.error("plugin refused: it asks for more than allowed", error=str(refusal))
+        return admitted
 
     @property
     def refused_sessions(self) -> int:
-        return self._server.refused
-
-    def _claim(self, worker_id: str, token: bytes) -> PluginRunner | None:
-        for runner in self.runners:
-            if runner.claim(worker_id, token):
-                return runner
-        return None
+        return sum(runner.refused_sessions for runner in self.runners)
 
     async def start(self) -> None:
         """Open the socket, spawn every worker, and wait until each is ready or has failed."""
         not_dumpable()
         if self.config.cgroups:
             self._cgroups = Cgroups()
-            if self._cgroups.available:
-                log.info("sandbox layer active: cgroup", version=self._cgroups.version)
-            else:
-                log.warning(
-                    "sandbox layer unavailable: cgroup; workers' leftovers are killed by pid",
-                    reason=self._cgroups.unavailable,
-                )
-        await self._server.start()
+        probe = ""
         if self.config.zygote:
             zygote = ZygoteSpawner()
             if await zygote.start():
                 self._spawner = zygote
+                probe = zygote.sandbox_probe
+        try:
+            self.sandbox = self._machine_sandbox(probe or await probe_sandbox())
+        except SandboxUnavailableError:
+            await self._spawner.close()
+            shutil.rmtree(self._runtime_dir, ignore_errors=True)
+            self.store.close()
+            raise
         for manifest in self._manifests:
             self.plugins[manifest.name] = self._runner_for(manifest)
             self._digests[manifest.name] = content_digest(manifest.directory)
@@ -142,6 +155,33 @@ class Supervisor:
         self._background.append(asyncio.create_task(self._flush_periodically()))
         for runner in self.plugins.values():
             self._log_start(runner)
+
+    def _machine_sandbox(self, probe: str) -> SandboxReport:
+        """What every worker's sandbox holds on this machine; each missing layer said once,
+        and under a strict sandbox, an error."""
+        report = decode_report(probe) or SandboxReport()
+        if not report.layers:
+            report.layers.add(name="seccomp", active=False, reason="the probe did not run")
+        cgroup = report.layers.add(name="cgroup", active=self._cgroups is not None)
+        if self._cgroups is None:
+            cgroup.reason = "turned off in the host's settings"
+        elif not self._cgroups.available:
+            cgroup.active, cgroup.reason = False, self._cgroups.unavailable
+        session = report.layers.add(name="session", active=os.geteuid() == 0)
+        if not session.active:
+            session.reason = "the host is not root: every process of its user may connect"
+        active = [layer.name for layer in report.layers if layer.active]
+        log.info("sandbox layers active", layers=" ".join(active), mode=self.config.sandbox)
+        for layer in report.layers:
+            if not layer.active:
+                log.warning(f"sandbox layer unavailable: {layer.name}", reason=layer.reason)
+                chosen_off = layer.name == "cgroup" and not self.config.cgroups
+                if self.config.sandbox == "strict" and not chosen_off:
+                    raise SandboxUnavailableError(layer.name, layer.reason)
+        return report
+
+    def layers_of(self, runner: PluginRunner) -> list[SandboxLayer]:
+        return for_plugin(self.sandbox, runner.manifest)
 
     def _log_start(self, runner: PluginRunner) -> None:
         log.info(
@@ -167,7 +207,7 @@ class Supervisor:
             manifest,
             self._group_for(manifest.subscribe),
             config=self.config,
-            socket_path=self.socket_path,
+            sandbox=self._sandbox_for(manifest),
             pipeline=self.findings,
             restart_policy=self._restart_policy,
             store=self.store,
@@ -176,6 +216,10 @@ class Supervisor:
             cgroups=self._cgroups if self._cgroups and self._cgroups.available else None,
             key=self._key_for(manifest.name),
         )
+
+    def _sandbox_for(self, manifest: Manifest) -> WorkerSandbox:
+        self._slots += 1
+        return WorkerSandbox(self.config, manifest, self._runtime_dir, self._slots)
 
     def _key_for(self, name: str) -> str:
         key = name if name not in self._keys else f"{name}#{len(self._keys)}"
@@ -195,7 +239,7 @@ class Supervisor:
         Every group is flushed first, so that the cut between an old version and its successor
         is between two batches: each event is processed by exactly one of them.
         """
-        wanted = {m.name: m for m in manifests}
+        wanted = {m.name: m for m in self._admitted(manifests)}
         digests = {name: content_digest(m.directory) for name, m in wanted.items()}
         for group in self.groups.values():
             await group.flush()
@@ -307,7 +351,8 @@ class Supervisor:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self._server.stop()
+        for runner in self.runners:
+            await runner.close_sessions(1.0)
         await self._spawner.close()
         if self._cgroups is not None:
             self._cgroups.close()
@@ -319,7 +364,8 @@ class Supervisor:
         for runner in self.runners:
             runner.kill_now()
             await runner.close()
-        await self._server.stop(0)
+        for runner in self.runners:
+            await runner.close_sessions(0)
         await self._spawner.close()
         if self._cgroups is not None:
             self._cgroups.close()

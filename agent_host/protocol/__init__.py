@@ -20,6 +20,7 @@ from agent_host.protocol.v1.event_pb2 import (
     ProcessEvent,
 )
 from agent_host.protocol.v1.finding_pb2 import Finding
+from agent_host.protocol.v1.sandbox_pb2 import SandboxLayer, SandboxPolicy, SandboxReport
 from agent_host.protocol.v1.session_pb2 import (
     BatchResult,
     Heartbeat,
@@ -43,6 +44,7 @@ from agent_host.protocol.v1.session_pb2_grpc import (
 __all__ = [
     "EVENT_KINDS",
     "MAX_MESSAGE_BYTES",
+    "SANDBOX_LAYERS",
     "SECRET_BYTES",
     "ZYGOTE_MAX_MESSAGE_BYTES",
     "BatchResult",
@@ -60,6 +62,9 @@ __all__ = [
     "PluginStatus",
     "ProcessEvent",
     "Ready",
+    "SandboxLayer",
+    "SandboxPolicy",
+    "SandboxReport",
     "Start",
     "Stop",
     "Stopped",
@@ -90,6 +95,21 @@ _EVENT_BATCH_EVENTS_TAG: Final = bytes([(EventBatch.EVENTS_FIELD_NUMBER << 3) | 
 MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 #: The size of a spawn's session secret (``Hello.token``), written to the worker's stdin.
 SECRET_BYTES: Final = 32
+#: Every layer of a worker's sandbox, in the order a worker applies them (see sandbox.proto).
+SANDBOX_LAYERS: Final = (
+    "cgroup",
+    "session",
+    "pid_namespace",
+    "network_namespace",
+    "mount_namespace",
+    "ipc_namespace",
+    "uts_namespace",
+    "identity",
+    "capabilities",
+    "no_new_privs",
+    "landlock",
+    "seccomp",
+)
 #: The largest message between the host and the zygote (one SOCK_SEQPACKET packet).
 ZYGOTE_MAX_MESSAGE_BYTES: Final = 65536
 

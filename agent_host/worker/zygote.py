@@ -8,18 +8,24 @@ none. Each child creates its own channel after the fork.
 
 Protocol, over a SOCK_SEQPACKET socket pair with the host (one message per packet, JSON):
 
-    host   -> zygote  {"op": "spawn", "id": N, "argv": [...], "cwd": "..."} + 3 fds (SCM_RIGHTS):
-                      the child's stdin, stdout and stderr
-    zygote -> host    {"op": "ready"}                          once, after the imports
+    host   -> zygote  {"op": "spawn", "id": N, "argv": [...], "cwd": "...", "sandbox": bool}
+                      + 3 fds (SCM_RIGHTS): the child's stdin, stdout and stderr
+    zygote -> host    {"op": "ready", "sandbox": "..."}        once, after the imports and a
+                                                               probe of the sandbox (base64
+                                                               SandboxReport)
                       {"op": "spawned", "id": N, "pid": P}
                       {"op": "failed", "id": N, "error": "..."}
                       {"op": "exited", "pid": P, "returncode": R}   (negative: killed by signal)
 
-The zygote is single-threaded, dies with the host (PDEATHSIG), and its children die with it.
+A sandboxed worker is forked into a pid namespace of its own (see ``sandbox.pidns``); when it
+has exited, the zygote kills that namespace, and with it whatever the worker left running. The
+zygote is single-threaded, a child subreaper (what its workers orphan stays its own, to reap),
+dies with the host (PDEATHSIG), and its children die with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -29,6 +35,7 @@ import sys
 from typing import Any, NoReturn
 
 from agent_host.protocol import ZYGOTE_MAX_MESSAGE_BYTES
+from agent_host.worker.sandbox import kernel, pidns, probe
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -36,11 +43,16 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
 
 
 def _child(
-    sock: socket.socket, wakeup: tuple[int, int], fds: list[int], request: dict[str, Any]
+    sock: socket.socket,
+    wakeup: tuple[int, int],
+    fds: list[int],
+    request: dict[str, Any],
+    parent: int | None,
 ) -> NoReturn:
     """Become the worker: own session, the given pipes as 0/1/2, then the worker's main."""
     code = 1
     try:
+        kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
         os.setsid()
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
@@ -54,7 +66,7 @@ def _child(
         os.chdir(request["cwd"])
         from agent_host.worker import boot
 
-        code = boot.main(request["argv"])
+        code = boot.main(request["argv"], parent=parent)
     except SystemExit as exc:  # as the interpreter would exit for it
         if isinstance(exc.code, int) or exc.code is None:
             code = exc.code or 0
@@ -66,15 +78,30 @@ def _child(
         os._exit(code)
 
 
-def _reap(sock: socket.socket) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        _send(sock, {"op": "exited", "pid": pid, "returncode": os.waitstatus_to_exitcode(status)})
+class _Children:
+    """The zygote's children: workers, the inits of their pid namespaces, and orphans."""
+
+    def __init__(self) -> None:
+        self.namespaces: dict[int, pidns.Namespaced] = {}
+        self.inits: set[int] = set()
+
+    def reap(self, sock: socket.socket) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.inits:
+                self.inits.discard(pid)
+                continue
+            namespaced = self.namespaces.pop(pid, None)
+            if namespaced is not None:
+                namespaced.end()
+                self.inits.discard(namespaced.init)
+            code = os.waitstatus_to_exitcode(status)
+            _send(sock, {"op": "exited", "pid": pid, "returncode": code})
 
 
 def _drain(fd: int) -> None:
@@ -86,18 +113,45 @@ def _drain(fd: int) -> None:
             return
 
 
+def _fork(
+    sock: socket.socket,
+    wakeup: tuple[int, int],
+    request: dict[str, Any],
+    fds: list[int],
+    children: _Children,
+) -> int:
+    def worker(parent: int | None) -> NoReturn:
+        _child(sock, wakeup, fds, request, parent)
+
+    if request.get("sandbox"):
+        try:
+            namespaced = pidns.fork(worker)
+        except OSError:
+            pass  # forked plainly below: the worker's sandbox says which layer is missing
+        else:
+            children.namespaces[namespaced.worker] = namespaced
+            children.inits.add(namespaced.init)
+            return namespaced.worker
+    pid = os.fork()
+    if pid == 0:
+        worker(None)
+    return pid
+
+
 def _spawn(
-    sock: socket.socket, wakeup: tuple[int, int], request: dict[str, Any], fds: list[int]
+    sock: socket.socket,
+    wakeup: tuple[int, int],
+    request: dict[str, Any],
+    fds: list[int],
+    children: _Children,
 ) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        pid = os.fork()
+        pid = _fork(sock, wakeup, request, fds, children)
     except OSError as exc:
         pid = -1
         _send(sock, {"op": "failed", "id": request["id"], "error": str(exc)})
-    if pid == 0:
-        _child(sock, wakeup, fds, request)
     for fd in fds:
         os.close(fd)
     if pid > 0:
@@ -111,13 +165,14 @@ def serve(sock: socket.socket) -> None:
     os.set_blocking(wake_r, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd does the work
-    _send(sock, {"op": "ready"})
+    children = _Children()
+    _send(sock, {"op": "ready", "sandbox": probe.report_text()})
     watched: list[Any] = [sock, wake_r]
     while True:
         readable, _, _ = select.select(watched, [], [])
         if wake_r in readable:
             _drain(wake_r)
-            _reap(sock)
+            children.reap(sock)
         if sock not in readable:
             continue
         data, fds, _, _ = socket.recv_fds(sock, ZYGOTE_MAX_MESSAGE_BYTES, 3)
@@ -129,7 +184,7 @@ def serve(sock: socket.socket) -> None:
                 os.close(fd)
             _send(sock, {"op": "failed", "id": request.get("id"), "error": "bad request"})
             continue
-        _spawn(sock, (wake_r, wake_w), request, fds)
+        _spawn(sock, (wake_r, wake_w), request, fds, children)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,5 +196,7 @@ def main(argv: list[str] | None = None) -> None:
 
     del boot
     sandbox.die_with_parent(host_pid)
+    with contextlib.suppress(OSError):
+        kernel.prctl(kernel.PR_SET_CHILD_SUBREAPER, 1)
     serve(sock)
     os._exit(0)

@@ -49,9 +49,11 @@ class TestAuthentication:
             )
             await sup.start()
             handle = sup.plugins["tally"]
-            runtime_dir = sup.socket_path.parent
+            session_dir = handle.socket_path.parent
+            runtime_dir = session_dir.parent
             assert stat.S_IMODE(runtime_dir.stat().st_mode) == 0o700
-            assert stat.S_IMODE(sup.socket_path.stat().st_mode) == 0o600
+            assert stat.S_IMODE(session_dir.stat().st_mode) == 0o700
+            assert stat.S_IMODE(handle.socket_path.stat().st_mode) == 0o600
             message = {
                 "wrong secret for a real worker id": WorkerMessage(
                     hello=Hello(worker_id=handle.child.worker_id, token=os.urandom(32))
@@ -61,7 +63,7 @@ class TestAuthentication:
                 ),
                 "no hello at all": WorkerMessage(log=LogRecord(message="let me in")),
             }[first_message]
-            async with grpc.aio.insecure_channel(f"unix:{sup.socket_path}") as channel:
+            async with grpc.aio.insecure_channel(f"unix:{handle.socket_path}") as channel:
                 call = WorkerSessionStub(channel).Session()
                 await call.write(message)
                 with pytest.raises(grpc.aio.AioRpcError) as refused:

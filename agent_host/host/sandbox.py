@@ -1,0 +1,106 @@
+"""The host's half of a worker's sandbox: its identity, its session folder and its policy.
+
+Each plugin gets a uid and gid of its own, taken from a range no account uses (above the
+ranges systemd gives to dynamic users and to containers), so that it owns no file of the
+host's, cannot signal or trace another plugin's worker, and is the only user that may enter its
+session folder. The worker applies the policy to itself (``agent_host.worker.sandbox``); the
+host only orders it, and reports what the machine allows from the zygote's probe.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+from pathlib import Path
+from typing import Final
+
+import structlog
+
+from agent_host.host.config import HostConfig
+from agent_host.host.manifest import Manifest
+from agent_host.protocol import SANDBOX_LAYERS, SandboxLayer, SandboxPolicy, SandboxReport
+
+log = structlog.get_logger("agent_host")
+
+#: The first worker uid. Each host takes 256 of them, chosen by its pid, so that two hosts on
+#: one machine rarely share one.
+UID_BASE: Final = 0x7FF0_0000
+_SLOTS_PER_HOST: Final = 256
+_HOSTS: Final = 4096
+
+
+def worker_uid(slot: int, host_pid: int | None = None) -> int:
+    host = (os.getpid() if host_pid is None else host_pid) % _HOSTS
+    return UID_BASE + host * _SLOTS_PER_HOST + slot % _SLOTS_PER_HOST
+
+
+class WorkerSandbox:
+    """What every worker of one plugin runs as and in."""
+
+    def __init__(self, config: HostConfig, manifest: Manifest, runtime_dir: Path, slot: int):
+        self._config = config
+        self.manifest = manifest
+        self.uid = worker_uid(slot)
+        self.session_dir = runtime_dir / f"worker-{slot}"
+        self.session_dir.mkdir(mode=0o700)
+        self._own(self.session_dir)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.session_dir / "session.sock"
+
+    def _own(self, path: Path) -> None:
+        """Hand ``path`` to the worker's uid (as root; elsewhere it stays the host's)."""
+        if os.geteuid() == 0:
+            os.chown(path, self.uid, self.uid)
+
+    def secure_socket(self) -> None:
+        """The socket: the worker's uid alone may connect (root, the host, bypasses this)."""
+        self.socket_path.chmod(0o600)
+        self._own(self.socket_path)
+
+    def policy(self) -> SandboxPolicy:
+        grants = self.manifest.permissions
+        return SandboxPolicy(
+            uid=self.uid,
+            gid=self.uid,
+            plugin_dir=str(self.manifest.directory),
+            socket_dir=str(self.session_dir),
+            read_paths=list(grants.read),
+            network=grants.network,
+            exec=grants.exec,
+            tmp_mb=self._config.scratch_mb,
+            strict=self._config.sandbox == "strict",
+        )
+
+    def policy_argument(self) -> str:
+        return base64.b64encode(self.policy().SerializeToString()).decode()
+
+
+def decode_report(text: str) -> SandboxReport | None:
+    with contextlib.suppress(ValueError):
+        return SandboxReport.FromString(base64.b64decode(text))
+    return None
+
+
+def for_plugin(machine: SandboxReport, manifest: Manifest) -> list[SandboxLayer]:
+    """The layers a worker of ``manifest`` gets on this machine, in SANDBOX_LAYERS order: what
+    the probe found, less what the manifest is granted away."""
+    found = {layer.name: layer for layer in machine.layers}
+    layers = []
+    for name in SANDBOX_LAYERS:
+        layer = found.get(name)
+        if name == "network_namespace" and manifest.permissions.network:
+            layer = SandboxLayer(name=name, active=False, reason="granted the network")
+        if layer is not None:
+            layers.append(layer)
+    return layers
+
+
+def describe(layers: list[SandboxLayer]) -> str:
+    """One line: the active layers, then each missing one with its reason."""
+    active = [layer.name for layer in layers if layer.active]
+    missing = [f"{layer.name} ({layer.reason})" for layer in layers if not layer.active]
+    text = " ".join(active) or "none"
+    return f"{text}; missing: {', '.join(missing)}" if missing else text
