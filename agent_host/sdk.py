@@ -24,11 +24,15 @@ from __future__ import annotations
 
 import difflib
 import enum
+import errno
 import logging
+import os
 import re
+import socket
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, BinaryIO, Final
 
 from agent_host.protocol import Event, FileEvent, NetworkEvent, ProcessEvent
 from agent_host.protocol import Finding as _WireFinding
@@ -44,6 +48,7 @@ __all__ = [
     "ProcessAction",
     "ProcessEvent",
     "Severity",
+    "open_file",
 ]
 
 
@@ -225,3 +230,46 @@ class Plugin:
     def on_stop(self) -> Iterable[Finding] | Finding | None:
         """Release resources; may report findings for state held until now."""
         return None
+
+
+class _Broker:
+    """The worker's end of the host's file broker (see ``agent_host.host.broker``)."""
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=fd)
+        self._lock = threading.Lock()
+
+    def open(self, path: str) -> BinaryIO:
+        with self._lock:
+            self._sock.send(os.fsencode(path))
+            answer, fds, _, _ = socket.recv_fds(self._sock, 64, 1)
+        if answer == b"ok" and len(fds) == 1:
+            return os.fdopen(fds[0], "rb")
+        for fd in fds:
+            os.close(fd)
+        code = errno.EIO
+        if answer.startswith(b"error ") and answer[6:].isdigit():
+            code = int(answer[6:])
+        raise OSError(code, os.strerror(code), path)
+
+
+#: The worker's broker, once the worker has attached it (a list so that no global is rebound).
+_brokers: list[_Broker] = []
+
+
+def attach_broker(fd: int) -> None:
+    """Called by the worker at start: open_file goes through the host's broker on ``fd``."""
+    _brokers[:] = [_Broker(fd)]
+
+
+def open_file(path: str) -> BinaryIO:
+    """Open ``path`` for reading (binary), as the manifest's ``[permissions] read`` grants.
+
+    In a sandboxed worker the plugin's own user may not read what other users keep to
+    themselves; the host opens the file for it, read-only, if it is a regular file below a
+    granted path, and hands over the descriptor. Outside a worker (a plugin's own unit tests)
+    this is ``open(path, "rb")``. Raises OSError as ``open`` does (EACCES: not granted).
+    """
+    if not _brokers:
+        return open(path, "rb")
+    return _brokers[0].open(path)

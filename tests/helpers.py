@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from agent_host.protocol import Event, Finding, ProcessEvent, message_from_json
 from agent_host.sources.replay import write_recording
 
@@ -41,6 +43,11 @@ def make_plugin(
     )
     (folder / "detector.py").write_text(textwrap.dedent(code))
     return folder
+
+
+def processes_of(uid: int) -> list[int]:
+    """The pids of every process of user ``uid`` (a plugin's workers, and what they left)."""
+    return [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"].real == uid]
 
 
 def use_plugin(root: Path, name: str) -> Path:

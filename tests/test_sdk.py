@@ -114,6 +114,7 @@ class TestExports:
             "ProcessAction",
             "ProcessEvent",
             "Severity",
+            "open_file",
         ]
 
 

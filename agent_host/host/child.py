@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import psutil
 import structlog
 
+from agent_host.host.broker import FileBroker
 from agent_host.host.cgroups import Cgroups, WorkerCgroup
 from agent_host.host.limits import ResourceMonitor, apply_hard_limits
 from agent_host.host.manifest import Manifest
@@ -47,8 +48,11 @@ class Child:
         token: bytes,
         monitor: ResourceMonitor | None,
         cgroup: WorkerCgroup | None,
+        *,
+        broker: FileBroker,
     ) -> None:
         self.process = process
+        self.broker = broker
         self.worker_id = worker_id
         self._token = token
         self.monitor = monitor
@@ -68,7 +72,13 @@ class Child:
         token = secrets.token_bytes(SECRET_BYTES)
         args = ["--socket", str(sandbox.socket_path), "--worker-id", worker_id]
         args += ["--sandbox", sandbox.policy_argument()]
-        proc = await spawner.spawn(args, manifest.directory)
+        broker = FileBroker(manifest.permissions.read)
+        try:
+            proc = await spawner.spawn(args, manifest.directory, broker.worker_fd)
+        except BaseException:
+            broker.close()
+            raise
+        broker.handed_over()
         log = log.bind(pid=proc.pid)
         monitor = None
         try:
@@ -90,7 +100,7 @@ class Child:
         with contextlib.suppress(ConnectionError):
             await proc.stdin.drain()
         proc.stdin.close()
-        return cls(proc, worker_id, token, monitor, cgroup)
+        return cls(proc, worker_id, token, monitor, cgroup, broker=broker)
 
     @property
     def pid(self) -> int:
@@ -130,6 +140,7 @@ class Child:
         """Wait for the exit, then kill what it left: its group, the descendants the watcher
         saw (even those that left the group), and whatever is still in its cgroup."""
         returncode = await self.process.wait()
+        self.broker.close()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
         if self.monitor is not None:

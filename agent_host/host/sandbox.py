@@ -45,6 +45,7 @@ class WorkerSandbox:
         self.session_dir = runtime_dir / f"worker-{slot}"
         self.session_dir.mkdir(mode=0o700)
         self._own(self.session_dir)
+        self.linked = linked_content(manifest.directory)
 
     @property
     def socket_path(self) -> Path:
@@ -67,7 +68,7 @@ class WorkerSandbox:
             gid=self.uid,
             plugin_dir=str(self.manifest.directory),
             socket_dir=str(self.session_dir),
-            read_paths=list(grants.read),
+            read_paths=[*grants.read, *self.linked],
             network=grants.network,
             exec=grants.exec,
             tmp_mb=self._config.scratch_mb,
@@ -76,6 +77,22 @@ class WorkerSandbox:
 
     def policy_argument(self) -> str:
         return base64.b64encode(self.policy().SerializeToString()).decode()
+
+
+def linked_content(directory: Path) -> list[str]:
+    """Where the symlinks in a plugin's folder lead outside it: part of the plugin's content
+    (as its digest counts them), so bound into its worker's view too."""
+    outside = set()
+    for folder, dirs, files in os.walk(directory):
+        for name in (*dirs, *files):
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                target = os.path.realpath(path)
+                kernel_or_root = target == "/" or target.startswith(("/proc", "/sys", "/dev"))
+                inside = Path(target).is_relative_to(directory)
+                if not inside and not kernel_or_root and os.path.exists(target):
+                    outside.add(target)
+    return sorted(outside)
 
 
 def decode_report(text: str) -> SandboxReport | None:

@@ -75,8 +75,9 @@ class WorkerProcess(Protocol):
 
 
 class Spawner(Protocol):
-    async def spawn(self, args: list[str], cwd: Path) -> WorkerProcess:
-        """Start ``agent_host.worker.boot.main(args + ["--parent-pid", P])`` in ``cwd``."""
+    async def spawn(self, args: list[str], cwd: Path, broker_fd: int) -> WorkerProcess:
+        """Start ``agent_host.worker.boot.main(args + ["--parent-pid", P, "--broker-fd", F])``
+        in ``cwd``, with a copy of ``broker_fd`` as its F."""
         ...
 
     async def close(self) -> None: ...
@@ -85,7 +86,7 @@ class Spawner(Protocol):
 class ExecSpawner:
     """A fresh interpreter per worker (fork + exec; never a fork that goes on running Python)."""
 
-    async def spawn(self, args: list[str], cwd: Path) -> WorkerProcess:
+    async def spawn(self, args: list[str], cwd: Path, broker_fd: int) -> WorkerProcess:
         # Not "-m agent_host.worker.boot": that would run the module as __main__, a second copy
         # beside the agent_host.worker.boot that plugins import.
         return await asyncio.create_subprocess_exec(
@@ -95,6 +96,9 @@ class ExecSpawner:
             *args,
             "--parent-pid",
             str(os.getpid()),
+            "--broker-fd",
+            str(broker_fd),
+            pass_fds=(broker_fd,),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -265,10 +269,10 @@ class ZygoteSpawner:
         self._children.clear()
         log.warning("zygote is gone; workers will be exec'd from now on")
 
-    async def spawn(self, args: list[str], cwd: Path) -> WorkerProcess:
+    async def spawn(self, args: list[str], cwd: Path, broker_fd: int) -> WorkerProcess:
         sock = self._sock
         if sock is None:
-            return await self._fallback.spawn(args, cwd)
+            return await self._fallback.spawn(args, cwd, broker_fd)
         self._ids += 1
         request_id = self._ids
         pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr: (read end, write end)
@@ -284,7 +288,7 @@ class ZygoteSpawner:
                 "argv": argv,
                 "sandbox": True,
             }
-            socket.send_fds(sock, [json.dumps(request).encode()], theirs)
+            socket.send_fds(sock, [json.dumps(request).encode()], [*theirs, broker_fd])
         finally:
             for fd in theirs:
                 os.close(fd)

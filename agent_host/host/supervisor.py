@@ -92,8 +92,11 @@ class Supervisor:
         self.store = StateStore(config.state_dir)
         self._manifests = self._admitted(manifests)
         remove_stale_runtime_dirs()
-        # Mode 0700, named by this host's pid so that a later host can tell it is stale.
+        # Named by this host's pid so that a later host can tell it is stale.
         self._runtime_dir = Path(tempfile.mkdtemp(prefix=f"agent-host-{os.getpid()}-"))
+        # Not listable, but a worker may pass through to its own session folder (0700, its
+        # uid's) when it is granted to read the host's /tmp, which then holds this folder.
+        self._runtime_dir.chmod(0o711)
         self._slots = 0
         self.groups: dict[frozenset[EventKind], Group] = {}
         self._groups_by_kind: dict[EventKind, list[Group]] = {k: [] for k in EVENT_KINDS}

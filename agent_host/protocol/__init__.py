@@ -42,6 +42,7 @@ from agent_host.protocol.v1.session_pb2_grpc import (
 )
 
 __all__ = [
+    "BROKER_MAX_PATH_BYTES",
     "EVENT_KINDS",
     "MAX_MESSAGE_BYTES",
     "SANDBOX_LAYERS",
@@ -110,6 +111,8 @@ SANDBOX_LAYERS: Final = (
     "landlock",
     "seccomp",
 )
+#: The longest path a worker may ask the host's file broker to open (see host/broker.py).
+BROKER_MAX_PATH_BYTES: Final = 4096
 #: The largest message between the host and the zygote (one SOCK_SEQPACKET packet).
 ZYGOTE_MAX_MESSAGE_BYTES: Final = 65536
 

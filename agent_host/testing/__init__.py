@@ -54,10 +54,14 @@ class PluginRun:
         return [f for f in self.findings if position in f.event_ids]
 
 
-def _manifest(plugin: Path, config: Mapping[str, Any] | None) -> Manifest:
+def _manifest(plugin: Path, config: Mapping[str, Any] | None, read: Iterable[str]) -> Manifest:
     manifest = Manifest.load(plugin / MANIFEST_NAME if plugin.is_dir() else plugin)
     if config:
         manifest = dataclasses.replace(manifest, config={**manifest.config, **config})
+    if read:
+        grants = manifest.permissions
+        grants = dataclasses.replace(grants, read=(*grants.read, *map(str, read)))
+        manifest = dataclasses.replace(manifest, permissions=grants)
     return manifest
 
 
@@ -86,6 +90,7 @@ def run_plugin(
     events: Iterable[Event] | str | Path,
     *,
     config: Mapping[str, Any] | None = None,
+    read: Iterable[str | Path] = (),
     batch_size: int = 256,
 ) -> PluginRun:
     """Run the plugin in ``plugin`` (its folder or manifest) over ``events`` and collect.
@@ -94,9 +99,11 @@ def run_plugin(
         plugin: The plugin's folder (or its plugin.toml).
         events: Events, or the path of a recording (JSON Lines).
         config: Values that replace those of the manifest's [config] table.
+        read: Paths the plugin may read besides those of its manifest's [permissions] (its
+            worker is sandboxed: rules in a folder of the test's, say).
         batch_size: Events per batch, as the host's --batch-size.
     """
-    manifest = _manifest(Path(plugin), config)
+    manifest = _manifest(Path(plugin), config, [str(p) for p in read])
     source = Path(events) if isinstance(events, str | Path) else events
     return asyncio.run(_run(manifest, source, batch_size))
 

@@ -25,6 +25,7 @@ from typing import NoReturn
 
 import grpc
 
+from agent_host import sdk
 from agent_host.protocol import MAX_MESSAGE_BYTES, SECRET_BYTES, SandboxPolicy, WorkerExit
 from agent_host.worker import sandbox
 from agent_host.worker.runtime import serve
@@ -41,6 +42,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         required=True,
         help="the host, or the zygote that forked this worker",
     )
+    parser.add_argument("--broker-fd", type=int, help="the worker's end of the host's file broker")
     parser.add_argument(
         "--sandbox",
         type=lambda text: SandboxPolicy.FromString(base64.b64decode(text)),
@@ -100,6 +102,8 @@ def main(argv: list[str] | None = None, parent: int | None = None) -> int:
     ``parent`` is a pidfd of the zygote when it forked this worker into a pid namespace."""
     args = _arguments(argv)
     sandbox.die_with_parent(args.parent_pid if parent is None else None)
+    if args.broker_fd is not None:
+        sdk.attach_broker(args.broker_fd)
     token = sys.stdin.buffer.read(SECRET_BYTES)
     sys.stdin.close()
     if len(token) != SECRET_BYTES:

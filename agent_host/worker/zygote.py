@@ -9,7 +9,8 @@ none. Each child creates its own channel after the fork.
 Protocol, over a SOCK_SEQPACKET socket pair with the host (one message per packet, JSON):
 
     host   -> zygote  {"op": "spawn", "id": N, "argv": [...], "cwd": "...", "sandbox": bool}
-                      + 3 fds (SCM_RIGHTS): the child's stdin, stdout and stderr
+                      + 4 fds (SCM_RIGHTS): the child's stdin, stdout and stderr, and its end
+                      of the host's file broker (its number is appended as --broker-fd)
     zygote -> host    {"op": "ready", "sandbox": "..."}        once, after the imports and a
                                                                probe of the sandbox (base64
                                                                SandboxReport)
@@ -60,13 +61,13 @@ def _child(
         sock.close()
         for fd in wakeup:
             os.close(fd)
-        for target, fd in zip((0, 1, 2), fds, strict=True):
+        for target, fd in zip((0, 1, 2), fds[:3], strict=True):
             os.dup2(fd, target)
             os.close(fd)
         os.chdir(request["cwd"])
         from agent_host.worker import boot
 
-        code = boot.main(request["argv"], parent=parent)
+        code = boot.main([*request["argv"], "--broker-fd", str(fds[3])], parent=parent)
     except SystemExit as exc:  # as the interpreter would exit for it
         if isinstance(exc.code, int) or exc.code is None:
             code = exc.code or 0
@@ -175,11 +176,11 @@ def serve(sock: socket.socket) -> None:
             children.reap(sock)
         if sock not in readable:
             continue
-        data, fds, _, _ = socket.recv_fds(sock, ZYGOTE_MAX_MESSAGE_BYTES, 3)
+        data, fds, _, _ = socket.recv_fds(sock, ZYGOTE_MAX_MESSAGE_BYTES, 4)
         if not data:
             return  # the host is gone; PDEATHSIG takes our children with us
         request = json.loads(data)
-        if request.get("op") != "spawn" or len(fds) != 3:
+        if request.get("op") != "spawn" or len(fds) != 4:
             for fd in fds:
                 os.close(fd)
             _send(sock, {"op": "failed", "id": request.get("id"), "error": "bad request"})

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
-from agent_host.sdk import Event, FileAction, Finding, Plugin, Severity
+from agent_host.sdk import Event, FileAction, Finding, Plugin, Severity, open_file
 
 CHANGES = (FileAction.MODIFIED, FileAction.DELETED, FileAction.MOVED)
 
@@ -69,7 +69,7 @@ class RansomwareBurst(Plugin):
 
     def _looks_encrypted(self, path: str) -> bool:
         try:
-            with open(path, "rb") as f:
+            with open_file(path) as f:
                 sample = f.read(self.sample_bytes)
         except OSError:
             return False  # gone or unreadable: no evidence either way

@@ -16,7 +16,7 @@ from typing import Any
 
 import yara
 
-from agent_host.sdk import Event, FileAction, Finding, Plugin, Severity
+from agent_host.sdk import Event, FileAction, Finding, Plugin, Severity, open_file
 
 HERE = Path(__file__).resolve().parent
 #: What makes a file worth a scan: new content, or content under a new name.
@@ -53,21 +53,29 @@ class YaraScan(Plugin):
             return
         path = file.dest_path if file.action == FileAction.MOVED else file.path
         try:
-            stat = os.stat(path)
+            # Through the host's broker: this worker's own user may not open the file itself.
+            with open_file(path) as f:
+                stat = os.fstat(f.fileno())
+                if stat.st_size > self.max_bytes:
+                    self._skip("too large", path)
+                    return
+                key = (path, stat.st_size, stat.st_mtime_ns)
+                if key in self.seen:
+                    return  # this very content was scanned already
+                data = f.read(self.max_bytes + 1)
         except OSError:
             self._skip("gone or unreadable", path)
             return
-        if stat.st_size > self.max_bytes:
+        if len(data) > self.max_bytes:
             self._skip("too large", path)
             return
-        key = (path, stat.st_size, stat.st_mtime_ns)
-        if key in self.seen:
-            return  # this very content was scanned already
         self.seen[key] = None
         if len(self.seen) > 4096:
             self.seen.popitem(last=False)
         try:
-            matches = self.rules.match(path, timeout=self.timeout, externals={"filepath": path})
+            matches = self.rules.match(
+                data=data, timeout=self.timeout, externals={"filepath": path}
+            )
         except yara.TimeoutError:
             self._skip("scan timed out", path)
             return

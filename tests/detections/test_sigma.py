@@ -31,7 +31,9 @@ class TestSigmaHQCorpus:
 
     def test_corpus_loads(self) -> None:
         with structlog.testing.capture_logs() as logs:
-            run = run_plugin(PLUGIN, [], config={"rule_dirs": [str(SHARED), "rules"]})
+            run = run_plugin(
+                PLUGIN, [], config={"rule_dirs": [str(SHARED), "rules"]}, read=[SHARED]
+            )
         assert run.state == "stopped"
         loaded = next(e["event"] for e in logs if e["event"].startswith("sigma rules loaded"))
         total = len(list(SHARED.rglob("*.yml"))) + len(list((PLUGIN / "rules").glob("*.yml")))
@@ -85,12 +87,15 @@ class TestSigmaHQCorpus:
         ids=lambda v: v.split("/")[-1][:-4] if isinstance(v, str) else "",
     )
     def test_network_and_file_rules(self, event: Event, rule_file: str) -> None:
-        run = run_plugin(PLUGIN, [event], config={"rule_dirs": [str(SHARED)]})
+        run = run_plugin(PLUGIN, [event], config={"rule_dirs": [str(SHARED)]}, read=[SHARED])
         assert run.rules() == [rule_id(rule_file)]
 
     def test_finding_carries_rule_metadata(self) -> None:
         run = run_plugin(
-            PLUGIN, [connect_event("203.0.113.5", 4444)], config={"rule_dirs": [str(SHARED)]}
+            PLUGIN,
+            [connect_event("203.0.113.5", 4444)],
+            config={"rule_dirs": [str(SHARED)]},
+            read=[SHARED],
         )
         (finding,) = run.findings
         source = yaml.safe_load(
@@ -118,7 +123,9 @@ class TestSigmaHQCorpus:
             exec_event("/usr/bin/git", "status", parent="/usr/bin/zsh"),
             exec_event("/usr/bin/python3", "manage.py", "runserver"),
         ]
-        run = run_plugin(PLUGIN, benign, config={"rule_dirs": [str(SHARED), "rules"]})
+        run = run_plugin(
+            PLUGIN, benign, config={"rule_dirs": [str(SHARED), "rules"]}, read=[SHARED]
+        )
         assert run.findings == []
 
 
@@ -162,9 +169,13 @@ class TestBadRules:
             good.replace("category: file_event", "category: dns_query")
         )
         (tmp_path / "windows.yml").write_text(good.replace("product: linux", "product: windows"))
+        tmp_path.chmod(0o755)  # the worker's own user reads it, as an operator's rule folder
         with structlog.testing.capture_logs() as logs:
             run = run_plugin(
-                PLUGIN, [file_event("/etc/ld.so.preload")], config={"rule_dirs": [str(tmp_path)]}
+                PLUGIN,
+                [file_event("/etc/ld.so.preload")],
+                config={"rule_dirs": [str(tmp_path)]},
+                read=[tmp_path],
             )
         assert len(run.findings) == 1
         reported = {}

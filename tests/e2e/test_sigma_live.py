@@ -61,6 +61,7 @@ def test_sigmahq_rules_fire_on_real_commands(tmp_path: Path) -> None:
     manifest = (REPO / "plugins" / "sigma" / "plugin.toml").read_text()
     (sigma / "plugin.toml").write_text(
         manifest.replace('rule_dirs = ["rules"]', f'rule_dirs = ["{SHARED.parent}"]')
+        + f'\n[permissions]\nread = ["{SHARED.parent}"]\n'
     )
 
     standins = Path(tempfile.mkdtemp(prefix="agent-host-standins-", dir=Path.home()))

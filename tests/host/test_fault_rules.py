@@ -55,7 +55,8 @@ async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 def marked_plugin(tmp_path: Path, version: str = "1.0") -> tuple[Manifest, Path]:
-    marker = tmp_path / "crash"
+    # In the plugin's own folder: its sandboxed worker sees nothing of the test's but that.
+    marker = tmp_path / "plugins" / "marked" / "crash"
     folder = make_plugin(
         tmp_path / "plugins",
         "marked",

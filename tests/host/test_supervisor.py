@@ -51,8 +51,10 @@ class TestAuthentication:
             handle = sup.plugins["tally"]
             session_dir = handle.socket_path.parent
             runtime_dir = session_dir.parent
-            assert stat.S_IMODE(runtime_dir.stat().st_mode) == 0o700
+            assert stat.S_IMODE(runtime_dir.stat().st_mode) == 0o711
             assert stat.S_IMODE(session_dir.stat().st_mode) == 0o700
+            if os.geteuid() == 0:
+                assert session_dir.stat().st_uid == handle.sandbox.uid
             assert stat.S_IMODE(handle.socket_path.stat().st_mode) == 0o600
             message = {
                 "wrong secret for a real worker id": WorkerMessage(
