@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 from pathlib import Path
 
 from agent_host.cli import paths
 from agent_host.errors import UsageError
-from agent_host.host.manifest import discover
+from agent_host.host.caps import Caps
+from agent_host.host.cgroups import Cgroups
+from agent_host.host.manifest import Manifest, discover
+from agent_host.host.sandbox import describe, for_plugin, machine_report
+from agent_host.host.spawn import probe_sandbox
 from agent_host.host.store import StateStore
-from agent_host.protocol import Event, message_to_json
+from agent_host.protocol import Event, SandboxReport, message_to_json
 from agent_host.sources.recording import RecordingWriter
 
 EXIT_OK = 0
@@ -32,13 +37,32 @@ def release(store: StateStore, name: str) -> int:
     return EXIT_OK
 
 
+def _machine_sandbox() -> SandboxReport:
+    """What a worker's sandbox holds on this machine, found as the host would at its start."""
+    cgroups = Cgroups()
+    try:
+        return machine_report(asyncio.run(probe_sandbox()), cgroups)
+    finally:
+        cgroups.close()
+
+
+def _granted(manifest: Manifest) -> str:
+    grants = manifest.permissions
+    read = ", ".join(grants.read) or "its own folder only"
+    yes_no = {True: "yes", False: "no"}
+    return f"read {read}; network {yes_no[grants.network]}; exec {yes_no[grants.exec]}"
+
+
 def list_plugins(plugins_dir: Path, store: StateStore) -> int:
-    """``plugins list``: each plugin found with its state, and each manifest error."""
+    """``plugins list``: each plugin found with its state, what it is granted and which sandbox
+    layers it gets here, and each manifest error."""
     try:
         quarantined = store.quarantined()
     finally:
         store.close()
     discovery = discover(plugins_dir)
+    machine = _machine_sandbox()
+    print(f"sandbox on this machine: {describe(list(machine.layers))}")
     held = 0
     for m in discovery.manifests:
         q = quarantined.get((m.name, m.version))
@@ -50,10 +74,15 @@ def list_plugins(plugins_dir: Path, store: StateStore) -> int:
                 f"quarantined since {_when(q.since)} (#{q.level}): {q.reason}; "
                 f"next try on probation {_when(q.until)}"
             )
+        refusal = Caps().check(m)
+        if refusal is not None:
+            state = f"refused (raise the cap to run it): {refusal.key}: {refusal.message}"
         print(
             f"{m.name:<24} {m.version:<10} {','.join(sorted(m.subscribe)):<22} "
             f"{m.entrypoint:<28} {state}"
         )
+        print(f"    granted: {_granted(m)}")
+        print(f"    sandbox: {describe(for_plugin(machine, m))}")
     for error in discovery.errors:
         print(f"error: {error}")
     print(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from agent_host import __version__
-from agent_host.host.config import HostConfig
+from agent_host.host.config import SANDBOX_MODES, HostConfig
 from agent_host.sources.live import OverflowPolicy
 from agent_host.sources.live.file import DEFAULT_PATHS
 
@@ -94,6 +94,23 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
         help="send a partial batch after this long (default %(default)s ms)",
     )
     _add_state_dir(p)
+    p.add_argument(
+        "--sandbox",
+        choices=SANDBOX_MODES,
+        default=defaults.sandbox,
+        help="strict: no worker runs without every sandbox layer; warn: it runs without the "
+        "layers this machine lacks, each said once (default here: %(default)s)",
+    )
+    p.add_argument(
+        "--allow-network",
+        action="store_true",
+        help="let a manifest be granted the network ([permissions] network = true)",
+    )
+    p.add_argument(
+        "--allow-exec",
+        action="store_true",
+        help="let a manifest be granted executing programs ([permissions] exec = true)",
+    )
     p.add_argument(
         "--summary-json",
         type=Path,

@@ -22,6 +22,7 @@ import structlog
 from agent_host.cli import paths
 from agent_host.cli.summary import render_table, summary_rows
 from agent_host.errors import UsageError
+from agent_host.host.caps import Caps
 from agent_host.host.config import HostConfig
 from agent_host.host.findings import JsonLinesSink
 from agent_host.host.lifecycle import Phase
@@ -171,7 +172,11 @@ async def host(args: argparse.Namespace) -> int:
     if args.summary_json is not None:
         paths.writable_file("--summary-json", args.summary_json)
     config = HostConfig(
-        batch_size=args.batch_size, flush_interval_s=args.flush_ms / 1000, state_dir=state_dir
+        batch_size=args.batch_size,
+        flush_interval_s=args.flush_ms / 1000,
+        state_dir=state_dir,
+        sandbox=args.sandbox,
+        caps=Caps(network=args.allow_network, exec=args.allow_exec),
     )
     paths.open_state("--state-dir", state_dir).close()
     discovery = discover(plugins_dir)

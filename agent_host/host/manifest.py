@@ -102,7 +102,7 @@ class Permissions:
 
 def _grantable(path: Path, entry: str) -> str:
     normal = os.path.normpath(entry) if entry else entry
-    if not normal.startswith("/") or ".." in Path(normal).parts:
+    if not entry.startswith("/") or ".." in Path(entry).parts:
         raise ManifestError(path, f"{entry!r} is not an absolute path", key="permissions.read")
     if normal in _UNGRANTABLE or normal.startswith(("/proc/", "/sys/", "/dev/")):
         raise ManifestError(path, f"{entry!r} cannot be granted", key="permissions.read")

@@ -17,6 +17,7 @@ from typing import Final
 
 import structlog
 
+from agent_host.host.cgroups import Cgroups
 from agent_host.host.config import HostConfig
 from agent_host.host.manifest import Manifest
 from agent_host.protocol import SANDBOX_LAYERS, SandboxLayer, SandboxPolicy, SandboxReport
@@ -99,6 +100,23 @@ def decode_report(text: str) -> SandboxReport | None:
     with contextlib.suppress(ValueError):
         return SandboxReport.FromString(base64.b64decode(text))
     return None
+
+
+def machine_report(probe: str, cgroups: Cgroups | None) -> SandboxReport:
+    """Every layer on this machine: the worker's, as the probe (base64 SandboxReport) found
+    them, and the host's own (``cgroups`` None: turned off in the host's settings)."""
+    report = decode_report(probe) or SandboxReport()
+    if not report.layers:
+        report.layers.add(name="seccomp", active=False, reason="the sandbox probe did not run")
+    cgroup = report.layers.add(name="cgroup", active=cgroups is not None)
+    if cgroups is None:
+        cgroup.reason = "turned off in the host's settings"
+    elif not cgroups.available:
+        cgroup.active, cgroup.reason = False, cgroups.unavailable
+    session = report.layers.add(name="session", active=os.geteuid() == 0)
+    if not session.active:
+        session.reason = "the host is not root: every process of its user may connect"
+    return report
 
 
 def for_plugin(machine: SandboxReport, manifest: Manifest) -> list[SandboxLayer]:

@@ -35,7 +35,7 @@ from agent_host.host.limits import descendants_by_root
 from agent_host.host.manifest import Manifest, content_digest
 from agent_host.host.restart import RestartPolicy
 from agent_host.host.runner import PluginRunner
-from agent_host.host.sandbox import WorkerSandbox, decode_report, for_plugin
+from agent_host.host.sandbox import WorkerSandbox, for_plugin, machine_report
 from agent_host.host.spawn import ExecSpawner, Spawner, ZygoteSpawner, probe_sandbox
 from agent_host.host.store import StateStore
 from agent_host.protocol import (
@@ -162,17 +162,7 @@ class Supervisor:
     def _machine_sandbox(self, probe: str) -> SandboxReport:
         """What every worker's sandbox holds on this machine; each missing layer said once,
         and under a strict sandbox, an error."""
-        report = decode_report(probe) or SandboxReport()
-        if not report.layers:
-            report.layers.add(name="seccomp", active=False, reason="the probe did not run")
-        cgroup = report.layers.add(name="cgroup", active=self._cgroups is not None)
-        if self._cgroups is None:
-            cgroup.reason = "turned off in the host's settings"
-        elif not self._cgroups.available:
-            cgroup.active, cgroup.reason = False, self._cgroups.unavailable
-        session = report.layers.add(name="session", active=os.geteuid() == 0)
-        if not session.active:
-            session.reason = "the host is not root: every process of its user may connect"
+        report = machine_report(probe, self._cgroups)
         active = [layer.name for layer in report.layers if layer.active]
         log.info("sandbox layers active", layers=" ".join(active), mode=self.config.sandbox)
         for layer in report.layers:
