@@ -25,14 +25,12 @@ from typing import Final
 
 import structlog
 
-from agent_host.host.limits import DATA_HEADROOM_MIB, MIB
+from agent_host.host.limits import DATA_HEADROOM_MIB, MIB, THREAD_HEADROOM
 from agent_host.host.manifest import Limits
 
 log = structlog.get_logger("agent_host")
 
 ROOT: Final = Path("/sys/fs/cgroup")
-#: Threads count against pids.max too: room for the interpreter's and gRPC's own.
-THREAD_HEADROOM: Final = 128
 _KILL_ROUNDS: Final = 50
 
 

@@ -82,7 +82,7 @@ class Child:
         log = log.bind(pid=proc.pid)
         monitor = None
         try:
-            apply_hard_limits(proc.pid, manifest.limits)
+            apply_hard_limits(proc.pid, manifest.limits, own_user=os.geteuid() == 0)
             monitor = ResourceMonitor(proc.pid, manifest.limits)
         except psutil.Error as exc:
             log.warning("could not set worker limits", error=str(exc))

@@ -31,6 +31,8 @@ MIB: Final = 1024 * 1024
 #: Headroom of the hard memory backstop over the watched limit: the interpreter and gRPC
 #: reserve address space they never touch, and the watcher should be the one to say why.
 DATA_HEADROOM_MIB: Final = 256
+#: Threads count as tasks (RLIMIT_NPROC, pids.max): room for the interpreter's and gRPC's own.
+THREAD_HEADROOM: Final = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,16 +78,22 @@ class Deadlines:
         return None
 
 
-def apply_hard_limits(pid: int, limits: Limits) -> None:
-    """Set the kernel's backstops on a freshly spawned worker, before it runs plugin code."""
+def apply_hard_limits(pid: int, limits: Limits, *, own_user: bool) -> None:
+    """Set the kernel's backstops on a freshly spawned worker, before it runs plugin code.
+
+    ``own_user``: the worker runs as a user of its own (the sandbox's identity layer), so that
+    RLIMIT_NPROC, which counts every process and thread of the user, counts this plugin's
+    alone. Otherwise it would count the host's user's and stop a worker from even starting its
+    threads on a busy machine; the watcher and the pids cgroup count descendants instead.
+    """
     proc = psutil.Process(pid)
     data = (limits.memory_mb + DATA_HEADROOM_MIB) * MIB
     proc.rlimit(resource.RLIMIT_DATA, (data, data))
     proc.rlimit(resource.RLIMIT_NOFILE, (limits.open_files, limits.open_files))
     proc.rlimit(resource.RLIMIT_CORE, (0, 0))
-    # No RLIMIT_NPROC: it counts every process and thread of the user, not this worker's, and
-    # would stop a worker from even starting its threads on a busy machine. The watcher counts
-    # the worker's descendants instead.
+    if own_user:
+        tasks = limits.processes + THREAD_HEADROOM
+        proc.rlimit(resource.RLIMIT_NPROC, (tasks, tasks))
 
 
 def descendants_by_root(roots: set[int]) -> dict[int, list[psutil.Process]]:

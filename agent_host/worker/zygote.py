@@ -27,6 +27,7 @@ dies with the host (PDEATHSIG), and its children die with it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import select
@@ -36,7 +37,7 @@ import sys
 from typing import Any, NoReturn
 
 from agent_host.protocol import ZYGOTE_MAX_MESSAGE_BYTES
-from agent_host.worker.sandbox import kernel, pidns, probe
+from agent_host.worker.sandbox import kernel, pidns, probe, seccomp
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -97,12 +98,13 @@ class _Children:
             if pid in self.inits:
                 self.inits.discard(pid)
                 continue
+            code = os.waitstatus_to_exitcode(status)
+            _send(sock, {"op": "exited", "pid": pid, "returncode": code})
+            # After the host knows: its restart need not wait for the namespace to go.
             namespaced = self.namespaces.pop(pid, None)
             if namespaced is not None:
                 namespaced.end()
                 self.inits.discard(namespaced.init)
-            code = os.waitstatus_to_exitcode(status)
-            _send(sock, {"op": "exited", "pid": pid, "returncode": code})
 
 
 def _drain(fd: int) -> None:
@@ -167,6 +169,9 @@ def serve(sock: socket.socket) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd does the work
     children = _Children()
+    if seccomp.supported() is None:
+        for network, execute in itertools.product((False, True), repeat=2):
+            seccomp.compiled(network=network, execute=execute)
     _send(sock, {"op": "ready", "sandbox": probe.report_text()})
     watched: list[Any] = [sock, wake_r]
     while True:

@@ -12,6 +12,8 @@ missing. Never silently weaker: the report goes to the host, which logs it once 
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import resource
 import signal
@@ -93,18 +95,23 @@ def _namespaces(policy: SandboxPolicy, report: _Report) -> bool:
         report.skipped("network_namespace", "the manifest is granted the network")
     else:
         wanted.append(("network_namespace", kernel.CLONE_NEWNET))
-    mount_ns = False
-    for name, flag in wanted:
-        try:
-            kernel.unshare(flag)
-        except OSError as exc:
-            report.missing(name, str(exc))
-            continue
-        if flag == kernel.CLONE_NEWUTS:
-            kernel.sethostname(HOSTNAME)
-        mount_ns = mount_ns or flag == kernel.CLONE_NEWNS
+    try:  # all at once, the common case; one by one to say which the kernel refuses
+        kernel.unshare(functools.reduce(operator.or_, (flag for _, flag in wanted)))
+        made = [name for name, _ in wanted]
+    except OSError:
+        made = []
+        for name, flag in wanted:
+            try:
+                kernel.unshare(flag)
+            except OSError as exc:
+                report.missing(name, str(exc))
+            else:
+                made.append(name)
+    for name in made:
         report.applied(name)
-    return mount_ns
+    if "uts_namespace" in made:
+        kernel.sethostname(HOSTNAME)
+    return "mount_namespace" in made
 
 
 def _view(policy: SandboxPolicy, report: _Report) -> None:

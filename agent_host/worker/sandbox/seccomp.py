@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import struct
 from typing import Final
 
@@ -178,16 +179,23 @@ class _SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
 
+@functools.cache
+def compiled(*, network: bool, execute: bool) -> bytes:
+    """The filter as the kernel reads it; the zygote compiles every variant once, before it
+    forks, so that a worker only installs one."""
+    code = program(network=network, execute=execute)
+    return b"".join(struct.pack("=HBBI", *instruction) for instruction in code)
+
+
 def install(*, network: bool, execute: bool) -> int:
     """Filter this thread's (and its future children's) system calls; returns the filter's
     length. Needs no_new_privs (set by the Landlock layer, or here)."""
     reason = supported()
     if reason is not None:
         raise OSError(errno.ENOSYS, reason)
-    code = program(network=network, execute=execute)
-    raw = b"".join(struct.pack("=HBBI", *instruction) for instruction in code)
+    raw = compiled(network=network, execute=execute)
     buffer = ctypes.create_string_buffer(raw, len(raw))
-    fprog = _SockFprog(len(code), ctypes.cast(buffer, ctypes.c_void_p))
+    fprog = _SockFprog(len(raw) // 8, ctypes.cast(buffer, ctypes.c_void_p))
     kernel.prctl(kernel.PR_SET_NO_NEW_PRIVS, 1, what="PR_SET_NO_NEW_PRIVS")
     kernel.prctl(
         kernel.PR_SET_SECCOMP,
@@ -195,4 +203,4 @@ def install(*, network: bool, execute: bool) -> int:
         ctypes.addressof(fprog),
         what="seccomp",
     )
-    return len(code)
+    return len(raw) // 8
