@@ -70,6 +70,7 @@ def contest(
     config: str = "",
     limits: str = "",
     policy: RestartPolicy | None = None,
+    zygote: bool = True,
 ) -> Contest:
     plugins = tmp_path / "plugins"
     shutil.copytree(TEST_PLUGINS / "tally", plugins / "tally")
@@ -84,7 +85,7 @@ def contest(
     async def scenario() -> Supervisor:
         sink = JsonLinesSink(findings_path, None)
         sup = Supervisor(
-            HostConfig(state_dir=tmp_path / "state"),
+            HostConfig(state_dir=tmp_path / "state", zygote=zygote),
             manifests,
             sink,
             policy or RestartPolicy(backoff_s=0.01),
@@ -153,8 +154,9 @@ class TestQuietAttacks:
     """Reads, writes, signals, sessions, sockets and programs: each refused, none noticed by
     anyone but the attacker."""
 
+    @pytest.mark.parametrize("zygote", [True, False], ids=["forked", "exec'd"])
     def test_every_way_out_is_closed(
-        self, tmp_path: Path, listeners: tuple[int, int, list[str]]
+        self, tmp_path: Path, listeners: tuple[int, int, list[str]], zygote: bool
     ) -> None:
         tcp_port, udp_port, reached = listeners
         # Wide open to everyone on the host's side: only the sandbox stands in the way.
@@ -175,7 +177,7 @@ class TestQuietAttacks:
             tcp_port = {tcp_port}
             udp_port = {udp_port}
             """
-        run = contest(tmp_path, attacks.PROBER, config=config)
+        run = contest(tmp_path, attacks.PROBER, config=config, zygote=zygote)
 
         run.assert_honest_plugin_unharmed()
         outcomes = dict(f.rule.split(":", 1)[::-1] for f in run.attacker)
