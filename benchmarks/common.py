@@ -37,7 +37,11 @@ def trivial(n: int, workdir: Path) -> list[Manifest]:
 def realistic(n: int, workdir: Path) -> list[Manifest]:
     """Up to four real detections: sigma (the SigmaHQ corpus when present), suspicious_exec,
     ransomware_burst, yara_scan."""
-    sigma_dirs = f'rule_dirs = ["rules", "{SHARED_SIGMA}"]' if SHARED_SIGMA.is_dir() else ""
+    sigma_dirs = ""
+    if SHARED_SIGMA.is_dir():  # and its sandboxed worker may read it
+        sigma_dirs = (
+            f'rule_dirs = ["rules", "{SHARED_SIGMA}"]\n[permissions]\nread = ["{SHARED_SIGMA}"]'
+        )
     chosen = [
         plugin_copy(REPO / "plugins" / "sigma", "sigma", workdir, sigma_dirs),
         plugin_copy(REPO / "plugins" / "suspicious_exec", "suspicious_exec", workdir),

@@ -163,6 +163,13 @@ class Cgroups:
             (directories[1] / "pids.max").write_text(str(pids))
         return WorkerCgroup(directories, self.version)
 
+    def place(self, name: str, limits: Limits, pid: int) -> WorkerCgroup | None:
+        """``for_worker``, with ``pid`` moved into it."""
+        cgroup = self.for_worker(name, limits)
+        if cgroup is not None:
+            cgroup.add(pid)
+        return cgroup
+
     def close(self) -> None:
         for base in self._bases:
             for child in base.glob("*/"):

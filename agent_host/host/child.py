@@ -89,9 +89,11 @@ class Child:
         cgroup = None
         if cgroups is not None:
             try:
-                cgroup = cgroups.for_worker(worker_id, manifest.limits)
-                if cgroup is not None:
-                    cgroup.add(proc.pid)
+                # In a thread: moving a process into a v1 cgroup waits for an RCU grace
+                # period (several ms), which must not stall the other plugins' events.
+                cgroup = await asyncio.to_thread(
+                    cgroups.place, worker_id, manifest.limits, proc.pid
+                )
             except OSError as exc:
                 log.error("worker runs without its cgroup", error=exc.strerror or str(exc))
                 cgroup = None

@@ -52,15 +52,20 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _connect_and_serve(args: argparse.Namespace, token: bytes, parent: int | None) -> int:
+def _confine(policy: SandboxPolicy, parent: int | None) -> bool:
+    """Apply the sandbox; False (said on stderr) if a strict policy cannot be."""
     try:
-        report = confine.apply(args.sandbox, parent)
+        report = confine.apply(policy, parent)
     except confine.SandboxRefusedError as exc:
         print(f"worker: {exc}", file=sys.stderr)
-        return WorkerExit.WORKER_EXIT_BOOT_ERROR
+        return False
     for layer in report.layers:
         if not layer.active and layer.reason:
             print(f"worker: sandbox layer not applied: {layer.name}: {layer.reason}")
+    return True
+
+
+def _connect_and_serve(args: argparse.Namespace, token: bytes) -> int:
     options = [
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -75,6 +80,15 @@ def _connect_and_serve(args: argparse.Namespace, token: bytes, parent: int | Non
             return serve(channel, args.worker_id, token)
         except MemoryError:
             return WorkerExit.WORKER_EXIT_OUT_OF_MEMORY
+
+
+def _read_secret() -> bytes | None:
+    token = sys.stdin.buffer.read(SECRET_BYTES)
+    sys.stdin.close()
+    if len(token) != SECRET_BYTES:
+        print("worker: no session secret on stdin", file=sys.stderr)
+        return None
+    return token
 
 
 def _exit(code: int) -> NoReturn:
@@ -104,17 +118,30 @@ def main(argv: list[str] | None = None, parent: int | None = None) -> int:
     sandbox.die_with_parent(args.parent_pid if parent is None else None)
     if args.broker_fd is not None:
         sdk.attach_broker(args.broker_fd)
-    token = sys.stdin.buffer.read(SECRET_BYTES)
-    sys.stdin.close()
-    if len(token) != SECRET_BYTES:
-        print("worker: no session secret on stdin", file=sys.stderr)
+    if parent is not None:
+        # Forked into its namespace by the zygote: confine while the host sets this process's
+        # limits and cgroup, then wait for the secret, which comes once they are set.
+        if not _confine(args.sandbox, parent):
+            return WorkerExit.WORKER_EXIT_BOOT_ERROR
+        token = _read_secret()
+        if token is None:
+            return WorkerExit.WORKER_EXIT_BOOT_ERROR
+        _exit(_connect_and_serve(args, token))
+    # Exec'd: the secret first, so that the worker forked below is in the cgroup the host has
+    # put this process in by then. Where the kernel gives no pid namespace, go on without:
+    # confine says so (and refuses, if strict).
+    token = _read_secret()
+    if token is None:
         return WorkerExit.WORKER_EXIT_BOOT_ERROR
-    if parent is None:
-        # Where the kernel gives no pid namespace, go on without: confine says so (and refuses,
-        # if strict).
-        with contextlib.suppress(OSError):
-            _wait_for(pidns.fork(lambda pidfd: _exit(_connect_and_serve(args, token, pidfd))))
-    _exit(_connect_and_serve(args, token, parent))
+
+    def worker(pidfd: int | None) -> NoReturn:
+        if not _confine(args.sandbox, pidfd):
+            _exit(WorkerExit.WORKER_EXIT_BOOT_ERROR)
+        _exit(_connect_and_serve(args, token))
+
+    with contextlib.suppress(OSError):
+        _wait_for(pidns.fork(worker))
+    return worker(None)
 
 
 if __name__ == "__main__":
