@@ -8,22 +8,29 @@ line naming the plugin's file, the key and the cap, and the other plugins run as
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Final
 
 from agent_host.errors import ManifestError
 from agent_host.host.manifest import Limits, Manifest
 
+#: The most of each limit a manifest may ask for. Defaults leave room for every bundled plugin.
+DEFAULT_LIMIT_CAPS: Final = Limits(
+    batch_deadline_s=60.0,
+    memory_mb=2048,
+    cpu_percent=100.0,
+    cpu_window_s=60.0,
+    open_files=4096,
+    processes=256,
+    max_findings_per_event=1000,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Caps:
-    """The most a manifest may ask for. Defaults leave room for every bundled plugin."""
+    """The most a manifest may ask for."""
 
-    memory_mb: int = 2048
-    batch_deadline_s: float = 60.0
-    cpu_percent: float = 100.0
-    cpu_window_s: float = 60.0
-    open_files: int = 4096
-    processes: int = 256
-    max_findings_per_event: int = 1000
+    #: Each limit at most this.
+    limits: Limits = DEFAULT_LIMIT_CAPS
     #: Whether a manifest may be granted the network, or to execute programs.
     network: bool = False
     exec: bool = False
@@ -34,7 +41,7 @@ class Caps:
         """Why ``manifest`` asks for more than these caps allow; None if it does not."""
         path = manifest.directory / "plugin.toml"
         for limit in fields(Limits):
-            asked, cap = getattr(manifest.limits, limit.name), getattr(self, limit.name)
+            asked, cap = getattr(manifest.limits, limit.name), getattr(self.limits, limit.name)
             if asked > cap:
                 return ManifestError(
                     path, f"{asked} exceeds the operator's cap of {cap}", f"limits.{limit.name}"

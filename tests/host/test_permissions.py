@@ -13,7 +13,7 @@ from agent_host.errors import ManifestError, SandboxUnavailableError
 from agent_host.host.caps import Caps
 from agent_host.host.config import HostConfig
 from agent_host.host.findings import CollectingSink
-from agent_host.host.manifest import Manifest
+from agent_host.host.manifest import Limits, Manifest
 from agent_host.host.supervisor import Supervisor
 from agent_host.protocol import SandboxReport
 from tests.helpers import agent_host, exec_event, make_plugin, recording
@@ -72,7 +72,7 @@ class TestOperatorCaps:
 
     def test_the_operator_may_allow_more(self, tmp_path: Path) -> None:
         asks = manifest(tmp_path, "[limits]\nmemory_mb = 4096\n[permissions]\nnetwork = true\n")
-        assert Caps(memory_mb=4096, network=True).check(asks) is None
+        assert Caps(Limits(memory_mb=4096), network=True).check(asks) is None
         assert Caps(read=("/srv",)).check(
             manifest(tmp_path / "b", '[permissions]\nread = ["/etc"]\n')
         )
