@@ -114,7 +114,7 @@ def _namespaces(policy: SandboxPolicy, report: _Report) -> bool:
     return "mount_namespace" in made
 
 
-def _view(policy: SandboxPolicy, report: _Report) -> None:
+def _view(policy: SandboxPolicy) -> None:
     binds = [*interpreter_paths(), policy.plugin_dir, policy.socket_dir, *policy.read_paths]
     try:
         mounts.build_root(
@@ -171,7 +171,7 @@ def apply(policy: SandboxPolicy, parent: int | None) -> SandboxReport:
         report.applied("pid_namespace")
     scratch = "/tmp"
     if _namespaces(policy, report):
-        _view(policy, report)
+        _view(policy)
         scratch = _scratch(policy)
         os.chdir(policy.plugin_dir)
     _identity(policy, report)
