@@ -36,10 +36,16 @@ def _dispatch(argv: list[str] | None) -> int:
                 raise AgentHostError(f"--dir: cannot create {args.dir}: {exc.strerror}") from None
             print(scaffold.next_steps(folder))
             return 0
+        if command == "sign":
+            return admin.sign_plugin(args.dir, args.key)
         store = paths.open_state("--state-dir", args.state_dir or default_state_dir())
         if command == "release":
             return admin.release(store, args.name)
-        return admin.list_plugins(paths.plugins_dir(args.plugins), store)
+        # `plugins` alone lists, without the list command's own options.
+        trusted, policy = getattr(args, "trusted_key", []), getattr(args, "signatures", "warn")
+        return admin.list_plugins(paths.plugins_dir(args.plugins), store, trusted, policy)
+    if args.command == "keys":
+        return admin.new_keys(args.out)
     if args.command == "deadletters":
         store = paths.open_state("--state-dir", args.state_dir or default_state_dir())
         return admin.dead_letters(store, args.plugin, args.json, args.export, args.purge)

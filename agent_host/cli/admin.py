@@ -7,10 +7,14 @@ import datetime
 import json
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from agent_host.cli import paths
 from agent_host.errors import UsageError
+from agent_host.host import signing
 from agent_host.host.caps import Caps
 from agent_host.host.cgroups import Cgroups
+from agent_host.host.content import measure
 from agent_host.host.manifest import Manifest, discover
 from agent_host.host.sandbox import describe, for_plugin, machine_report
 from agent_host.host.spawn import probe_sandbox
@@ -53,13 +57,47 @@ def _granted(manifest: Manifest) -> str:
     return f"read {read}; network {yes_no[grants.network]}; exec {yes_no[grants.exec]}"
 
 
-def list_plugins(plugins_dir: Path, store: StateStore) -> int:
-    """``plugins list``: each plugin found with its state, what it is granted and which sandbox
-    layers it gets here, and each manifest error."""
+def new_keys(prefix: Path) -> int:
+    """``keys new --out PREFIX``: an Ed25519 key pair for signing plugins."""
+    secret, public = signing.new_key_pair(prefix)
+    print(f"private key {secret} (keep it secret), public key {public} (give it to --trusted-key)")
+    return EXIT_OK
+
+
+def sign_plugin(directory: Path, key: Path) -> int:
+    """``plugins sign DIR --key KEY``: sign the plugin's content as it is now."""
+    if not (directory / "plugin.toml").is_file():
+        raise UsageError(str(directory), "not a plugin folder (no plugin.toml)")
+    private = signing.load_private(key)
+    path = signing.sign(directory, private)
+    print(
+        f"signed {directory} ({measure(directory)}) with key {signing.key_id(private.public_key())}"
+        f": {path}"
+    )
+    return EXIT_OK
+
+
+def _signature(manifest: Manifest, trusted: list[Ed25519PublicKey], policy: str) -> str:
+    measurement = measure(manifest.directory)
+    if policy == "off":
+        return f"{measurement}, signatures not checked"
+    verdict = signing.verify(manifest.directory, measurement, trusted)
+    if verdict.signed:
+        return f"{measurement}, signed by {verdict.signer}"
+    refused = " (refused under --signatures enforce)" if policy == "enforce" else ""
+    return f"{measurement}, {verdict.problem}{refused}"
+
+
+def list_plugins(
+    plugins_dir: Path, store: StateStore, trusted_keys: list[Path], policy: str
+) -> int:
+    """``plugins list``: each plugin found with its state, its measurement and signer, what it
+    is granted and which sandbox layers it gets here, and each manifest error."""
     try:
         quarantined = store.quarantined()
     finally:
         store.close()
+    trusted = [signing.load_public(path) for path in trusted_keys]
     discovery = discover(plugins_dir)
     machine = _machine_sandbox()
     print(f"sandbox on this machine: {describe(list(machine.layers))}")
@@ -81,6 +119,7 @@ def list_plugins(plugins_dir: Path, store: StateStore) -> int:
             f"{m.name:<24} {m.version:<10} {','.join(sorted(m.subscribe)):<22} "
             f"{m.entrypoint:<28} {state}"
         )
+        print(f"    content: {_signature(m, trusted, policy)}")
         print(f"    granted: {_granted(m)}")
         print(f"    sandbox: {describe(for_plugin(machine, m))}")
     for error in discovery.errors:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from agent_host import __version__
-from agent_host.host.config import SANDBOX_MODES, HostConfig
+from agent_host.host.config import SANDBOX_MODES, SIGNATURE_POLICIES, HostConfig
 from agent_host.sources.live import OverflowPolicy
 from agent_host.sources.live.file import DEFAULT_PATHS
 
@@ -101,6 +101,7 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
         help="strict: no worker runs without every sandbox layer; warn: it runs without the "
         "layers this machine lacks, each said once (default here: %(default)s)",
     )
+    _add_trust_options(p)
     p.add_argument(
         "--allow-network",
         action="store_true",
@@ -117,6 +118,24 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help="also write the end-of-run summary as JSON",
+    )
+
+
+def _add_trust_options(p: argparse.ArgumentParser, default: object = None) -> None:
+    p.add_argument(
+        "--trusted-key",
+        action="append",
+        type=Path,
+        default=[] if default is None else default,
+        metavar="PUB",
+        help="an Ed25519 public key (PEM) whose plugin signatures are trusted; repeatable",
+    )
+    p.add_argument(
+        "--signatures",
+        choices=SIGNATURE_POLICIES,
+        default="warn" if default is None else default,
+        help="enforce: a plugin not signed by a trusted key does not start; warn: it starts "
+        "and the host says so; off (default %(default)s)",
     )
 
 
@@ -181,6 +200,14 @@ def _add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     _add_plugins_dir(listing, argparse.SUPPRESS)
     _add_state_dir(listing, argparse.SUPPRESS)
+    _add_trust_options(listing)
+    signing = commands.add_parser(
+        "sign", help="sign a plugin folder's content (writes DIR/plugin.sig)"
+    )
+    signing.add_argument("dir", type=Path, metavar="DIR", help="the plugin's folder")
+    signing.add_argument(
+        "--key", type=Path, required=True, metavar="KEY", help="the Ed25519 private key (PEM)"
+    )
     release = commands.add_parser("release", help="lift the quarantine of a plugin")
     release.add_argument("name", help="the plugin's name")
     _add_state_dir(release, argparse.SUPPRESS)
@@ -193,6 +220,13 @@ def _add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
         metavar="DIR",
         help="where to create it (default: ./plugins)",
     )
+
+
+def _add_keys_group(sub: argparse._SubParsersAction[Parser]) -> None:
+    keys = sub.add_parser("keys", help="signing keys for plugins")
+    commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
+    new = commands.add_parser("new", help="make an Ed25519 key pair: PREFIX.key and PREFIX.pub")
+    new.add_argument("--out", type=Path, required=True, metavar="PREFIX")
 
 
 def build_parser() -> Parser:
@@ -240,6 +274,7 @@ def build_parser() -> Parser:
     _add_live_options(record)
 
     _add_plugins_group(sub)
+    _add_keys_group(sub)
 
     letters = sub.add_parser(
         "deadletters", help="the events set aside because they killed a plugin"

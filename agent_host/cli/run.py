@@ -177,6 +177,8 @@ async def host(args: argparse.Namespace) -> int:
         state_dir=state_dir,
         sandbox=args.sandbox,
         caps=Caps(network=args.allow_network, exec=args.allow_exec),
+        signatures=args.signatures,
+        trusted_keys=tuple(args.trusted_key),
     )
     paths.open_state("--state-dir", state_dir).close()
     discovery = discover(plugins_dir)

@@ -43,6 +43,8 @@ def summary_rows(runners: Iterable[PluginRunner]) -> list[dict[str, Any]]:
                 "rejected_findings": s.rejected_findings,
                 "state_errors": s.state_errors,
                 "restarts": dict(sorted(s.restarts.items())),
+                "measurement": h.content.measurement,
+                "signer": h.signer,
                 "peak_rss_mib": round(s.peak_rss_mib, 1),
                 "reason": h.retired or h.reason,
             }

@@ -74,7 +74,7 @@ class Child:
         args += ["--sandbox", sandbox.policy_argument()]
         broker = FileBroker(manifest.permissions.read)
         try:
-            proc = await spawner.spawn(args, manifest.directory, broker.worker_fd)
+            proc = await spawner.spawn(args, sandbox.content.copy, broker.worker_fd)
         except BaseException:
             broker.close()
             raise

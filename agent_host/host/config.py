@@ -16,6 +16,7 @@ from agent_host.errors import ConfigError
 from agent_host.host.caps import Caps
 
 SANDBOX_MODES: Final = ("strict", "warn")
+SIGNATURE_POLICIES: Final = ("enforce", "warn", "off")
 
 
 def default_sandbox_mode() -> str:
@@ -68,6 +69,11 @@ class HostConfig:
     scratch_mb: int = 64
     #: What a manifest may ask for (limits and permissions).
     caps: Caps = field(default_factory=Caps)
+    #: Plugin signatures: "enforce" (a plugin not signed by a trusted key does not start),
+    #: "warn" (it starts, and the host says so), "off".
+    signatures: str = "warn"
+    #: Ed25519 public keys (PEM files) whose signatures on plugins are trusted.
+    trusted_keys: tuple[Path, ...] = ()
     #: The host name stamped on events and findings that carry none.
     hostname: str = field(default_factory=socket.gethostname)
     #: Where the host keeps state across runs (quarantine, dead letters); None for no state.
@@ -80,6 +86,10 @@ class HostConfig:
                 raise ConfigError(f.name, f"must be positive, got {value!r}")
         if self.sandbox not in SANDBOX_MODES:
             raise ConfigError("sandbox", f"one of {', '.join(SANDBOX_MODES)}, got {self.sandbox!r}")
+        if self.signatures not in SIGNATURE_POLICIES:
+            raise ConfigError(
+                "signatures", f"one of {', '.join(SIGNATURE_POLICIES)}, got {self.signatures!r}"
+            )
         if self.poison_max_share > 1:
             raise ConfigError("poison_max_share", f"at most 1, got {self.poison_max_share}")
         if self.batch_size > 65_536:

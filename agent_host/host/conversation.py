@@ -83,7 +83,7 @@ class Conversation:
             HostMessage(
                 start=Start(
                     plugin_name=manifest.name,
-                    plugin_dir=str(manifest.directory),
+                    plugin_dir=str(runner.content.copy),
                     entrypoint=manifest.entrypoint,
                     config_json=manifest.config_json,
                 )

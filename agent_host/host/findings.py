@@ -75,6 +75,10 @@ def finding_json(finding: Finding) -> bytes:
         out["host"] = finding.host
     if finding.HasField("time"):
         out["time"] = finding.time.ToJsonString()
+    for name in ("plugin_measurement", "plugin_signer"):
+        value = getattr(finding, name)
+        if value:
+            out[name] = value
     return orjson.dumps(out)
 
 
@@ -216,6 +220,9 @@ class Source:
 
     plugin: str
     version: str
+    #: The content that produced the findings, and who signed it ("" for nobody trusted).
+    measurement: str
+    signer: str
     max_findings_per_event: int
     stats: PluginStats
     #: Whether the plugin was given the event with this sequence number.
@@ -255,6 +262,8 @@ class FindingPipeline:
                 continue
             finding.plugin = source.plugin
             finding.plugin_version = source.version
+            finding.plugin_measurement = source.measurement
+            finding.plugin_signer = source.signer
             finding.host = self._hostname
             stamp = finding.time
             stamp.seconds, stamp.nanos = seconds, nanos

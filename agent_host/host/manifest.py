@@ -6,7 +6,6 @@ manifest alone; the plugin's code is imported only inside its worker.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -20,8 +19,6 @@ from agent_host.errors import ManifestError
 from agent_host.protocol import EVENT_KINDS, EventKind
 
 MANIFEST_NAME: Final = "plugin.toml"
-#: What a plugin's content is not: caches its own imports write.
-_NOT_CONTENT: Final = frozenset({"__pycache__", ".pytest_cache"})
 _NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _ENTRYPOINT_PATTERN: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -251,20 +248,3 @@ def discover(plugins_dir: Path) -> Discovery:
         seen[manifest.name] = path
         manifests.append(manifest)
     return Discovery(manifests, errors)
-
-
-def content_digest(directory: Path) -> str:
-    """A digest of every file in a plugin's folder (its name and bytes, sorted by path), caches
-    left out: any changed, added or removed file changes it."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        relative = path.relative_to(directory)
-        if _NOT_CONTENT.intersection(relative.parts) or path.suffix == ".pyc":
-            continue
-        digest.update(str(relative).encode() + b"\0")
-        try:
-            digest.update(path.read_bytes())
-        except OSError as exc:  # unreadable now: that too is a change
-            digest.update(f"unreadable: {exc.errno}".encode())
-        digest.update(b"\0")
-    return digest.hexdigest()

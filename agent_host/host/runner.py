@@ -33,6 +33,7 @@ from agent_host.host import lifecycle as lc
 from agent_host.host.cgroups import Cgroups
 from agent_host.host.child import Child
 from agent_host.host.config import HostConfig
+from agent_host.host.content import Content
 from agent_host.host.conversation import Conversation
 from agent_host.host.delivery import PIECE_ID_BASE, Answered, Delivery
 from agent_host.host.fanout import Group
@@ -69,6 +70,8 @@ class PluginRunner:
         manifest: Manifest,
         group: Group,
         *,
+        content: Content,
+        signer: str = "",
         config: HostConfig,
         sandbox: WorkerSandbox,
         pipeline: FindingPipeline,
@@ -80,6 +83,9 @@ class PluginRunner:
         key: str | None = None,
     ) -> None:
         self.manifest = manifest
+        #: The content its workers load (a read-only copy, as measured), and who signed it.
+        self.content = content
+        self.signer = signer
         #: How the group's backlog knows this runner: the plugin's name, and after a reload
         #: that replaced a version, name#N, so that old and new are owed different batches.
         self.key = key or manifest.name
@@ -111,6 +117,8 @@ class PluginRunner:
         self._source = Source(
             manifest.name,
             manifest.version,
+            content.measurement,
+            signer,
             manifest.limits.max_findings_per_event,
             self.stats,
             self.delivery.was_given,

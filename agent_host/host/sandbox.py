@@ -19,6 +19,7 @@ import structlog
 
 from agent_host.host.cgroups import Cgroups
 from agent_host.host.config import HostConfig
+from agent_host.host.content import Content
 from agent_host.host.manifest import Manifest
 from agent_host.protocol import SANDBOX_LAYERS, SandboxLayer, SandboxPolicy, SandboxReport
 
@@ -39,14 +40,16 @@ def worker_uid(slot: int, host_pid: int | None = None) -> int:
 class WorkerSandbox:
     """What every worker of one plugin runs as and in."""
 
-    def __init__(self, config: HostConfig, manifest: Manifest, runtime_dir: Path, slot: int):
+    def __init__(
+        self, config: HostConfig, manifest: Manifest, content: Content, runtime_dir: Path, slot: int
+    ):
         self._config = config
         self.manifest = manifest
+        self.content = content
         self.uid = worker_uid(slot)
         self.session_dir = runtime_dir / f"worker-{slot}"
         self.session_dir.mkdir(mode=0o700)
         self._own(self.session_dir)
-        self.linked = linked_content(manifest.directory)
 
     @property
     def socket_path(self) -> Path:
@@ -67,9 +70,9 @@ class WorkerSandbox:
         return SandboxPolicy(
             uid=self.uid,
             gid=self.uid,
-            plugin_dir=str(self.manifest.directory),
+            plugin_dir=str(self.content.copy),
             socket_dir=str(self.session_dir),
-            read_paths=[*grants.read, *self.linked],
+            read_paths=list(grants.read),
             network=grants.network,
             exec=grants.exec,
             tmp_mb=self._config.scratch_mb,
@@ -78,22 +81,6 @@ class WorkerSandbox:
 
     def policy_argument(self) -> str:
         return base64.b64encode(self.policy().SerializeToString()).decode()
-
-
-def linked_content(directory: Path) -> list[str]:
-    """Where the symlinks in a plugin's folder lead outside it: part of the plugin's content
-    (as its digest counts them), so bound into its worker's view too."""
-    outside = set()
-    for folder, dirs, files in os.walk(directory):
-        for name in (*dirs, *files):
-            path = os.path.join(folder, name)
-            if os.path.islink(path):
-                target = os.path.realpath(path)
-                kernel_or_root = target == "/" or target.startswith(("/proc", "/sys", "/dev"))
-                inside = Path(target).is_relative_to(directory)
-                if not inside and not kernel_or_root and os.path.exists(target):
-                    outside.add(target)
-    return sorted(outside)
 
 
 def decode_report(text: str) -> SandboxReport | None:

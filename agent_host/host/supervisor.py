@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -28,14 +27,16 @@ import structlog
 from agent_host.errors import SandboxUnavailableError
 from agent_host.host.cgroups import Cgroups
 from agent_host.host.config import HostConfig
+from agent_host.host.content import Content, measure, remove_tree, snapshot
 from agent_host.host.fanout import Group
 from agent_host.host.findings import FindingPipeline, FindingSink
 from agent_host.host.lifecycle import Phase
 from agent_host.host.limits import descendants_by_root
-from agent_host.host.manifest import Manifest, content_digest
+from agent_host.host.manifest import Manifest
 from agent_host.host.restart import RestartPolicy
 from agent_host.host.runner import PluginRunner
 from agent_host.host.sandbox import WorkerSandbox, for_plugin, machine_report
+from agent_host.host.signing import Verdict, load_public, verify
 from agent_host.host.spawn import ExecSpawner, Spawner, ZygoteSpawner, probe_sandbox
 from agent_host.host.store import StateStore
 from agent_host.protocol import (
@@ -68,7 +69,7 @@ def remove_stale_runtime_dirs(parent: Path | None = None) -> list[Path]:
     for folder in Path(parent or tempfile.gettempdir()).glob("agent-host-*-*"):
         pid = folder.name.split("-")[2]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists() and folder.is_dir():
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_tree(folder)
             removed.append(folder)
     if removed:
         log.info("removed socket folders of hosts that are gone", folders=len(removed))
@@ -103,7 +104,9 @@ class Supervisor:
         self.plugins: dict[str, PluginRunner] = {}
         #: Runners a reload took out (replaced or removed), kept for their accounts.
         self.retired: list[PluginRunner] = []
+        #: The measurement of each plugin's running content.
         self._digests: dict[str, str] = {}
+        self._trusted = [load_public(path) for path in config.trusted_keys]
         self._keys: set[str] = set()
         self._seq = 0
         self.accepted = 0
@@ -145,12 +148,13 @@ class Supervisor:
             self.sandbox = self._machine_sandbox(probe or await probe_sandbox())
         except SandboxUnavailableError:
             await self._spawner.close()
-            shutil.rmtree(self._runtime_dir, ignore_errors=True)
+            remove_tree(self._runtime_dir)
             self.store.close()
             raise
         for manifest in self._manifests:
-            self.plugins[manifest.name] = self._runner_for(manifest)
-            self._digests[manifest.name] = content_digest(manifest.directory)
+            runner = self._runner_for(manifest)
+            if runner is not None:
+                self.plugins[manifest.name] = runner
         self._background.append(asyncio.create_task(self._watch_workers()))
         for runner in self.plugins.values():
             runner.start()
@@ -195,12 +199,41 @@ class Supervisor:
                 self._groups_by_kind[kind].append(group)
         return group
 
-    def _runner_for(self, manifest: Manifest) -> PluginRunner:
+    def _signature_of(self, manifest: Manifest, content: Content) -> Verdict | None:
+        """Who signed the content, by the signature policy; None if the plugin is refused."""
+        if self.config.signatures == "off":
+            return Verdict("", "signatures not checked")
+        verdict = verify(manifest.directory, content.measurement, self._trusted)
+        if verdict.signed:
+            return verdict
+        if self.config.signatures == "enforce":
+            log.error(
+                "plugin refused: not signed by a trusted key",
+                plugin=manifest.name,
+                reason=verdict.problem,
+                measurement=content.measurement,
+            )
+            return None
+        log.warning(
+            "plugin not signed by a trusted key", plugin=manifest.name, reason=verdict.problem
+        )
+        return verdict
+
+    def _runner_for(self, manifest: Manifest) -> PluginRunner | None:
+        """A runner over a read-only copy of the plugin's content as measured now; None if
+        the signature policy refuses it."""
+        content = snapshot(manifest.directory, self._runtime_dir / "content")
+        verdict = self._signature_of(manifest, content)
+        if verdict is None:
+            return None
+        self._digests[manifest.name] = content.measurement
         return PluginRunner(
             manifest,
             self._group_for(manifest.subscribe),
+            content=content,
+            signer=verdict.signer,
             config=self.config,
-            sandbox=self._sandbox_for(manifest),
+            sandbox=self._sandbox_for(manifest, content),
             pipeline=self.findings,
             restart_policy=self._restart_policy,
             store=self.store,
@@ -210,9 +243,9 @@ class Supervisor:
             key=self._key_for(manifest.name),
         )
 
-    def _sandbox_for(self, manifest: Manifest) -> WorkerSandbox:
+    def _sandbox_for(self, manifest: Manifest, content: Content) -> WorkerSandbox:
         self._slots += 1
-        return WorkerSandbox(self.config, manifest, self._runtime_dir, self._slots)
+        return WorkerSandbox(self.config, manifest, content, self._runtime_dir, self._slots)
 
     def _key_for(self, name: str) -> str:
         key = name if name not in self._keys else f"{name}#{len(self._keys)}"
@@ -224,6 +257,23 @@ class Supervisor:
         """Every plugin's runner, those a reload took out included (for checks and accounts)."""
         return [*self.retired, *self.plugins.values()]
 
+    def _successors(
+        self, wanted: dict[str, Manifest], digests: dict[str, str], refused: list[str]
+    ) -> dict[str, PluginRunner]:
+        """Runners for the plugins that are new or changed (manifest or content)."""
+        successors: dict[str, PluginRunner] = {}
+        for name, manifest in wanted.items():
+            current = self.plugins.get(name)
+            unchanged = current is not None and manifest == current.manifest
+            if unchanged and digests[name] == self._digests.get(name):
+                continue
+            runner = self._runner_for(manifest)
+            if runner is None:
+                refused.append(name)
+            else:
+                successors[name] = runner
+        return successors
+
     async def reload(self, manifests: Iterable[Manifest]) -> dict[str, list[str]]:
         """Take in a new plugin set: start the new plugins, replace the changed ones (a new
         version, manifest or any file of the folder), retire the removed ones. The others keep
@@ -233,31 +283,35 @@ class Supervisor:
         is between two batches: each event is processed by exactly one of them.
         """
         wanted = {m.name: m for m in self._admitted(manifests)}
-        digests = {name: content_digest(m.directory) for name, m in wanted.items()}
+        digests = {name: measure(m.directory) for name, m in wanted.items()}
         for group in self.groups.values():
             await group.flush()
-        report: dict[str, list[str]] = {"added": [], "changed": [], "removed": [], "kept": []}
+        report: dict[str, list[str]] = {
+            "added": [],
+            "changed": [],
+            "removed": [],
+            "kept": [],
+            "refused": [],
+        }
+        # The new versions first: one the signature policy refuses leaves the running one be.
+        successors = self._successors(wanted, digests, report["refused"])
         for name, runner in list(self.plugins.items()):
-            new = wanted.get(name)
-            if new == runner.manifest and digests[name] == self._digests.get(name):
-                report["kept"].append(name)
-                continue
-            if new is None:
+            if name in successors:
+                new = successors[name].manifest
+                runner.retire(f"replaced by version {new.version} in a reload")
+                report["changed"].append(name)
+            elif name not in wanted:
                 runner.retire("removed by a reload")
                 report["removed"].append(name)
             else:
-                runner.retire(f"replaced by version {new.version} in a reload")
-                report["changed"].append(name)
+                report["kept"].append(name)
+                continue
             self.retired.append(runner)
             del self.plugins[name]
         started = []
-        for name, manifest in wanted.items():
-            if name in self.plugins:
-                continue
+        for name, runner in successors.items():
             if name not in report["changed"]:
                 report["added"].append(name)
-            runner = self._runner_for(manifest)
-            self._digests[name] = digests[name]
             self.plugins[name] = runner
             runner.start()
             started.append(runner)
@@ -349,7 +403,7 @@ class Supervisor:
         await self._spawner.close()
         if self._cgroups is not None:
             self._cgroups.close()
-        shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        remove_tree(self._runtime_dir)
         self.store.close()
 
     async def abort(self) -> None:
@@ -362,4 +416,4 @@ class Supervisor:
         await self._spawner.close()
         if self._cgroups is not None:
             self._cgroups.close()
-        shutil.rmtree(self._runtime_dir, ignore_errors=True)
+        remove_tree(self._runtime_dir)

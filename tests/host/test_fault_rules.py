@@ -55,13 +55,17 @@ async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 def marked_plugin(tmp_path: Path, version: str = "1.0") -> tuple[Manifest, Path]:
-    # In the plugin's own folder: its sandboxed worker sees nothing of the test's but that.
-    marker = tmp_path / "plugins" / "marked" / "crash"
+    # Its worker loads a read-only copy of its folder and sees nothing of the test's but what
+    # it is granted: the marker's folder, which its own user may enter.
+    markers = tmp_path / "markers"
+    markers.mkdir(parents=True, exist_ok=True)
+    markers.chmod(0o755)
+    marker = markers / "crash"
     folder = make_plugin(
         tmp_path / "plugins",
         "marked",
         CRASH_WHILE_MARKED,
-        extra_toml=f'[config]\nmarker = "{marker}"\n',
+        extra_toml=f'[permissions]\nread = ["{markers}"]\n[config]\nmarker = "{marker}"\n',
     )
     toml = folder / "plugin.toml"
     toml.write_text(toml.read_text().replace('version = "1.0"', f'version = "{version}"'))

@@ -70,6 +70,7 @@ def test_reload_under_a_steady_stream(tmp_path: Path) -> None:
         "changed": ["changed"],
         "removed": ["removed"],
         "kept": ["steady"],
+        "refused": [],
     }
     seen = tallies(sink.findings)
     everything = {"events": N, "distinct": N, "duplicates": 0, "seq_sum": N * (N + 1) // 2}

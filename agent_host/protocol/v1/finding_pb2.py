@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agent_host/protocol/v1/finding.proto\x12\x16\x61gent_host.protocol.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcc\x03\n\x07\x46inding\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06plugin\x18\x02 \x01(\t\x12\x16\n\x0eplugin_version\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12:\n\x08severity\x18\x05 \x01(\x0e\x32(.agent_host.protocol.v1.Finding.Severity\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x11\n\tevent_ids\x18\x07 \x03(\x04\x12\x43\n\nattributes\x18\x08 \x03(\x0b\x32/.agent_host.protocol.v1.Finding.AttributesEntry\x12\x12\n\ntechniques\x18\t \x03(\t\x12\x0c\n\x04host\x18\n \x01(\t\x12(\n\x04time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x08\n\x04INFO\x10\x01\x12\x07\n\x03LOW\x10\x02\x12\n\n\x06MEDIUM\x10\x03\x12\x08\n\x04HIGH\x10\x04\x12\x0c\n\x08\x43RITICAL\x10\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agent_host/protocol/v1/finding.proto\x12\x16\x61gent_host.protocol.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x03\n\x07\x46inding\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06plugin\x18\x02 \x01(\t\x12\x16\n\x0eplugin_version\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12:\n\x08severity\x18\x05 \x01(\x0e\x32(.agent_host.protocol.v1.Finding.Severity\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x11\n\tevent_ids\x18\x07 \x03(\x04\x12\x43\n\nattributes\x18\x08 \x03(\x0b\x32/.agent_host.protocol.v1.Finding.AttributesEntry\x12\x12\n\ntechniques\x18\t \x03(\t\x12\x0c\n\x04host\x18\n \x01(\t\x12(\n\x04time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12plugin_measurement\x18\x0c \x01(\t\x12\x15\n\rplugin_signer\x18\r \x01(\t\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"[\n\x08Severity\x12\x18\n\x14SEVERITY_UNSPECIFIED\x10\x00\x12\x08\n\x04INFO\x10\x01\x12\x07\n\x03LOW\x10\x02\x12\n\n\x06MEDIUM\x10\x03\x12\x08\n\x04HIGH\x10\x04\x12\x0c\n\x08\x43RITICAL\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FINDING_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_FINDING_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_FINDING']._serialized_start=98
-  _globals['_FINDING']._serialized_end=558
-  _globals['_FINDING_ATTRIBUTESENTRY']._serialized_start=416
-  _globals['_FINDING_ATTRIBUTESENTRY']._serialized_end=465
-  _globals['_FINDING_SEVERITY']._serialized_start=467
-  _globals['_FINDING_SEVERITY']._serialized_end=558
+  _globals['_FINDING']._serialized_end=609
+  _globals['_FINDING_ATTRIBUTESENTRY']._serialized_start=467
+  _globals['_FINDING_ATTRIBUTESENTRY']._serialized_end=516
+  _globals['_FINDING_SEVERITY']._serialized_start=518
+  _globals['_FINDING_SEVERITY']._serialized_end=609
 # @@protoc_insertion_point(module_scope)

@@ -76,6 +76,8 @@ class Finding(_message.Message):
     TECHNIQUES_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    PLUGIN_MEASUREMENT_FIELD_NUMBER: _builtins.int
+    PLUGIN_SIGNER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """A digest of (plugin, rule, event_ids, message), set by the host: a redelivered event that yields
     the same finding again has the same id, and the host writes it once.
@@ -88,6 +90,12 @@ class Finding(_message.Message):
     message: _builtins.str
     host: _builtins.str
     """Set by the host."""
+    plugin_measurement: _builtins.str
+    """Stamped by the host: the measurement of the plugin content that produced the finding
+    ("sha256:..." over its manifest, code and rules), and the id of the trusted key that signed
+    that content ("" if none did).
+    """
+    plugin_signer: _builtins.str
     @_builtins.property
     def event_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Event.seq of the events this finding is about; every one must be an event the plugin was given."""
@@ -114,10 +122,12 @@ class Finding(_message.Message):
         techniques: _abc.Iterable[_builtins.str] | None = ...,
         host: _builtins.str = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        plugin_measurement: _builtins.str = ...,
+        plugin_signer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "event_ids", b"event_ids", "host", b"host", "id", b"id", "message", b"message", "plugin", b"plugin", "plugin_version", b"plugin_version", "rule", b"rule", "severity", b"severity", "techniques", b"techniques", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "event_ids", b"event_ids", "host", b"host", "id", b"id", "message", b"message", "plugin", b"plugin", "plugin_measurement", b"plugin_measurement", "plugin_signer", b"plugin_signer", "plugin_version", b"plugin_version", "rule", b"rule", "severity", b"severity", "techniques", b"techniques", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

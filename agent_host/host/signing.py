@@ -1,0 +1,124 @@
+"""Signed plugins: an Ed25519 signature over a plugin's measurement, checked against the keys
+the operator trusts.
+
+``agent-host keys new`` makes a key pair (PEM; the private key 0600). ``agent-host plugins sign
+DIR --key KEY`` writes ``DIR/plugin.sig``, a small JSON document: the measurement, the signing
+key's id (the SHA-256 of its raw public key, as in-toto and TUF name keys) and the signature
+over the measurement's bytes. The signature file is not part of the measurement, so signing
+does not change what is signed.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from agent_host.errors import UsageError
+from agent_host.host.content import SIGNATURE_NAME, measure
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def new_key_pair(prefix: Path) -> tuple[Path, Path]:
+    """Write ``PREFIX.key`` (private, 0600) and ``PREFIX.pub``; returns their paths."""
+    private = Ed25519PrivateKey.generate()
+    secret, public = prefix.with_suffix(".key"), prefix.with_suffix(".pub")
+    for path in (secret, public):
+        if path.exists():
+            raise UsageError(str(path), "exists already; not overwritten")
+    fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(
+            private.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    public.write_bytes(
+        private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return secret, public
+
+
+def load_private(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UsageError(str(path), f"not an Ed25519 private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UsageError(str(path), "not an Ed25519 private key")
+    return key
+
+
+def load_public(path: Path) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise UsageError(str(path), f"not an Ed25519 public key: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise UsageError(str(path), "not an Ed25519 public key")
+    return key
+
+
+def sign(directory: Path, key: Ed25519PrivateKey) -> Path:
+    """Sign the plugin in ``directory`` as it is now; returns the signature file's path."""
+    measurement = measure(directory)
+    document = {
+        "measurement": measurement,
+        "keyid": key_id(key.public_key()),
+        "signature": base64.b64encode(key.sign(measurement.encode())).decode(),
+    }
+    path = directory / SIGNATURE_NAME
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Who signed a measurement, or why nobody trusted did."""
+
+    signer: str
+    problem: str
+
+    @property
+    def signed(self) -> bool:
+        return not self.problem
+
+
+def verify(directory: Path, measurement: str, trusted: Iterable[Ed25519PublicKey]) -> Verdict:
+    """Whether ``directory``'s signature file signs ``measurement`` with a trusted key."""
+    path = directory / SIGNATURE_NAME
+    try:
+        document = json.loads(path.read_text())
+        signature = base64.b64decode(document["signature"], validate=True)
+        signed = str(document["measurement"])
+        keyid = str(document["keyid"])
+    except FileNotFoundError:
+        return Verdict("", "unsigned")
+    except (OSError, ValueError, KeyError, TypeError):
+        return Verdict("", f"{SIGNATURE_NAME} is not a signature file")
+    if signed != measurement:
+        return Verdict("", "the content changed since it was signed")
+    for key in trusted:
+        if key_id(key) == keyid:
+            try:
+                key.verify(signature, measurement.encode())
+            except InvalidSignature:
+                return Verdict("", f"bad signature by key {keyid}")
+            return Verdict(keyid, "")
+    return Verdict("", f"signed by key {keyid}, which is not trusted")
