@@ -12,9 +12,9 @@ import asyncio
 import sys
 
 from agent_host import logs
-from agent_host.cli import admin, paths, run, scaffold
+from agent_host.cli import admin, attestation, paths, run, scaffold
 from agent_host.cli.parser import EXIT_USAGE, build_parser
-from agent_host.errors import AgentHostError
+from agent_host.errors import AgentHostError, UsageError
 from agent_host.host.store import default_state_dir
 
 __all__ = ["main"]
@@ -46,6 +46,13 @@ def _dispatch(argv: list[str] | None) -> int:
         return admin.list_plugins(paths.plugins_dir(args.plugins), store, trusted, policy)
     if args.command == "keys":
         return admin.new_keys(args.out)
+    if args.command == "attest":
+        if args.attest_command == "verify":
+            return attestation.verify(args.report, args.host_key, args.verify_nonce, args.expected)
+        if not args.nonce:
+            raise UsageError("--nonce", "required: the verifier's nonce")
+        state_dir = args.state_dir or default_state_dir()
+        return attestation.report(args, paths.plugins_dir(args.plugins), state_dir)
     if args.command == "deadletters":
         store = paths.open_state("--state-dir", args.state_dir or default_state_dir())
         return admin.dead_letters(store, args.plugin, args.json, args.export, args.purge)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -15,11 +16,11 @@ from agent_host.host import signing
 from agent_host.host.caps import Caps
 from agent_host.host.cgroups import Cgroups
 from agent_host.host.content import measure
-from agent_host.host.manifest import Manifest, discover
+from agent_host.host.manifest import Discovery, Manifest, discover
 from agent_host.host.sandbox import describe, for_plugin, machine_report
 from agent_host.host.spawn import probe_sandbox
 from agent_host.host.store import StateStore
-from agent_host.protocol import Event, SandboxReport, message_to_json
+from agent_host.protocol import Event, SandboxLayer, SandboxReport, message_to_json
 from agent_host.sources.recording import RecordingWriter
 
 EXIT_OK = 0
@@ -41,7 +42,7 @@ def release(store: StateStore, name: str) -> int:
     return EXIT_OK
 
 
-def _machine_sandbox() -> SandboxReport:
+def machine_sandbox() -> SandboxReport:
     """What a worker's sandbox holds on this machine, found as the host would at its start."""
     cgroups = Cgroups()
     try:
@@ -77,15 +78,67 @@ def sign_plugin(directory: Path, key: Path) -> int:
     return EXIT_OK
 
 
-def _signature(manifest: Manifest, trusted: list[Ed25519PublicKey], policy: str) -> str:
-    measurement = measure(manifest.directory)
+@dataclass(frozen=True, slots=True)
+class PluginView:
+    """One plugin as an operator (``plugins list``) or a verifier (``attest``) sees it."""
+
+    manifest: Manifest
+    #: "ok", "quarantined" or "refused", and why, in words.
+    state: str
+    why: str
+    measurement: str
+    signer: str
+    signature: str
+    layers: list[SandboxLayer]
+
+
+def _signature(
+    manifest: Manifest, measurement: str, trusted: list[Ed25519PublicKey], policy: str
+) -> tuple[str, str]:
+    """(signer, how the signature reads) by the policy."""
     if policy == "off":
-        return f"{measurement}, signatures not checked"
+        return "", "signatures not checked"
     verdict = signing.verify(manifest.directory, measurement, trusted)
     if verdict.signed:
-        return f"{measurement}, signed by {verdict.signer}"
-    refused = " (refused under --signatures enforce)" if policy == "enforce" else ""
-    return f"{measurement}, {verdict.problem}{refused}"
+        return verdict.signer, f"signed by {verdict.signer}"
+    return "", verdict.problem
+
+
+def plugin_views(
+    discovery: Discovery,
+    store: StateStore,
+    trusted_keys: list[Path],
+    policy: str,
+    machine: SandboxReport,
+) -> list[PluginView]:
+    """Each usable plugin: its state by the quarantines, the caps and the signature policy,
+    its content and the sandbox it gets on this machine."""
+    try:
+        quarantined = store.quarantined()
+    finally:
+        store.close()
+    trusted = [signing.load_public(path) for path in trusted_keys]
+    views = []
+    for m in discovery.manifests:
+        measurement = measure(m.directory)
+        signer, signature = _signature(m, measurement, trusted, policy)
+        state, why = "ok", ""
+        q = quarantined.get((m.name, m.version))
+        if q is not None:
+            state = "quarantined"
+            why = (
+                f"since {_when(q.since)} (#{q.level}): {q.reason}; "
+                f"next try on probation {_when(q.until)}"
+            )
+        refusal = Caps().check(m)
+        if refusal is not None:
+            state, why = "refused", f"raise the cap to run it: {refusal.key}: {refusal.message}"
+        elif policy == "enforce" and not signer:
+            state, why = "refused", f"--signatures enforce: {signature}"
+        views.append(
+            PluginView(m, state, why, measurement, signer, signature, for_plugin(machine, m))
+        )
+    return views
 
 
 def list_plugins(
@@ -93,37 +146,23 @@ def list_plugins(
 ) -> int:
     """``plugins list``: each plugin found with its state, its measurement and signer, what it
     is granted and which sandbox layers it gets here, and each manifest error."""
-    try:
-        quarantined = store.quarantined()
-    finally:
-        store.close()
-    trusted = [signing.load_public(path) for path in trusted_keys]
     discovery = discover(plugins_dir)
-    machine = _machine_sandbox()
+    machine = machine_sandbox()
+    views = plugin_views(discovery, store, trusted_keys, policy, machine)
     print(f"sandbox on this machine: {describe(list(machine.layers))}")
-    held = 0
-    for m in discovery.manifests:
-        q = quarantined.get((m.name, m.version))
-        if q is None:
-            state = "ok"
-        else:
-            held += 1
-            state = (
-                f"quarantined since {_when(q.since)} (#{q.level}): {q.reason}; "
-                f"next try on probation {_when(q.until)}"
-            )
-        refusal = Caps().check(m)
-        if refusal is not None:
-            state = f"refused (raise the cap to run it): {refusal.key}: {refusal.message}"
+    for view in views:
+        m = view.manifest
+        state = f"{view.state}: {view.why}" if view.why else view.state
         print(
             f"{m.name:<24} {m.version:<10} {','.join(sorted(m.subscribe)):<22} "
             f"{m.entrypoint:<28} {state}"
         )
-        print(f"    content: {_signature(m, trusted, policy)}")
+        print(f"    content: {view.measurement}, {view.signature}")
         print(f"    granted: {_granted(m)}")
-        print(f"    sandbox: {describe(for_plugin(machine, m))}")
+        print(f"    sandbox: {describe(view.layers)}")
     for error in discovery.errors:
         print(f"error: {error}")
+    held = sum(view.state == "quarantined" for view in views)
     print(
         f"{len(discovery.manifests)} usable, {len(discovery.errors)} with errors, "
         f"{held} quarantined"

@@ -229,6 +229,37 @@ def _add_keys_group(sub: argparse._SubParsersAction[Parser]) -> None:
     new.add_argument("--out", type=Path, required=True, metavar="PREFIX")
 
 
+def _add_attest_group(sub: argparse._SubParsersAction[Parser]) -> None:
+    attest = sub.add_parser(
+        "attest", help="a signed report of the plugins this host runs, for a verifier's nonce"
+    )
+    attest.add_argument("--nonce", help="the verifier's nonce, echoed in the signed report")
+    attest.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        metavar="KEY",
+        help="the host's Ed25519 private key (default: host.key in the state folder, made on "
+        "first use beside host.pub)",
+    )
+    attest.add_argument("-o", "--out", type=Path, default=None, metavar="FILE")
+    _add_plugins_dir(attest)
+    _add_state_dir(attest)
+    _add_trust_options(attest)
+    commands = attest.add_subparsers(dest="attest_command", metavar="COMMAND")
+    verify = commands.add_parser("verify", help="check a report: signature, nonce, content")
+    verify.add_argument("report", type=Path, metavar="REPORT")
+    verify.add_argument("--key", dest="host_key", type=Path, required=True, metavar="HOST.pub")
+    verify.add_argument("--nonce", dest="verify_nonce", required=True)
+    verify.add_argument(
+        "--expected",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="JSON: each plugin's name and the measurement that must run, and no other",
+    )
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog="agent-host",
@@ -275,6 +306,7 @@ def build_parser() -> Parser:
 
     _add_plugins_group(sub)
     _add_keys_group(sub)
+    _add_attest_group(sub)
 
     letters = sub.add_parser(
         "deadletters", help="the events set aside because they killed a plugin"

@@ -1,0 +1,91 @@
+"""``agent-host attest``: a signed report of the plugins this host runs; ``attest verify``."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import socket
+import sys
+from pathlib import Path
+
+from agent_host import __version__
+from agent_host.cli import admin
+from agent_host.cli.paths import open_state
+from agent_host.errors import UsageError
+from agent_host.host import attestation, signing
+from agent_host.host.manifest import discover
+
+EXIT_VERIFIED = 0
+EXIT_NOT_VERIFIED = 1
+
+
+def _host_key(given: Path | None, state_dir: Path) -> Path:
+    """The host's private key: as given, or the state folder's, made on first use."""
+    if given is not None:
+        return given
+    key = state_dir / "host.key"
+    if not key.exists():
+        _, public = signing.new_key_pair(state_dir / "host")
+        print(f"made the host's key pair; give verifiers {public}", file=sys.stderr)
+    return key
+
+
+def report(args: argparse.Namespace, plugins_dir: Path, state_dir: Path) -> int:
+    """Write the signed report (a DSSE envelope) to ``--out`` or stdout."""
+    store = open_state("--state-dir", state_dir)
+    key = signing.load_private(_host_key(args.key, state_dir))
+    views = admin.plugin_views(
+        discover(plugins_dir), store, args.trusted_key, args.signatures, admin.machine_sandbox()
+    )
+    predicate = {
+        "agent_version": __version__,
+        "host": socket.gethostname(),
+        "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "nonce": args.nonce,
+        "plugins": [
+            {
+                "name": view.manifest.name,
+                "version": view.manifest.version,
+                "measurement": view.measurement,
+                "signer": view.signer,
+                "state": view.state,
+                "sandbox_layers": [layer.name for layer in view.layers if layer.active],
+            }
+            for view in views
+        ],
+    }
+    envelope = attestation.seal(attestation.statement(predicate), key)
+    text = json.dumps(envelope, indent=2) + "\n"
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        try:
+            args.out.write_text(text)
+        except OSError as exc:
+            raise UsageError(str(args.out), exc.strerror or str(exc)) from None
+    return 0
+
+
+def verify(report_path: Path, host_key: Path, nonce: str, expected_path: Path | None) -> int:
+    """Check a report; one line either way, exit 0 if it verifies, 1 if not."""
+    key = signing.load_public(host_key)
+    try:
+        envelope = json.loads(report_path.read_text())
+        expected = json.loads(expected_path.read_text()) if expected_path is not None else None
+    except OSError as exc:
+        raise UsageError(str(exc.filename), exc.strerror or str(exc)) from None
+    except ValueError as exc:
+        raise UsageError(str(report_path), f"not JSON: {exc}") from None
+    if expected is not None and not (
+        isinstance(expected, dict) and all(isinstance(v, str) for v in expected.values())
+    ):
+        raise UsageError(str(expected_path), "must map each plugin's name to its measurement")
+    try:
+        verified = attestation.open_envelope(envelope, key, nonce, expected)
+    except attestation.VerificationError as exc:
+        print(f"not verified: {exc}")
+        return EXIT_NOT_VERIFIED
+    running = ", ".join(f"{name} {m}" for name, m in sorted(verified.running.items()))
+    print(f"verified: {verified.predicate['host']} at {verified.predicate['time']}: {running}")
+    return EXIT_VERIFIED
