@@ -132,9 +132,9 @@ def plugin_views(
             )
         refusal = Caps().check(m)
         if refusal is not None:
-            state, why = "refused", f"raise the cap to run it: {refusal.key}: {refusal.message}"
+            state, why = "refused", f"(raise the cap to run it): {refusal.key}: {refusal.message}"
         elif policy == "enforce" and not signer:
-            state, why = "refused", f"--signatures enforce: {signature}"
+            state, why = "refused", f"(--signatures enforce): {signature}"
         views.append(
             PluginView(m, state, why, measurement, signer, signature, for_plugin(machine, m))
         )
@@ -152,7 +152,7 @@ def list_plugins(
     print(f"sandbox on this machine: {describe(list(machine.layers))}")
     for view in views:
         m = view.manifest
-        state = f"{view.state}: {view.why}" if view.why else view.state
+        state = f"{view.state} {view.why}" if view.why else view.state
         print(
             f"{m.name:<24} {m.version:<10} {','.join(sorted(m.subscribe)):<22} "
             f"{m.entrypoint:<28} {state}"

@@ -16,6 +16,7 @@ falls back to killing the descendants its watcher saw.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import time
@@ -32,6 +33,7 @@ log = structlog.get_logger("agent_host")
 
 ROOT: Final = Path("/sys/fs/cgroup")
 _KILL_ROUNDS: Final = 50
+_instances = itertools.count(1)
 
 
 def _own_path(controller: str) -> str:
@@ -104,7 +106,9 @@ class Cgroups:
         #: Why there are no cgroups, when there are none (said once, at start).
         self.unavailable = ""
         self._bases: list[Path] = []
-        name = f"agent-host-{os.getpid()}"
+        # One per Cgroups, not per process: a validation host beside the host has its own,
+        # and closing it must not touch the host's workers.
+        name = f"agent-host-{os.getpid()}-{next(_instances)}"
         try:
             if (root / "cgroup.controllers").is_file() and {"memory", "pids"} <= set(
                 (root / "cgroup.controllers").read_text().split()
@@ -135,7 +139,7 @@ class Cgroups:
     def _remove_stale(self, parent: Path) -> None:
         """Remove the (empty) cgroups left by hosts that are gone."""
         for old in parent.glob("agent-host-*"):
-            pid = old.name.removeprefix("agent-host-")
+            pid = old.name.removeprefix("agent-host-").split("-", 1)[0]
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
                 for child in sorted(old.glob("*/"), reverse=True):
                     WorkerCgroup((child,), self.version).kill_all()

@@ -74,6 +74,9 @@ class HostConfig:
     signatures: str = "warn"
     #: Ed25519 public keys (PEM files) whose signatures on plugins are trusted.
     trusted_keys: tuple[Path, ...] = ()
+    #: On a reload, run a new version (or new content) over its own cases and a hostile
+    #: corpus in a validation worker first, and keep the running version if it fails.
+    validate_updates: bool = True
     #: The host name stamped on events and findings that carry none.
     hostname: str = field(default_factory=socket.gethostname)
     #: Where the host keeps state across runs (quarantine, dead letters); None for no state.

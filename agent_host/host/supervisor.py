@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import dataclasses
 import os
 import tempfile
 import time
@@ -39,6 +40,7 @@ from agent_host.host.sandbox import WorkerSandbox, for_plugin, machine_report
 from agent_host.host.signing import Verdict, load_public, verify
 from agent_host.host.spawn import ExecSpawner, Spawner, ZygoteSpawner, probe_sandbox
 from agent_host.host.store import StateStore
+from agent_host.host.validation import validate
 from agent_host.protocol import (
     EVENT_KINDS,
     Event,
@@ -107,6 +109,8 @@ class Supervisor:
         #: The measurement of each plugin's running content.
         self._digests: dict[str, str] = {}
         self._trusted = [load_public(path) for path in config.trusted_keys]
+        #: The measurement of each plugin's version that failed validation.
+        self._rejected: dict[str, str] = {}
         self._keys: set[str] = set()
         self._seq = 0
         self.accepted = 0
@@ -219,13 +223,21 @@ class Supervisor:
         )
         return verdict
 
-    def _runner_for(self, manifest: Manifest) -> PluginRunner | None:
-        """A runner over a read-only copy of the plugin's content as measured now; None if
-        the signature policy refuses it."""
+    def _admit(self, manifest: Manifest) -> tuple[Content, Verdict] | None:
+        """A read-only copy of the plugin's content as measured now, and its signature; None
+        if the signature policy refuses it."""
         content = snapshot(manifest.directory, self._runtime_dir / "content")
         verdict = self._signature_of(manifest, content)
-        if verdict is None:
+        return None if verdict is None else (content, verdict)
+
+    def _runner_for(
+        self, manifest: Manifest, admitted: tuple[Content, Verdict] | None = None
+    ) -> PluginRunner | None:
+        """A runner over the plugin's admitted content; None if it is refused."""
+        admitted = admitted or self._admit(manifest)
+        if admitted is None:
             return None
+        content, verdict = admitted
         self._digests[manifest.name] = content.measurement
         return PluginRunner(
             manifest,
@@ -257,22 +269,46 @@ class Supervisor:
         """Every plugin's runner, those a reload took out included (for checks and accounts)."""
         return [*self.retired, *self.plugins.values()]
 
-    def _successors(
+    async def _candidates(
         self, wanted: dict[str, Manifest], digests: dict[str, str], refused: list[str]
-    ) -> dict[str, PluginRunner]:
-        """Runners for the plugins that are new or changed (manifest or content)."""
-        successors: dict[str, PluginRunner] = {}
+    ) -> dict[str, tuple[Manifest, tuple[Content, Verdict]]]:
+        """The plugins that are new or changed (manifest or content), admitted and, if the
+        host validates updates, validated: each with the very content that will run."""
+        candidates = {}
         for name, manifest in wanted.items():
             current = self.plugins.get(name)
             unchanged = current is not None and manifest == current.manifest
             if unchanged and digests[name] == self._digests.get(name):
                 continue
-            runner = self._runner_for(manifest)
-            if runner is None:
+            admitted = self._admit(manifest)
+            if admitted is None or (
+                self.config.validate_updates and not await self._validated(manifest, admitted[0])
+            ):
                 refused.append(name)
-            else:
-                successors[name] = runner
-        return successors
+                continue
+            candidates[name] = (manifest, admitted)
+        return candidates
+
+    async def _validated(self, manifest: Manifest, content: Content) -> bool:
+        """Whether this content passed validation (a rejected one is not run again)."""
+        if self._rejected.get(manifest.name) == content.measurement:
+            log.warning("plugin version still rejected", plugin=manifest.name)
+            return False
+        copy = dataclasses.replace(manifest, directory=content.copy)
+        rejection = await validate(copy, self.config)
+        if rejection is None:
+            log.info("plugin version validated", plugin=manifest.name, version=manifest.version)
+            return True
+        self._rejected[manifest.name] = content.measurement
+        log.error(
+            "plugin version rejected at validation; the running one stays",
+            plugin=manifest.name,
+            version=manifest.version,
+            measurement=content.measurement,
+            reason=rejection.reason,
+            breaking_event=rejection.event,
+        )
+        return False
 
     async def reload(self, manifests: Iterable[Manifest]) -> dict[str, list[str]]:
         """Take in a new plugin set: start the new plugins, replace the changed ones (a new
@@ -284,6 +320,10 @@ class Supervisor:
         """
         wanted = {m.name: m for m in self._admitted(manifests)}
         digests = {name: measure(m.directory) for name, m in wanted.items()}
+        refused: list[str] = []
+        candidates = await self._candidates(wanted, digests, refused)
+        # The cut: from here to the new runners' start, nothing awaits but the flush, so that
+        # every event is owed to exactly one of the old and the new version.
         for group in self.groups.values():
             await group.flush()
         report: dict[str, list[str]] = {
@@ -291,10 +331,13 @@ class Supervisor:
             "changed": [],
             "removed": [],
             "kept": [],
-            "refused": [],
+            "refused": refused,
         }
-        # The new versions first: one the signature policy refuses leaves the running one be.
-        successors = self._successors(wanted, digests, report["refused"])
+        successors = {
+            name: runner
+            for name, (manifest, admitted) in candidates.items()
+            if (runner := self._runner_for(manifest, admitted)) is not None
+        }
         for name, runner in list(self.plugins.items()):
             if name in successors:
                 new = successors[name].manifest
