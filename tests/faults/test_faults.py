@@ -172,7 +172,9 @@ class TestCrashes:
         fr = run_fault(tmp_path, fault)
         assert_isolated(fr, 57, cause, failure, failures=6)
         died = fr.run.logs_with("worker died")
-        assert len(died) == 6
+        # 6, or 7 when an innocent batch was bisected first (see assert_isolated): every death
+        # logged is one restart counted.
+        assert len(died) == sum(fr.faulty["restarts"].values())
         pattern = failure if isinstance(failure, re.Pattern) else re.compile(re.escape(failure))
         assert all(pattern.fullmatch(d["cause"]) for d in died), died
 
