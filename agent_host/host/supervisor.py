@@ -148,6 +148,8 @@ class Supervisor:
             if await zygote.start():
                 self._spawner = zygote
                 probe = zygote.sandbox_probe
+        if self.config.signatures == "warn" and not self._trusted:
+            log.info("plugin signatures not checked: no trusted keys (--trusted-key)")
         try:
             self.sandbox = self._machine_sandbox(probe or await probe_sandbox())
         except SandboxUnavailableError:
@@ -207,6 +209,8 @@ class Supervisor:
         """Who signed the content, by the signature policy; None if the plugin is refused."""
         if self.config.signatures == "off":
             return Verdict("", "signatures not checked")
+        if self.config.signatures == "warn" and not self._trusted:
+            return Verdict("", "no trusted keys")  # said once, at start
         verdict = verify(manifest.directory, content.measurement, self._trusted)
         if verdict.signed:
             return verdict
