@@ -4,8 +4,8 @@ A denylist, as systemd's ``SystemCallFilter=~`` and Chromium's baseline policy k
 that reach past the worker (other processes' memory, the kernel's keyrings, modules, namespaces,
 the clock, mounts) and the socket families that reach past its Unix socket. A refused call fails
 with EPERM, so that a plugin that merely probes keeps running and is seen doing so; the one thing
-that kills is a call made in another architecture's calling convention (the i386 ``int 0x80`` or
-x32 numbers), whose numbers this table does not describe.
+that kills is a call made in another architecture's calling convention (the i386 ``int 0x80``),
+whose numbers this table does not describe. x32 numbers (the x32 bit set) fail with EPERM.
 
 The filter is written in classic BPF by hand: the program is a straight list of "if the number is
 N, return EPERM" pairs, so no jump is ever longer than one instruction.
