@@ -70,9 +70,9 @@ def sign_plugin(directory: Path, key: Path) -> int:
     if not (directory / "plugin.toml").is_file():
         raise UsageError(str(directory), "not a plugin folder (no plugin.toml)")
     private = signing.load_private(key)
-    path = signing.sign(directory, private)
+    path, measurement = signing.sign(directory, private)
     print(
-        f"signed {directory} ({measure(directory)}) with key {signing.key_id(private.public_key())}"
+        f"signed {directory} ({measurement}) with key {signing.key_id(private.public_key())}"
         f": {path}"
     )
     return EXIT_OK

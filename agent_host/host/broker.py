@@ -21,15 +21,12 @@ import os
 import socket
 import stat
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Final
 
 from agent_host.protocol import BROKER_MAX_PATH_BYTES
 
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK | os.O_NOFOLLOW
-
-
-def _is_below(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 class FileBroker:
@@ -57,7 +54,7 @@ class FileBroker:
     def open(self, path: str) -> int:
         """A descriptor of ``path`` if it is a granted regular file; raises OSError."""
         real = os.path.realpath(path)
-        if not any(_is_below(real, grant) for grant in self._grants):
+        if not any(Path(real).is_relative_to(grant) for grant in self._grants):
             raise OSError(errno.EACCES, "not granted")
         if not stat.S_ISREG(os.stat(real).st_mode):
             raise OSError(errno.EACCES, "not a regular file")
@@ -65,7 +62,7 @@ class FileBroker:
         try:
             opened = os.readlink(f"/proc/self/fd/{fd}")
             if not stat.S_ISREG(os.fstat(fd).st_mode) or not any(
-                _is_below(opened, grant) for grant in self._grants
+                Path(opened).is_relative_to(grant) for grant in self._grants
             ):
                 raise OSError(errno.EACCES, "changed while being opened")
         except BaseException:

@@ -8,6 +8,7 @@ line naming the plugin's file, the key and the cap, and the other plugins run as
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Final
 
 from agent_host.errors import ManifestError
@@ -56,14 +57,10 @@ class Caps:
                 )
         if self.read is not None:
             for entry in wants.read:
-                if not any(_is_below(entry, allowed) for allowed in self.read):
+                if not any(Path(entry).is_relative_to(allowed) for allowed in self.read):
                     return ManifestError(
                         path,
                         f"{entry!r} is outside what the operator allows ({', '.join(self.read)})",
                         "permissions.read",
                     )
         return None
-
-
-def _is_below(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip("/") + "/")

@@ -75,8 +75,9 @@ def load_public(path: Path) -> Ed25519PublicKey:
     return key
 
 
-def sign(directory: Path, key: Ed25519PrivateKey) -> Path:
-    """Sign the plugin in ``directory`` as it is now; returns the signature file's path."""
+def sign(directory: Path, key: Ed25519PrivateKey) -> tuple[Path, str]:
+    """Sign the plugin in ``directory`` as it is now; returns the signature file's path and
+    the measurement signed."""
     measurement = measure(directory)
     document = {
         "measurement": measurement,
@@ -85,7 +86,7 @@ def sign(directory: Path, key: Ed25519PrivateKey) -> Path:
     }
     path = directory / SIGNATURE_NAME
     path.write_text(json.dumps(document, indent=2) + "\n")
-    return path
+    return path, measurement
 
 
 @dataclass(frozen=True, slots=True)
