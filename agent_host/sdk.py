@@ -38,6 +38,7 @@ from agent_host.protocol import Event, FileEvent, NetworkEvent, ProcessEvent
 from agent_host.protocol import Finding as _WireFinding
 
 __all__ = [
+    "ContentError",
     "Event",
     "FileAction",
     "FileEvent",
@@ -194,6 +195,10 @@ class Finding:
 HOOKS: Final = frozenset({"on_start", "on_event", "on_stop"})
 
 
+class ContentError(Exception):
+    """Content a plugin cannot use, found in a validation run (``Plugin.content_error``)."""
+
+
 class Plugin:
     """Base class of every detection plugin. Override the ``on_*`` hooks you need.
 
@@ -208,6 +213,8 @@ class Plugin:
     config: Mapping[str, Any]
     #: A logger whose records reach the host's log, tagged with the plugin's name and pid.
     log: logging.Logger
+    #: True in a validation run: a new version, or new content, tried before it is activated.
+    validating: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -222,6 +229,20 @@ class Plugin:
 
     def on_start(self, config: Mapping[str, Any]) -> None:
         """Prepare (compile rules, open files). Raising here fails the plugin's start."""
+
+    def content_error(self, problem: str) -> None:
+        """Report content the plugin cannot use (a rule that does not parse), from on_start.
+
+        In service the problem is logged and the plugin runs with the rest of its content;
+        in a validation run it fails the start, so that the new content is rejected before
+        it replaces what runs.
+
+        Raises:
+            ContentError: in a validation run.
+        """
+        if self.validating:
+            raise ContentError(problem)
+        self.log.warning("%s", problem)
 
     def on_event(self, event: Event) -> Iterable[Finding] | Finding | None:
         """Inspect one event; return or yield findings, or return None."""

@@ -17,6 +17,8 @@ from agent_host.protocol import Event, Finding, ProcessEvent, message_from_json
 from agent_host.sources.replay import write_recording
 
 TEST_PLUGINS = Path(__file__).parent / "plugins"
+#: The plugins that ship with agent-host.
+BUNDLED_PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
 
 
 def make_plugin(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,6 +106,7 @@ class TestExports:
 
     def test_the_public_names(self) -> None:
         assert sorted(sdk.__all__) == [
+            "ContentError",
             "Event",
             "FileAction",
             "FileEvent",
@@ -192,3 +195,20 @@ class TestInAWorker:
         )
         run = run_plugin(plugin, [exec_event("/usr/bin/a")])
         assert (run.stats.processed, run.stats.errors, run.findings) == (1, 1, [])
+
+
+class TestContentError:
+    """A rule the plugin cannot use: skipped with a warning in service, fatal in validation."""
+
+    def test_in_service_it_is_logged_and_the_plugin_goes_on(self, caplog: Any) -> None:
+        plugin = sdk.Plugin()
+        plugin.log = logging.getLogger("plugin.test")
+        with caplog.at_level(logging.WARNING, logger="plugin.test"):
+            plugin.content_error("rule x.yml not loaded")
+        assert [r.getMessage() for r in caplog.records] == ["rule x.yml not loaded"]
+
+    def test_in_validation_it_fails_the_start(self) -> None:
+        plugin = sdk.Plugin()
+        plugin.validating = True
+        with pytest.raises(sdk.ContentError, match=r"rule x\.yml not loaded"):
+            plugin.content_error("rule x.yml not loaded")

@@ -8,6 +8,7 @@ record), ``admin`` (plugins, deadletters), ``scaffold`` (plugins new).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 
@@ -22,28 +23,35 @@ __all__ = ["main"]
 EXIT_ABORTED = 130
 
 
+def _plugins(args: argparse.Namespace) -> int:
+    """The ``plugins`` commands."""
+    command = args.plugins_command or "list"
+    if command == "new":
+        try:
+            folder = scaffold.new_plugin(args.name, args.dir)
+        except ValueError as exc:
+            raise AgentHostError(str(exc)) from None
+        except OSError as exc:
+            raise AgentHostError(f"--dir: cannot create {args.dir}: {exc.strerror}") from None
+        print(scaffold.next_steps(folder))
+        return 0
+    if command == "sign":
+        return admin.sign_plugin(args.dir, args.key)
+    store = paths.open_state("--state-dir", args.state_dir or default_state_dir())
+    if command == "release":
+        return admin.release(store, args.name)
+    if command == "history":
+        return admin.history(store, args.name)
+    # `plugins` alone lists, without the list command's own options.
+    trusted, policy = getattr(args, "trusted_key", []), getattr(args, "signatures", "warn")
+    return admin.list_plugins(paths.plugins_dir(args.plugins), store, trusted, policy)
+
+
 def _dispatch(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_format, args.log_level)
     if args.command == "plugins":
-        command = args.plugins_command or "list"
-        if command == "new":
-            try:
-                folder = scaffold.new_plugin(args.name, args.dir)
-            except ValueError as exc:
-                raise AgentHostError(str(exc)) from None
-            except OSError as exc:
-                raise AgentHostError(f"--dir: cannot create {args.dir}: {exc.strerror}") from None
-            print(scaffold.next_steps(folder))
-            return 0
-        if command == "sign":
-            return admin.sign_plugin(args.dir, args.key)
-        store = paths.open_state("--state-dir", args.state_dir or default_state_dir())
-        if command == "release":
-            return admin.release(store, args.name)
-        # `plugins` alone lists, without the list command's own options.
-        trusted, policy = getattr(args, "trusted_key", []), getattr(args, "signatures", "warn")
-        return admin.list_plugins(paths.plugins_dir(args.plugins), store, trusted, policy)
+        return _plugins(args)
     if args.command == "keys":
         return admin.new_keys(args.out)
     if args.command == "attest":

@@ -1,4 +1,5 @@
-"""The operator's commands: list plugins (with quarantines), lift a quarantine, dead letters."""
+"""The operator's commands: list plugins (with quarantines), lift a quarantine, a plugin's
+version history, dead letters."""
 
 from __future__ import annotations
 
@@ -39,6 +40,22 @@ def release(store: StateStore, name: str) -> int:
     finally:
         store.close()
     print(f"released {name} from quarantine; it starts with the next host run")
+    return EXIT_OK
+
+
+def history(store: StateStore, name: str) -> int:
+    """``plugins history NAME``: each version's measurement and what became of it, oldest first."""
+    try:
+        entries = store.history(name)
+    finally:
+        store.close()
+    if not entries:
+        print(f"no history of {name} in this state folder")
+        return EXIT_NOTHING
+    for entry in entries:
+        digest = entry.measurement.removeprefix("sha256:")[:12]
+        detail = f"  {entry.detail}" if entry.detail else ""
+        print(f"{_when(entry.time)}  {entry.version:<10} {digest:<12} {entry.what:<12}{detail}")
     return EXIT_OK
 
 

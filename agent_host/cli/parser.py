@@ -113,6 +113,33 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
         help="let a manifest be granted executing programs ([permissions] exec = true)",
     )
     p.add_argument(
+        "--shadow-events",
+        type=positive_int,
+        default=defaults.shadow_events,
+        metavar="N",
+        help="a changed plugin's new version runs in shadow (findings kept apart) until it has "
+        "processed N events ... (default %(default)s)",
+    )
+    p.add_argument(
+        "--shadow-seconds",
+        type=positive_float,
+        default=defaults.shadow_s,
+        metavar="S",
+        help="... or run S seconds without a fault; then it is promoted (default %(default)s)",
+    )
+    p.add_argument(
+        "--no-shadow",
+        dest="shadow",
+        action="store_false",
+        help="replace a changed plugin at once, without a shadow run",
+    )
+    p.add_argument(
+        "--no-watch-plugins",
+        dest="watch_plugins",
+        action="store_false",
+        help="do not reload when the plugins folder changes (SIGHUP still does)",
+    )
+    p.add_argument(
         "--summary-json",
         type=Path,
         default=None,
@@ -211,6 +238,12 @@ def _add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
     release = commands.add_parser("release", help="lift the quarantine of a plugin")
     release.add_argument("name", help="the plugin's name")
     _add_state_dir(release, argparse.SUPPRESS)
+    history = commands.add_parser(
+        "history",
+        help="each version of a plugin: validated, shadowed, promoted, rolled back, and why",
+    )
+    history.add_argument("name", help="the plugin's name")
+    _add_state_dir(history, argparse.SUPPRESS)
     new = commands.add_parser("new", help="scaffold a plugin folder with a test")
     new.add_argument("name", help="the plugin's name (lowercase, digits, underscores)")
     new.add_argument(

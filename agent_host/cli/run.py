@@ -21,6 +21,7 @@ import structlog
 
 from agent_host.cli import paths
 from agent_host.cli.summary import render_table, summary_rows
+from agent_host.cli.watch import FolderWatch
 from agent_host.errors import UsageError
 from agent_host.host.caps import Caps
 from agent_host.host.config import HostConfig
@@ -138,12 +139,12 @@ async def _run_source(
 async def _reload_on_hup(
     sup: Supervisor, plugins_dir: Path, sink: JsonLinesSink, signals: _Signals
 ) -> None:
-    """On each SIGHUP: the plugin set as the folder has it now, and the findings file reopened
-    (after logrotate moved it away)."""
+    """On each SIGHUP, or change of the plugins folder (``watch.py``): the plugin set as the
+    folder has it now, and the findings file reopened (after logrotate moved it away)."""
     while True:
         await signals.reloading.wait()
         signals.reloading.clear()
-        log.info("SIGHUP: reloading plugins and reopening the findings file")
+        log.info("reloading plugins and reopening the findings file")
         try:
             sink.reopen()
         except OSError as exc:
@@ -179,6 +180,9 @@ async def host(args: argparse.Namespace) -> int:
         caps=Caps(network=args.allow_network, exec=args.allow_exec),
         signatures=args.signatures,
         trusted_keys=tuple(args.trusted_key),
+        shadow=args.shadow,
+        shadow_events=args.shadow_events,
+        shadow_s=args.shadow_seconds,
     )
     paths.open_state("--state-dir", state_dir).close()
     discovery = discover(plugins_dir)
@@ -203,9 +207,15 @@ async def host(args: argparse.Namespace) -> int:
             await sup.stop()
             return EXIT_NOTHING_RAN
         signals.stop_after(getattr(args, "duration", 0.0))
-        reloads = asyncio.ensure_future(_reload_on_hup(sup, plugins_dir, sink, signals))
+        reloads = [asyncio.ensure_future(_reload_on_hup(sup, plugins_dir, sink, signals))]
+        if args.watch_plugins and args.command == "run":
+            watch = FolderWatch(plugins_dir, signals.reloading)
+            watch.start()
+            reloads.append(asyncio.ensure_future(watch.run()))
         await _run_source(source, sup.publish, signals)
-        reloads.cancel()
+        for task in reloads:
+            task.cancel()
+        await asyncio.gather(*reloads, return_exceptions=True)
         finish = asyncio.ensure_future(sup.stop())
         aborting = asyncio.ensure_future(signals.aborting.wait())
         await asyncio.wait({finish, aborting}, return_when=asyncio.FIRST_COMPLETED)

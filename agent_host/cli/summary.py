@@ -37,6 +37,7 @@ def summary_rows(runners: Iterable[PluginRunner]) -> list[dict[str, Any]]:
                 "redelivered": s.redelivered,
                 "dead_lettered": s.dead_lettered,
                 "undelivered": s.undelivered,
+                "handed_over": s.handed_over,
                 "dropped": s.dropped,
                 "errors": s.errors,
                 "findings": s.findings,

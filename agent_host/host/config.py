@@ -77,6 +77,16 @@ class HostConfig:
     #: On a reload, run a new version (or new content) over its own cases and a hostile
     #: corpus in a validation worker first, and keep the running version if it fails.
     validate_updates: bool = True
+    #: On a reload, run a changed plugin's validated new version in shadow first, beside the
+    #: current one on the same events with its findings kept apart, and promote it once it has
+    #: processed shadow_events events or run shadow_s seconds without a fault; a fault rolls it
+    #: back. Off: the new version replaces the current one at once.
+    shadow: bool = True
+    shadow_events: int = 10_000
+    shadow_s: float = 300.0
+    #: This host is a validation host (``validation.py``): its plugins are told so, and
+    #: content they cannot load fails their start instead of being skipped.
+    validating: bool = False
     #: The host name stamped on events and findings that carry none.
     hostname: str = field(default_factory=socket.gethostname)
     #: Where the host keeps state across runs (quarantine, dead letters); None for no state.

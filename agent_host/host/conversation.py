@@ -86,6 +86,7 @@ class Conversation:
                     plugin_dir=str(runner.content.copy),
                     entrypoint=manifest.entrypoint,
                     config_json=manifest.config_json,
+                    validating=runner.validating,
                 )
             ).SerializeToString()
         )

@@ -53,6 +53,8 @@ class Backlog:
         self.subscribers: set[str] = set()
         #: Events handed to this backlog, kept or not: what the group's plugins were owed.
         self.appended = 0
+        #: The sequence number of the last event handed to it.
+        self.last_seq = 0
 
     def __len__(self) -> int:
         return len(self._batches)
@@ -72,6 +74,7 @@ class Backlog:
         Returns None without keeping anything when no plugin subscribes any more.
         """
         self.appended += len(seqs)
+        self.last_seq = seqs[-1]
         if not self.subscribers:
             return None
         async with self._space:
@@ -108,6 +111,18 @@ class Backlog:
         """``plugin`` is finished with ``batch``: free what nobody needs any more."""
         batch.pending.discard(plugin)
         await self._trim()
+
+    def hand_over(self, plugin: str, successor: str) -> int:
+        """Make ``successor`` owed what ``plugin`` is owed, instead of it; return the events."""
+        self.subscribers.discard(plugin)
+        self.subscribers.add(successor)
+        moved = 0
+        for batch in self._batches:
+            if plugin in batch.pending:
+                batch.pending.discard(plugin)
+                batch.pending.add(successor)
+                moved += len(batch)
+        return moved
 
     async def unsubscribe(self, plugin: str) -> int:
         """Stop keeping batches for ``plugin``; return how many kept events it never processed."""

@@ -21,7 +21,7 @@ import signal
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Final
 
@@ -43,6 +43,7 @@ from agent_host.host.manifest import Manifest
 from agent_host.host.output import relay_output
 from agent_host.host.poison import Attribution, PoisonBudget
 from agent_host.host.restart import RestartPolicy
+from agent_host.host.rollout import ShadowTrial
 from agent_host.host.sandbox import WorkerSandbox
 from agent_host.host.session import SessionServer
 from agent_host.host.spawn import Spawner, WorkerProcess
@@ -91,6 +92,12 @@ class PluginRunner:
         self.key = key or manifest.name
         #: Why the plugin was taken out by a reload ("" while it is in).
         self.retired = ""
+        #: The shadow trial this runner is in (as the current version or the candidate).
+        self.trial: ShadowTrial | None = None
+        #: Told of each failure of this version (a restart to come, a quarantine, a failure
+        #: to load) before the runner acts on it; True means the supervisor took it in hand
+        #: (a shadow rolled back, a last known good brought back): no restart follows.
+        self.on_failure: Callable[[PluginRunner, str], bool] | None = None
         self.group = group
         self.stats = PluginStats()
         self._config = config
@@ -152,6 +159,11 @@ class PluginRunner:
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def validating(self) -> bool:
+        """Whether its workers run in a validation host (and fail on content they cannot use)."""
+        return self._config.validating
 
     @property
     def phase(self) -> lc.Phase:
@@ -255,18 +267,35 @@ class PluginRunner:
                 self._wake.set()
             case lc.ScheduleRestart(delay_s=delay, cause=cause):
                 self.stats.restarts[cause] += 1
-                self._schedule(delay)
+                if not self._taken_in_hand(f"{cause}: {self.life.reason}"):
+                    self._schedule(delay)
             case lc.Quarantine(reason=reason, level=level, retry_in_s=retry):
                 self._persist_quarantine(reason, level, retry)
-                self._schedule(retry)
+                if not self.retired:  # a retired version is not tried again in this run
+                    self._schedule(retry)
             case lc.Release():
                 self._host_write(
                     "release quarantine", self._store.release, self.name, self.manifest.version
                 )
                 self._log.info("probation passed; quarantine lifted")
             case lc.Settle():
+                if self.life.phase in (lc.Phase.QUARANTINED, lc.Phase.FAILED):
+                    self._taken_in_hand(self.life.reason)
                 await self._settle()
         return None
+
+    def _taken_in_hand(self, why: str) -> bool:
+        """Tell the supervisor of a failure; whether it took it in hand."""
+        if self.retired or self.on_failure is None or self.life.generation == 0:
+            return False
+        return self.on_failure(self, why)
+
+    def hand_over(self, successor: PluginRunner) -> None:
+        """Give every batch this version still owes to ``successor`` (another version of the
+        plugin, in the same group), which processes them instead."""
+        moved = self.group.backlog.hand_over(self.key, successor.key)
+        self.stats.handed_over += moved - self.delivery.poison.abandon()
+        successor.delivery.rewind()
 
     def _schedule(self, delay: float) -> None:
         """Feed BackoffElapsed for the current generation after ``delay`` seconds."""
@@ -559,6 +588,8 @@ class PluginRunner:
     async def processed(self, answered: Answered, findings: list[Finding], errors: int) -> None:
         """Account for a batch the worker processed, and its findings."""
         batch = answered.batch
+        if self.trial is not None:
+            findings = self.trial.emitted(self, batch.seqs, findings)
         self._pipeline.accept(self._source, findings)
         self.stats.processed += len(batch)
         self.stats.errors += errors
@@ -572,6 +603,8 @@ class PluginRunner:
 
     def findings_at_stop(self, findings: list[Finding]) -> None:
         """The findings on_stop reported."""
+        if self.trial is not None:
+            findings = self.trial.emitted(self, None, findings)
         self._pipeline.accept(self._source, findings)
 
     # -- shutdown -------------------------------------------------------------------------
@@ -584,6 +617,8 @@ class PluginRunner:
         """
         self.retired = reason
         self.group.backlog.subscribers.discard(self.key)
+        if self._timer is not None:  # a restart or a probation to come: not for a retired one
+            self._timer.cancel()
         self._feed(lc.StopRequested(self.life.generation))
 
     async def wait_started(self) -> None:

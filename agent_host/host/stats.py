@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 @dataclass(slots=True)
 class PluginStats:
     """Counters of one plugin. An event owed to the plugin is, in the end, exactly one of
-    processed, dead_lettered, dropped or undelivered; ``delivered`` and ``redelivered`` count sends.
+    processed, dead_lettered, dropped, undelivered or handed_over; ``delivered`` and
+    ``redelivered`` count sends.
     """
 
     delivered: int = 0
@@ -19,6 +20,9 @@ class PluginStats:
     dropped: int = 0
     #: Owed but never sent, with the reason in the plugin's state (failed, quarantined, died).
     undelivered: int = 0
+    #: Owed, and passed to another version of the plugin that processes them instead (its last
+    #: known good, when this version was quarantined).
+    handed_over: int = 0
     #: Processed events on which on_event raised (the plugin survived them).
     errors: int = 0
     findings: int = 0

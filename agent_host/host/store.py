@@ -1,11 +1,14 @@
-"""What the host remembers across runs: quarantined plugins and dead-lettered events (SQLite).
+"""What the host remembers across runs: quarantined plugins, dead-lettered events and each
+plugin's version history (SQLite).
 
 Both are operator-facing: ``agent-host plugins release NAME`` lifts a quarantine, and
 ``agent-host deadletters`` lists (and exports, for replay after a fix) the events that made a
 plugin fail. A quarantine belongs to one version of a plugin (a new version starts clean) and
 has a time after which the plugin is retried on probation. The dead-letter table is bounded;
 when full, the oldest letters are dropped and the
-drop is logged with a count.
+drop is logged with a count. The history (``agent-host plugins history NAME``) says, for each
+version's measurement, when it was validated, shadowed, promoted, rolled back or replaced, and
+why; it too is bounded, oldest rows first.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ log = structlog.get_logger("agent_host")
 
 DB_NAME: Final = "state.sqlite3"
 MAX_DEAD_LETTERS: Final = 10_000
+MAX_HISTORY: Final = 10_000
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS quarantines (
@@ -43,6 +47,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     failure TEXT NOT NULL,
     event BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    plugin TEXT NOT NULL,
+    version TEXT NOT NULL,
+    measurement TEXT NOT NULL,
+    what TEXT NOT NULL,      -- started, validated, rejected, shadow, promoted, rolled back, ...
+    detail TEXT NOT NULL
+);
 """
 
 
@@ -60,6 +73,16 @@ class Quarantine:
     since: float
     level: int
     until: float
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    time: float
+    plugin: str
+    version: str
+    measurement: str
+    what: str
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,3 +197,26 @@ class StateStore:
         if plugin is None:
             return self._db.execute("DELETE FROM dead_letters").rowcount
         return self._db.execute("DELETE FROM dead_letters WHERE plugin = ?", (plugin,)).rowcount
+
+    # -- history --------------------------------------------------------------------------
+
+    def record(
+        self, plugin: str, version: str, measurement: str, what: str, detail: str = ""
+    ) -> None:
+        """Add a line to ``plugin``'s history."""
+        self._db.execute(
+            "INSERT INTO history (time, plugin, version, measurement, what, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time(), plugin, version, measurement, what, detail),
+        )
+        self._db.execute(
+            "DELETE FROM history WHERE id <= (SELECT MAX(id) FROM history) - ?", (MAX_HISTORY,)
+        )
+
+    def history(self, plugin: str) -> list[HistoryEntry]:
+        rows = self._db.execute(
+            "SELECT time, plugin, version, measurement, what, detail FROM history "
+            "WHERE plugin = ? ORDER BY id",
+            (plugin,),
+        )
+        return [HistoryEntry(*row) for row in rows]

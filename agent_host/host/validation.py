@@ -140,7 +140,7 @@ async def validate(manifest: Manifest, config: HostConfig) -> Rejection | None:
     everything = [*cases, *hostile]
     sink = CollectingSink()
     settings = dataclasses.replace(
-        config, state_dir=None, batch_size=8, signatures="off", trusted_keys=()
+        config, state_dir=None, batch_size=8, signatures="off", trusted_keys=(), validating=True
     )
     sup = Supervisor(settings, [manifest], sink, _POLICY)
     await sup.start()

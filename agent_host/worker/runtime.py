@@ -108,6 +108,7 @@ def load_plugin(start: Start) -> sdk.Plugin:
     plugin = cls()
     config = json.loads(start.config_json or "{}")
     plugin.config = config
+    plugin.validating = start.validating
     plugin.log = logging.getLogger(f"plugin.{start.plugin_name}")
     plugin.on_start(config)
     return plugin

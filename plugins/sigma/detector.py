@@ -27,10 +27,10 @@ class SigmaDetector(Plugin):
         directories = [HERE / d for d in config.get("rule_dirs", ["rules"])]
         missing = [str(d) for d in directories if not d.is_dir()]
         for folder in missing:
-            self.log.warning("sigma rule folder not found: %s", folder)
+            self.content_error(f"sigma rule folder not found: {folder}")
         self.rules: RuleSet = load_rules([d for d in directories if d.is_dir()])
         for path, reason in self.rules.rejected:
-            self.log.warning("sigma rule not loaded: %s: %s", path, reason)
+            self.content_error(f"sigma rule not loaded: {path}: {reason}")
         self.plans = {
             category: Plan(rules, [rule_atoms(r.conditions) for r in rules])
             for category, rules in self.rules.by_category.items()

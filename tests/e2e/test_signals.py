@@ -40,6 +40,8 @@ def test_sighup_reloads_plugins_and_reopens_findings(tmp_path: Path) -> None:
             *("--source", "synthetic", "--rate", "500", "--duration", "6"),
             *("--plugins", str(plugins), "--findings", str(findings), "--quiet"),
             *("--summary-json", str(summary), "--state-dir", str(tmp_path / "state")),
+            # The reload of SIGHUP alone, each change at once (test_watch.py: the other way).
+            *("--no-shadow", "--no-watch-plugins"),
         ],
         cwd=tmp_path,
         stdout=subprocess.PIPE,

@@ -48,7 +48,9 @@ def test_reload_under_a_steady_stream(tmp_path: Path) -> None:
 
     async def scenario() -> tuple[Supervisor, dict[str, list[str]]]:
         sup = Supervisor(
-            HostConfig(state_dir=None, batch_size=64), [steady, changed, removed], sink
+            HostConfig(state_dir=None, batch_size=64, shadow=False),
+            [steady, changed, removed],
+            sink,
         )
         await sup.start()
         report: dict[str, list[str]] = {}
@@ -68,6 +70,7 @@ def test_reload_under_a_steady_stream(tmp_path: Path) -> None:
     assert report == {
         "added": ["added"],
         "changed": ["changed"],
+        "shadow": [],
         "removed": ["removed"],
         "kept": ["steady"],
         "refused": [],
@@ -111,4 +114,4 @@ def test_a_changed_file_is_a_change(tmp_path: Path) -> None:
 
     first, second = asyncio.run(scenario())
     assert first["kept"] == ["same"]
-    assert second["changed"] == ["same"]
+    assert second["shadow"] == ["same"]  # a new version, shadowed first

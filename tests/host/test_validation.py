@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +14,12 @@ import structlog
 
 from agent_host.host.config import HostConfig
 from agent_host.host.findings import CollectingSink
+from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import Manifest
 from agent_host.host.supervisor import Supervisor
 from agent_host.host.validation import hostile_events
 from agent_host.protocol import Event, ProcessEvent, message_to_json
-from tests.helpers import exec_event, make_plugin
+from tests.helpers import BUNDLED_PLUGINS, exec_event, make_plugin
 
 HONEST = """\
 from agent_host.sdk import Finding, Plugin
@@ -70,7 +72,8 @@ def reload_to(
 
     async def scenario() -> tuple[dict[str, list[str]], list[str]]:
         sink = CollectingSink()
-        sup = Supervisor(HostConfig(state_dir=None), [manifest], sink)
+        # Replaced at once, not shadowed first: this is about validation (test_rollout.py).
+        sup = Supervisor(HostConfig(state_dir=None, shadow=False), [manifest], sink)
         await sup.start()
         (folder / "detector.py").write_text(second)
         for name, text in (extra or {}).items():
@@ -133,3 +136,39 @@ class TestValidation:
         assert rejected["reason"] == "expected ['templated'], got []"
         assert rejected["breaking_event"] == "validation/cases.jsonl:1"
         assert rules == ["v1"]
+
+
+BROKEN_SIGMA_RULE = """\
+title: Condition naming a selection that does not exist
+id: 00000000-0000-4000-8000-000000000291
+logsource: {product: linux, category: process_creation}
+detection:
+  selection:
+    Image|endswith: /nc
+  condition: selection and filter
+level: high
+"""
+
+
+def test_a_sigma_rule_that_does_not_load_is_caught(tmp_path: Path) -> None:
+    """In service the sigma plugin skips a rule it cannot load; in validation that rule fails
+    the new content, and the running content stays."""
+    folder = tmp_path / "plugins" / "sigma"
+    shutil.copytree(BUNDLED_PLUGINS / "sigma", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = Manifest.load(folder / "plugin.toml")
+
+    async def scenario() -> dict[str, list[str]]:
+        sup = Supervisor(HostConfig(state_dir=None), [manifest], CollectingSink())
+        await sup.start()
+        (folder / "rules" / "broken.yml").write_text(BROKEN_SIGMA_RULE)
+        report = await sup.reload([Manifest.load(folder / "plugin.toml")])
+        assert sup.plugins["sigma"].phase is Phase.RUNNING
+        await sup.stop()
+        return report
+
+    with structlog.testing.capture_logs() as logs:
+        report = asyncio.run(scenario())
+    assert report["refused"] == ["sigma"] and report["kept"] == ["sigma"]
+    (rejected,) = [e for e in logs if e["event"].startswith("plugin version rejected")]
+    assert "ContentError: sigma rule not loaded" in rejected["reason"]
+    assert "broken.yml" in rejected["reason"]

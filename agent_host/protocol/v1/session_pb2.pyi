@@ -302,12 +302,17 @@ class Start(_message.Message):
     PLUGIN_DIR_FIELD_NUMBER: _builtins.int
     ENTRYPOINT_FIELD_NUMBER: _builtins.int
     CONFIG_JSON_FIELD_NUMBER: _builtins.int
+    VALIDATING_FIELD_NUMBER: _builtins.int
     plugin_name: _builtins.str
     plugin_dir: _builtins.str
     entrypoint: _builtins.str
     """"module:Class" """
     config_json: _builtins.str
     """the manifest's [config] table, as JSON"""
+    validating: _builtins.bool
+    """A validation run (a new version or new content, before it is activated): content the
+    plugin cannot use (a rule that does not parse) fails its start rather than being skipped.
+    """
     def __init__(
         self,
         *,
@@ -315,10 +320,11 @@ class Start(_message.Message):
         plugin_dir: _builtins.str = ...,
         entrypoint: _builtins.str = ...,
         config_json: _builtins.str = ...,
+        validating: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "entrypoint", b"entrypoint", "plugin_dir", b"plugin_dir", "plugin_name", b"plugin_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "entrypoint", b"entrypoint", "plugin_dir", b"plugin_dir", "plugin_name", b"plugin_name", "validating", b"validating"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
