@@ -1,163 +1,232 @@
-"""Staged rollout on one host: a validated new version first runs in *shadow*.
+"""Staged rollout on one host: what happens to a changed plugin between its validation and
+its place as the running version, and after.
 
-A shadow version (the *candidate*) runs beside the current one, on the same events (it is one
-more subscriber of the same group, from the batch after it joined), with its findings kept
-apart: nothing it reports is emitted. When it has processed the configured number of events,
-or run for the configured time, without a fault, it is promoted at a cut between two batches:
-the current version is owed every batch up to the cut and the candidate's findings are
-emitted for every batch after it, so each event's findings come from exactly one version.
+A validated new version of a running plugin starts in shadow (``shadow.py``) beside it. It is
+promoted once it has served its shadow period without a fault, or rolled back at its first
+fault; rolled-back content is not tried again until it changes. The version a promotion
+replaced is kept as the *last known good*: if the promoted one is quarantined, or fails to
+start, it is brought back and handed every batch the failed one still owed.
 
-Both versions' findings over the shared events are compared by (rule, first event cited):
-the *shadow report* says what the new version adds and what it misses. The comparison is
-bounded (``MAX_KEYS`` per side); past that it is counted, not kept.
+Every step is a line in the plugin's history (``agent-host plugins history NAME``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+import time
+from typing import TYPE_CHECKING, Protocol
 
-from agent_host.protocol import Finding
+import structlog
+
+from agent_host.host.config import HostConfig
+from agent_host.host.content import Content
+from agent_host.host.lifecycle import Phase
+from agent_host.host.manifest import Manifest
+from agent_host.host.shadow import ShadowReport, ShadowTrial
+from agent_host.host.signing import Verdict
 
 if TYPE_CHECKING:
-    from agent_host.host.manifest import Manifest
     from agent_host.host.runner import PluginRunner
 
-#: Findings remembered per side of a trial, for its report.
-MAX_KEYS: Final = 100_000
-#: Examples of added and missing findings a report keeps.
-EXAMPLES: Final = 10
-
-#: What identifies a finding across two versions: its rule and the first event it cites.
-Key = tuple[str, int]
+log = structlog.get_logger("agent_host")
 
 
-def _key(finding: Finding) -> Key:
-    return (finding.rule, finding.event_ids[0] if finding.event_ids else 0)
+class Host(Protocol):
+    """What the rollout needs of the supervisor."""
+
+    plugins: dict[str, PluginRunner]
+    retired: list[PluginRunner]
+
+    def install(self, runner: PluginRunner) -> None: ...
+
+    def record(
+        self, runner: PluginRunner | Manifest, what: str, detail: str = "", *, measurement: str = ""
+    ) -> None: ...
+
+    def runner_for(
+        self, manifest: Manifest, admitted: tuple[Content, Verdict] | None = None
+    ) -> PluginRunner | None: ...
 
 
-@dataclass(slots=True)
-class _Seen:
-    """One side's findings over the trial, bounded."""
+class Rollout:
+    """The shadow trials of one host, its rejected content and its last known good versions."""
 
-    keys: set[Key] = field(default_factory=set)
-    beyond: int = 0  # findings past MAX_KEYS, counted only
-
-    def note(self, findings: Sequence[Finding]) -> None:
-        for finding in findings:
-            if len(self.keys) < MAX_KEYS:
-                self.keys.add(_key(finding))
-            else:
-                self.beyond += 1
-
-    def within(self, after: int, through: int) -> set[Key]:
-        return {k for k in self.keys if after < k[1] <= through}
-
-
-@dataclass(frozen=True, slots=True)
-class ShadowReport:
-    """What the candidate found against the current version over the shadow period."""
-
-    events: int
-    current: int
-    candidate: int
-    added: tuple[str, ...]
-    missing: tuple[str, ...]
-    added_total: int
-    missing_total: int
-    #: Findings past the comparison's bound (so the counts above are of the first ones).
-    uncompared: int
-
-    def __str__(self) -> str:
-        text = (
-            f"over {self.events} events: current {self.current} findings, new {self.candidate};"
-            f" {self.added_total} added, {self.missing_total} missing"
-        )
-        if self.added:
-            text += f" (added: {', '.join(self.added)})"
-        if self.missing:
-            text += f" (missing: {', '.join(self.missing)})"
-        if self.uncompared:
-            text += f"; {self.uncompared} findings past the bound not compared"
-        return text
-
-
-class ShadowTrial:
-    """One candidate version in shadow beside the current one, until promotion or rollback."""
-
-    def __init__(
-        self, current: PluginRunner, candidate: PluginRunner, after_seq: int, now: float
-    ) -> None:
-        self.current = current
-        self.candidate = candidate
-        #: The candidate is owed every event after this one.
-        self.after_seq = after_seq
-        self.started = now
-        #: Set at promotion: the last event the current version is owed, and its batch.
-        self.cut_seq: int | None = None
-        self.cut_batch = 0
-        self._current = _Seen()
-        self._candidate = _Seen()
-        #: Events the candidate processed in shadow (before the cut).
-        self.shadowed = 0
+    def __init__(self, host: Host, config: HostConfig) -> None:
+        self._host = host
+        self._config = config
+        #: Candidate versions in shadow, by plugin; and promoted ones whose report is pending.
+        self.trials: dict[str, ShadowTrial] = {}
+        self._settling: list[ShadowTrial] = []
+        #: The report of each plugin's last shadow period.
+        self.reports: dict[str, ShadowReport] = {}
+        #: The measurement of each plugin's content that failed validation or its shadow run.
+        self._rejected: dict[str, str] = {}
+        #: The version each promotion replaced.
+        self._last_good: dict[str, PluginRunner] = {}
 
     @property
-    def name(self) -> str:
-        return self.candidate.name
+    def candidates(self) -> list[PluginRunner]:
+        return [trial.candidate for trial in self.trials.values()]
 
-    @property
-    def promoted(self) -> bool:
-        return self.cut_seq is not None
+    def reject(self, name: str, content: Content) -> None:
+        self._rejected[name] = content.measurement
 
-    def tries(self, manifest: Manifest, measurement: str) -> bool:
-        """Whether this trial's candidate is that very version."""
-        candidate = self.candidate
-        return candidate.manifest == manifest and candidate.content.measurement == measurement
-
-    def due(self, now: float, events: int, seconds: float) -> bool:
-        """Whether the candidate has served its shadow period (the caller checks its health)."""
-        return self.candidate.stats.processed >= events or now - self.started >= seconds
-
-    def emitted(
-        self, runner: PluginRunner, seqs: Sequence[int] | None, findings: list[Finding]
-    ) -> list[Finding]:
-        """Of one batch's findings (``seqs`` None: its on_stop), the ones to emit; the
-        candidate's are kept apart until the batches after the cut."""
-        if runner is self.candidate:
-            after_cut = self.cut_seq is not None and (seqs is None or seqs[0] > self.cut_seq)
-            if after_cut:
-                return findings
-            self.shadowed += len(seqs or ())
-            self._candidate.note(findings)
-            return []
-        if seqs is not None and seqs[-1] > self.after_seq:
-            self._current.note(findings)
-        return findings
-
-    def cut(self, last_seq: int, last_batch: int) -> None:
-        self.cut_seq, self.cut_batch = last_seq, last_batch
-
-    def settled(self) -> bool:
-        """Whether both versions are done with the shared events (the report is complete)."""
-        if not self.current.phase.final:
+    def still_rejected(self, manifest: Manifest, content: Content) -> bool:
+        """Whether this very content failed validation or a shadow run before."""
+        if self._rejected.get(manifest.name) != content.measurement:
             return False
-        candidate = self.candidate
-        backlog = candidate.group.backlog
-        return candidate.phase.final or backlog.first_pending(candidate.key) > self.cut_batch
-
-    def report(self) -> ShadowReport:
-        through = self.cut_seq if self.cut_seq is not None else 2**64
-        current = self._current.within(self.after_seq, through)
-        candidate = self._candidate.within(self.after_seq, through)
-        added, missing = sorted(candidate - current), sorted(current - candidate)
-        return ShadowReport(
-            events=self.shadowed,
-            current=len(current),
-            candidate=len(candidate),
-            added=tuple(f"{rule}@{seq}" for rule, seq in added[:EXAMPLES]),
-            missing=tuple(f"{rule}@{seq}" for rule, seq in missing[:EXAMPLES]),
-            added_total=len(added),
-            missing_total=len(missing),
-            uncompared=self._current.beyond + self._candidate.beyond,
+        log.warning(
+            "plugin version still rejected: not tried again until its content changes",
+            plugin=manifest.name,
+            measurement=content.measurement,
         )
+        return True
+
+    def in_shadow(self, manifest: Manifest, measurement: str) -> bool:
+        """Whether that very version is in shadow now."""
+        trial = self.trials.get(manifest.name)
+        return trial is not None and trial.tries(manifest, measurement)
+
+    def shadows(self, current: PluginRunner, candidate: PluginRunner) -> bool:
+        """Whether ``candidate`` goes to shadow first: the host shadows updates, the current
+        version is running (there is something to compare with), and both are owed the same
+        events (one group)."""
+        return (
+            self._config.shadow
+            and current.phase is Phase.RUNNING
+            and current.group is candidate.group
+        )
+
+    def begin(self, current: PluginRunner, candidate: PluginRunner) -> None:
+        backlog = candidate.group.backlog
+        trial = ShadowTrial(current, candidate, backlog.last_seq, time.monotonic())
+        current.trial = candidate.trial = trial
+        self.trials[candidate.name] = trial
+        self._host.record(candidate, "shadow", f"beside version {current.manifest.version}")
+        log.info(
+            "new plugin version in shadow: its findings are kept apart",
+            plugin=candidate.name,
+            version=candidate.manifest.version,
+            current=current.manifest.version,
+            events=self._config.shadow_events,
+            seconds=self._config.shadow_s,
+        )
+
+    def withdraw(self, name: str, why: str) -> None:
+        """Take the candidate of ``name`` out, if there is one, without a verdict on it."""
+        trial = self.trials.get(name)
+        if trial is not None:
+            self._end(trial, "withdrawn", why)
+
+    def _end(self, trial: ShadowTrial, what: str, why: str) -> None:
+        """Take the candidate out without promoting it (its findings stay unemitted)."""
+        del self.trials[trial.name]
+        trial.current.trial = None
+        trial.candidate.retire(f"{what}: {why}")
+        self._host.retired.append(trial.candidate)
+        self._host.record(trial.candidate, what, why)
+
+    def _roll_back(self, trial: ShadowTrial, why: str) -> None:
+        candidate = trial.candidate
+        self.reject(trial.name, candidate.content)
+        self._end(trial, "rolled back", f"fault in shadow: {why}")
+        log.error(
+            "new plugin version rolled back: it failed in shadow; the current one stays",
+            plugin=trial.name,
+            version=candidate.manifest.version,
+            measurement=candidate.content.measurement,
+            reason=why,
+        )
+
+    def advance(self, now: float) -> None:
+        """Promote each candidate that has served its shadow period; finish each report whose
+        versions are both past the cut. Called by the host's watchdog loop."""
+        config = self._config
+        for trial in list(self.trials.values()):
+            healthy = trial.candidate.phase is Phase.RUNNING and not trial.candidate.stats.restarts
+            if healthy and trial.due(now, config.shadow_events, config.shadow_s):
+                self._promote(trial)
+        for trial in [t for t in self._settling if t.settled()]:
+            self._settling.remove(trial)
+            self._finish_report(trial)
+
+    def _promote(self, trial: ShadowTrial) -> None:
+        """The cut, with nothing awaited: every batch kept so far is the current version's to
+        finish, every later one the candidate's, whose findings are emitted from then on."""
+        host, current, candidate = self._host, trial.current, trial.candidate
+        backlog = candidate.group.backlog
+        trial.cut(backlog.last_seq, backlog.next_id - 1)
+        del self.trials[trial.name]
+        self._settling.append(trial)
+        version = candidate.manifest.version
+        if host.plugins.get(trial.name) is current:
+            current.retire(f"replaced by version {version} after its shadow run")
+            host.retired.append(current)
+            self._last_good[trial.name] = current
+        host.install(candidate)
+        host.record(candidate, "promoted", f"after {trial.shadowed} events in shadow")
+        log.info(
+            "new plugin version promoted after its shadow run",
+            plugin=trial.name,
+            version=version,
+            shadow_events=trial.shadowed,
+            last_known_good=current.manifest.version,
+        )
+
+    def _finish_report(self, trial: ShadowTrial) -> None:
+        report = trial.report()
+        trial.current.trial = trial.candidate.trial = None
+        self.reports[trial.name] = report
+        self._host.record(trial.candidate, "shadow report", str(report))
+        log.info("shadow report", plugin=trial.name, report=str(report))
+
+    def on_failure(self, runner: PluginRunner, why: str) -> bool:
+        """A runner failed: a candidate in shadow is rolled back; a promoted version that is
+        quarantined (or fails to load) is replaced by its last known good. Whether it was
+        taken in hand (then the runner does not restart)."""
+        trial = self.trials.get(runner.name)
+        if trial is not None and trial.candidate is runner:
+            self._roll_back(trial, why)
+            return True
+        gave_up = runner.phase in (Phase.QUARANTINED, Phase.FAILED)
+        good = self._last_good.get(runner.name)
+        if not gave_up or good is None or self._host.plugins.get(runner.name) is not runner:
+            return False
+        del self._last_good[runner.name]
+        self.withdraw(runner.name, "its current version was replaced")
+        self._bring_back(runner, good, why)
+        return True
+
+    def _bring_back(self, failed: PluginRunner, good: PluginRunner, why: str) -> None:
+        """Replace ``failed`` by a new runner of its last known good version, which takes over
+        every batch ``failed`` still owed."""
+        host = self._host
+        admitted = (good.content, Verdict(good.signer, ""))
+        runner = host.runner_for(good.manifest, admitted)
+        if runner is None:  # cannot happen: the content was admitted before
+            return
+        if runner.group is failed.group:
+            failed.hand_over(runner)
+        failed.retired = f"replaced by its last known good version {good.manifest.version}"
+        host.retired.append(failed)
+        host.install(runner)
+        runner.start()
+        host.record(failed, "replaced", f"by its last known good: {why}")
+        host.record(
+            runner, "last known good", f"back in place of version {failed.manifest.version}"
+        )
+        log.error(
+            "plugin version failed after its promotion; back to its last known good",
+            plugin=failed.name,
+            failed_version=failed.manifest.version,
+            version=good.manifest.version,
+            reason=why,
+        )
+
+    def stop(self) -> None:
+        """The host stopped: every candidate still in shadow is withdrawn, every pending report
+        finished."""
+        for name in list(self.trials):
+            self.withdraw(name, "the host stopped before its promotion")
+        for trial in self._settling:
+            self._finish_report(trial)
+        self._settling.clear()

@@ -43,9 +43,9 @@ from agent_host.host.manifest import Manifest
 from agent_host.host.output import relay_output
 from agent_host.host.poison import Attribution, PoisonBudget
 from agent_host.host.restart import RestartPolicy
-from agent_host.host.rollout import ShadowTrial
 from agent_host.host.sandbox import WorkerSandbox
 from agent_host.host.session import SessionServer
+from agent_host.host.shadow import ShadowTrial
 from agent_host.host.spawn import Spawner, WorkerProcess
 from agent_host.host.stats import PluginStats
 from agent_host.host.store import Quarantine, StateStore

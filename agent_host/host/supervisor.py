@@ -36,7 +36,7 @@ from agent_host.host.lifecycle import Phase
 from agent_host.host.limits import descendants_by_root
 from agent_host.host.manifest import Manifest
 from agent_host.host.restart import RestartPolicy
-from agent_host.host.rollout import ShadowReport, ShadowTrial
+from agent_host.host.rollout import Rollout
 from agent_host.host.runner import PluginRunner
 from agent_host.host.sandbox import WorkerSandbox, for_plugin, machine_report
 from agent_host.host.signing import Verdict, load_public, verify
@@ -111,16 +111,8 @@ class Supervisor:
         #: The measurement of each plugin's running content.
         self._digests: dict[str, str] = {}
         self._trusted = [load_public(path) for path in config.trusted_keys]
-        #: The measurement of each plugin's version that failed validation or its shadow run:
-        #: not tried again until its content changes.
-        self._rejected: dict[str, str] = {}
-        #: Candidate versions in shadow, by plugin; and promoted ones whose report is pending.
-        self.trials: dict[str, ShadowTrial] = {}
-        self._settling: list[ShadowTrial] = []
-        #: The report of each plugin's last shadow period.
-        self.shadow_reports: dict[str, ShadowReport] = {}
-        #: The version each promotion replaced, brought back if the promoted one is quarantined.
-        self._last_good: dict[str, PluginRunner] = {}
+        #: Shadow trials, rejected content, last known good versions.
+        self.rollout = Rollout(self, config)
         self._keys: set[str] = set()
         self._seq = 0
         self.accepted = 0
@@ -168,9 +160,9 @@ class Supervisor:
             self.store.close()
             raise
         for manifest in self._manifests:
-            runner = self._runner_for(manifest)
+            runner = self.runner_for(manifest)
             if runner is not None:
-                self._running(runner)
+                self.install(runner)
         self._background.append(asyncio.create_task(self._watch_workers()))
         for runner in self.plugins.values():
             runner.start()
@@ -179,7 +171,7 @@ class Supervisor:
         for runner in self.plugins.values():
             self._log_start(runner)
             if self._history_of(runner.name) != runner.content.measurement:
-                self._record(runner, "running", "a version not seen before")
+                self.record(runner, "running", "a version not seen before")
 
     def _history_of(self, name: str) -> str:
         """The measurement last written in the plugin's history ("" if none)."""
@@ -189,7 +181,7 @@ class Supervisor:
             return ""
         return entries[-1].measurement if entries else ""
 
-    def _record(
+    def record(
         self, runner: PluginRunner | Manifest, what: str, detail: str = "", *, measurement: str = ""
     ) -> None:
         """A line in the plugin's history; its failure is the host's, logged, never fatal."""
@@ -266,7 +258,7 @@ class Supervisor:
         verdict = self._signature_of(manifest, content)
         return None if verdict is None else (content, verdict)
 
-    def _runner_for(
+    def runner_for(
         self, manifest: Manifest, admitted: tuple[Content, Verdict] | None = None
     ) -> PluginRunner | None:
         """A runner over the plugin's admitted content; None if it is refused."""
@@ -289,7 +281,7 @@ class Supervisor:
             cgroups=self._cgroups if self._cgroups and self._cgroups.available else None,
             key=self._key_for(manifest.name),
         )
-        runner.on_failure = self._on_failure
+        runner.on_failure = self.rollout.on_failure
         return runner
 
     def _sandbox_for(self, manifest: Manifest, content: Content) -> WorkerSandbox:
@@ -305,10 +297,9 @@ class Supervisor:
     def runners(self) -> list[PluginRunner]:
         """Every plugin's runner, those a reload took out and those in shadow included (for
         checks and accounts)."""
-        shadows = [trial.candidate for trial in self.trials.values()]
-        return [*self.retired, *self.plugins.values(), *shadows]
+        return [*self.retired, *self.plugins.values(), *self.rollout.candidates]
 
-    def _running(self, runner: PluginRunner) -> None:
+    def install(self, runner: PluginRunner) -> None:
         """``runner`` is now its plugin's version (started, promoted or brought back)."""
         self.plugins[runner.name] = runner
         self._digests[runner.name] = runner.content.measurement
@@ -324,11 +315,10 @@ class Supervisor:
             unchanged = current is not None and manifest == current.manifest
             if unchanged and digests[name] == self._digests.get(name):
                 continue
-            trial = self.trials.get(name)
-            if trial is not None and trial.tries(manifest, digests[name]):
-                continue  # already in shadow
+            if self.rollout.in_shadow(manifest, digests[name]):
+                continue
             admitted = self._admit(manifest)
-            if admitted is None or self._still_rejected(manifest, admitted[0]):
+            if admitted is None or self.rollout.still_rejected(manifest, admitted[0]):
                 refused.append(name)
                 continue
             if self.config.validate_updates and not await self._validated(manifest, admitted[0]):
@@ -337,27 +327,16 @@ class Supervisor:
             candidates[name] = (manifest, admitted)
         return candidates
 
-    def _still_rejected(self, manifest: Manifest, content: Content) -> bool:
-        """Whether this very content failed validation or a shadow run before."""
-        if self._rejected.get(manifest.name) != content.measurement:
-            return False
-        log.warning(
-            "plugin version still rejected: not tried again until its content changes",
-            plugin=manifest.name,
-            measurement=content.measurement,
-        )
-        return True
-
     async def _validated(self, manifest: Manifest, content: Content) -> bool:
         """Whether this content passed validation."""
         copy = dataclasses.replace(manifest, directory=content.copy)
         rejection = await validate(copy, self.config)
         if rejection is None:
             log.info("plugin version validated", plugin=manifest.name, version=manifest.version)
-            self._record(manifest, "validated", measurement=content.measurement)
+            self.record(manifest, "validated", measurement=content.measurement)
             return True
-        self._rejected[manifest.name] = content.measurement
-        self._record(manifest, "rejected", str(rejection), measurement=content.measurement)
+        self.rollout.reject(manifest.name, content)
+        self.record(manifest, "rejected", str(rejection), measurement=content.measurement)
         log.error(
             "plugin version rejected at validation; the running one stays",
             plugin=manifest.name,
@@ -397,15 +376,15 @@ class Supervisor:
         successors = {
             name: runner
             for name, (manifest, admitted) in candidates.items()
-            if (runner := self._runner_for(manifest, admitted)) is not None
+            if (runner := self.runner_for(manifest, admitted)) is not None
         }
-        for name, trial in list(self.trials.items()):
+        for name in list(self.rollout.trials):
             if name in successors or name not in wanted:
-                self._end_trial(trial, "withdrawn", "superseded by a reload")
+                self.rollout.withdraw(name, "superseded by a reload")
         for name, runner in list(self.plugins.items()):
             successor = successors.get(name)
-            if successor is not None and self._shadows(runner, successor):
-                self._begin_trial(runner, successor)
+            if successor is not None and self.rollout.shadows(runner, successor):
+                self.rollout.begin(runner, successor)
                 report["shadow"].append(name)
                 continue
             if successor is not None:
@@ -423,144 +402,13 @@ class Supervisor:
             if name not in self.plugins and name not in report["changed"]:
                 report["added"].append(name)
             if name not in report["shadow"]:
-                self._running(runner)
+                self.install(runner)
             runner.start()
         await asyncio.gather(*(r.wait_started() for r in successors.values()))
         for runner in successors.values():
             self._log_start(runner)
         log.info("plugins reloaded", **{k: sorted(v) for k, v in report.items()})
         return report
-
-    # -- staged rollout -------------------------------------------------------------------
-
-    def _shadows(self, current: PluginRunner, candidate: PluginRunner) -> bool:
-        """Whether ``candidate`` goes to shadow first: the host shadows updates, the current
-        version is running (there is something to compare with), and both are owed the same
-        events (one group)."""
-        return (
-            self.config.shadow
-            and current.phase is Phase.RUNNING
-            and current.group is candidate.group
-        )
-
-    def _begin_trial(self, current: PluginRunner, candidate: PluginRunner) -> None:
-        backlog = candidate.group.backlog
-        trial = ShadowTrial(current, candidate, backlog.last_seq, time.monotonic())
-        current.trial = candidate.trial = trial
-        self.trials[candidate.name] = trial
-        self._record(candidate, "shadow", f"beside version {current.manifest.version}")
-        log.info(
-            "new plugin version in shadow: its findings are kept apart",
-            plugin=candidate.name,
-            version=candidate.manifest.version,
-            current=current.manifest.version,
-            events=self.config.shadow_events,
-            seconds=self.config.shadow_s,
-        )
-
-    def _end_trial(self, trial: ShadowTrial, what: str, why: str) -> None:
-        """Take the candidate out without promoting it (its findings stay unemitted)."""
-        del self.trials[trial.name]
-        trial.current.trial = None
-        trial.candidate.retire(f"{what}: {why}")
-        self.retired.append(trial.candidate)
-        self._record(trial.candidate, what, why)
-
-    def _roll_back(self, trial: ShadowTrial, why: str) -> None:
-        candidate = trial.candidate
-        self._rejected[trial.name] = candidate.content.measurement
-        self._end_trial(trial, "rolled back", f"fault in shadow: {why}")
-        log.error(
-            "new plugin version rolled back: it failed in shadow; the current one stays",
-            plugin=trial.name,
-            version=candidate.manifest.version,
-            measurement=candidate.content.measurement,
-            reason=why,
-        )
-
-    def _advance_trials(self, now: float) -> None:
-        """Promote each candidate that has served its shadow period; finish each report whose
-        versions are both past the cut."""
-        config = self.config
-        for trial in list(self.trials.values()):
-            healthy = trial.candidate.phase is Phase.RUNNING and not trial.candidate.stats.restarts
-            if healthy and trial.due(now, config.shadow_events, config.shadow_s):
-                self._promote(trial)
-        for trial in [t for t in self._settling if t.settled()]:
-            self._settling.remove(trial)
-            self._finish_report(trial)
-
-    def _promote(self, trial: ShadowTrial) -> None:
-        """The cut, with nothing awaited: every batch kept so far is the current version's to
-        finish, every later one the candidate's, whose findings are emitted from then on."""
-        current, candidate = trial.current, trial.candidate
-        backlog = candidate.group.backlog
-        trial.cut(backlog.last_seq, backlog.next_id - 1)
-        del self.trials[trial.name]
-        self._settling.append(trial)
-        version = candidate.manifest.version
-        if self.plugins.get(trial.name) is current:
-            current.retire(f"replaced by version {version} after its shadow run")
-            self.retired.append(current)
-            self._last_good[trial.name] = current
-        self._running(candidate)
-        self._record(candidate, "promoted", f"after {trial.shadowed} events in shadow")
-        log.info(
-            "new plugin version promoted after its shadow run",
-            plugin=trial.name,
-            version=version,
-            shadow_events=trial.shadowed,
-            last_known_good=current.manifest.version,
-        )
-
-    def _finish_report(self, trial: ShadowTrial) -> None:
-        report = trial.report()
-        trial.current.trial = trial.candidate.trial = None
-        self.shadow_reports[trial.name] = report
-        self._record(trial.candidate, "shadow report", str(report))
-        log.info("shadow report", plugin=trial.name, report=str(report))
-
-    def _on_failure(self, runner: PluginRunner, why: str) -> bool:
-        """A runner failed: a candidate in shadow is rolled back; a promoted version that is
-        quarantined (or fails to load) is replaced by its last known good."""
-        trial = self.trials.get(runner.name)
-        if trial is not None and trial.candidate is runner:
-            self._roll_back(trial, why)
-            return True
-        gave_up = runner.phase in (Phase.QUARANTINED, Phase.FAILED)
-        good = self._last_good.get(runner.name)
-        if not gave_up or good is None or self.plugins.get(runner.name) is not runner:
-            return False
-        del self._last_good[runner.name]
-        if trial is not None:
-            self._end_trial(trial, "withdrawn", "its current version was replaced")
-        self._bring_back(runner, good, why)
-        return True
-
-    def _bring_back(self, failed: PluginRunner, good: PluginRunner, why: str) -> None:
-        """Replace ``failed`` by a new runner of its last known good version, which takes over
-        every batch ``failed`` still owed."""
-        admitted = (good.content, Verdict(good.signer, ""))
-        runner = self._runner_for(good.manifest, admitted)
-        if runner is None:  # cannot happen: the content was admitted before
-            return
-        if runner.group is failed.group:
-            failed.hand_over(runner)
-        failed.retired = f"replaced by its last known good version {good.manifest.version}"
-        self.retired.append(failed)
-        self._running(runner)
-        runner.start()
-        self._record(failed, "replaced", f"by its last known good: {why}")
-        self._record(
-            runner, "last known good", f"back in place of version {failed.manifest.version}"
-        )
-        log.error(
-            "plugin version failed after its promotion; back to its last known good",
-            plugin=failed.name,
-            failed_version=failed.manifest.version,
-            version=good.manifest.version,
-            reason=why,
-        )
 
     async def publish(self, event: Event) -> bool:
         """Accept one event: number it, stamp it, queue it for every group that wants its kind.
@@ -612,7 +460,7 @@ class Supervisor:
             runners = self.runners
             for runner in runners:
                 runner.check(now)
-            self._advance_trials(now)
+            self.rollout.advance(now)
             tick += 1
             if tick % every:
                 continue
@@ -636,10 +484,7 @@ class Supervisor:
         await asyncio.gather(*(r.stop(self.config.stop_timeout_s) for r in self.runners))
         for runner in self.runners:
             runner.settle()
-        for trial in list(self.trials.values()):
-            self._end_trial(trial, "withdrawn", "the host stopped before its promotion")
-        for trial in self._settling:
-            self._finish_report(trial)
+        self.rollout.stop()
         for task in self._background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -86,7 +86,7 @@ def test_a_fault_in_shadow_rolls_back_with_none_of_its_findings(tmp_path: Path) 
         await sup.publish(exec_event("/usr/bin/trigger", pid=41))
         for pid in range(42, 61):
             await sup.publish(exec_event("/usr/bin/id", pid=pid))
-        await until(lambda: not sup.trials)
+        await until(lambda: not sup.rollout.trials)
         again = await sup.reload([crashing])  # the same content: not tried again
         await sup.drain()
         await sup.stop()
@@ -146,7 +146,7 @@ def test_promoted_at_a_cut_then_replaced_by_its_last_known_good(tmp_path: Path) 
             assert time.monotonic() < deadline, "never promoted"
             await stream(sup, 50)
         await stream(sup, 200)
-        await until(lambda: "rolling" in sup.shadow_reports)
+        await until(lambda: "rolling" in sup.rollout.reports)
         await stream(sup, 40, exe="/usr/bin/later")
         await until(lambda: sup.plugins["rolling"].manifest.version == "1.0")
         await stream(sup, 100)
@@ -173,7 +173,7 @@ def test_promoted_at_a_cut_then_replaced_by_its_last_known_good(tmp_path: Path) 
     assert len(missing) <= v2_runner.stats.dead_lettered
     assert all(counts[seq] <= 1 for seq in missing)
     # The shadow report: v2 adds one finding per tenth event of its shadow run, misses none.
-    report = sup.shadow_reports["rolling"]
+    report = sup.rollout.reports["rolling"]
     assert report.events >= 300 and report.missing_total == 0
     assert report.added_total == report.events // 10 > 0
     assert report.current == report.candidate - report.added_total
