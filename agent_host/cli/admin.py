@@ -54,8 +54,8 @@ def history(store: StateStore, name: str) -> int:
         return EXIT_NOTHING
     for entry in entries:
         digest = entry.measurement.removeprefix("sha256:")[:12]
-        detail = f"  {entry.detail}" if entry.detail else ""
-        print(f"{_when(entry.time)}  {entry.version:<10} {digest:<12} {entry.what:<12}{detail}")
+        what = f"{entry.what:<15} {entry.detail}".rstrip()
+        print(f"{_when(entry.time)}  {entry.version:<10} {digest:<12}  {what}")
     return EXIT_OK
 
 
