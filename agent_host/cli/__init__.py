@@ -13,7 +13,7 @@ import asyncio
 import sys
 
 from agent_host import logs
-from agent_host.cli import admin, attestation, paths, run, scaffold
+from agent_host.cli import admin, attestation, paths, run, scaffold, systemd
 from agent_host.cli.parser import EXIT_USAGE, build_parser
 from agent_host.errors import AgentHostError, UsageError
 from agent_host.host.store import default_state_dir
@@ -47,11 +47,26 @@ def _plugins(args: argparse.Namespace) -> int:
     return admin.list_plugins(paths.plugins_dir(args.plugins), store, trusted, policy)
 
 
+def _service(args: argparse.Namespace) -> int:
+    """``service unit`` and ``service install``."""
+    if args.service_command == "unit":
+        print(systemd.unit_text(), end="")
+        return 0
+    try:
+        target = systemd.install_unit(args.dest)
+    except OSError as exc:
+        raise UsageError("--dest", f"cannot write into {args.dest}: {exc.strerror}") from None
+    print(f"wrote {target}; then: systemctl daemon-reload && systemctl enable --now agent-host")
+    return 0
+
+
 def _dispatch(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_format, args.log_level)
     if args.command == "plugins":
         return _plugins(args)
+    if args.command == "service":
+        return _service(args)
     if args.command == "keys":
         return admin.new_keys(args.out)
     if args.command == "attest":

@@ -255,6 +255,20 @@ def _add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
     )
 
 
+def _add_service_group(sub: argparse._SubParsersAction[Parser]) -> None:
+    service = sub.add_parser("service", help="run agent-host as a systemd service")
+    commands = service.add_subparsers(dest="service_command", metavar="COMMAND", required=True)
+    commands.add_parser("unit", help="print the systemd unit (Type=notify, watchdog, hardening)")
+    install = commands.add_parser("install", help="write the systemd unit for this install")
+    install.add_argument(
+        "--dest",
+        type=Path,
+        default=Path("/etc/systemd/system"),
+        metavar="DIR",
+        help="where to write agent-host.service (default %(default)s)",
+    )
+
+
 def _add_keys_group(sub: argparse._SubParsersAction[Parser]) -> None:
     keys = sub.add_parser("keys", help="signing keys for plugins")
     commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
@@ -339,6 +353,7 @@ def build_parser() -> Parser:
 
     _add_plugins_group(sub)
     _add_keys_group(sub)
+    _add_service_group(sub)
     _add_attest_group(sub)
 
     letters = sub.add_parser(

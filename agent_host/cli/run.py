@@ -14,6 +14,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import structlog
 
 from agent_host.cli import paths
 from agent_host.cli.summary import render_table, summary_rows
+from agent_host.cli.systemd import Notifier
 from agent_host.cli.watch import FolderWatch
 from agent_host.errors import UsageError
 from agent_host.host.caps import Caps
@@ -166,6 +168,7 @@ def state_dir_for(args: argparse.Namespace) -> Path:
 
 async def host(args: argparse.Namespace) -> int:
     """``agent-host run`` and ``replay``: the host over a source, then the summary."""
+    notifier = Notifier()  # first: no worker may inherit systemd's socket
     plugins_dir = paths.plugins_dir(args.plugins)
     state_dir = state_dir_for(args)
     own_files = [str(p) for p in (args.findings, state_dir) if p is not None]
@@ -199,36 +202,73 @@ async def host(args: argparse.Namespace) -> int:
     sup = Supervisor(config, discovery.manifests, sink)
     signals = _Signals(reload=True)
     started = time.monotonic()
-    code = EXIT_OK
     try:
-        await sup.start()
-        if not any(r.phase is Phase.RUNNING for r in sup.plugins.values()):
-            log.error("no plugin could start")
-            await sup.stop()
-            return EXIT_NOTHING_RAN
-        signals.stop_after(getattr(args, "duration", 0.0))
-        reloads = [asyncio.ensure_future(_reload_on_hup(sup, plugins_dir, sink, signals))]
-        if args.watch_plugins and args.command == "run":
-            watch = FolderWatch(plugins_dir, signals.reloading)
-            watch.start()
-            reloads.append(asyncio.ensure_future(watch.run()))
-        await _run_source(source, sup.publish, signals)
-        for task in reloads:
-            task.cancel()
-        await asyncio.gather(*reloads, return_exceptions=True)
-        finish = asyncio.ensure_future(sup.stop())
-        aborting = asyncio.ensure_future(signals.aborting.wait())
-        await asyncio.wait({finish, aborting}, return_when=asyncio.FIRST_COMPLETED)
-        if not finish.done():
-            log.warning("second signal: stopping without draining")
-            finish.cancel()
-            await sup.abort()
-            code = EXIT_ABORTED  # and still the summary: what was done, and what was not
-        aborting.cancel()
+        code = await _serve(
+            sup,
+            args,
+            source=source,
+            plugins_dir=plugins_dir,
+            sink=sink,
+            signals=signals,
+            notifier=notifier,
+        )
     finally:
         sink.close()
+        notifier.close()
+    if code == EXIT_NOTHING_RAN:
+        return code
     _report(args, sup, source, time.monotonic() - started)
     return code
+
+
+def status_line(sup: Supervisor) -> str:
+    """One line for systemd's STATUS=: plugins by state, events and findings so far."""
+    states = Counter(r.phase.value for r in sup.plugins.values())
+    plugins = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    return f"plugins: {plugins}; {sup.accepted} events, {sup.findings.written} findings"
+
+
+async def _serve(
+    sup: Supervisor,
+    args: argparse.Namespace,
+    *,
+    source: AsyncIterable[Event],
+    plugins_dir: Path,
+    sink: JsonLinesSink,
+    signals: _Signals,
+    notifier: Notifier,
+) -> int:
+    """Start the host, feed it until the source ends or a stop is asked, and stop it."""
+    await sup.start()
+    if not any(r.phase is Phase.RUNNING for r in sup.plugins.values()):
+        log.error("no plugin could start")
+        await sup.stop()
+        return EXIT_NOTHING_RAN
+    notifier.ready(status_line(sup))  # every plugin has started or been set aside
+    signals.stop_after(getattr(args, "duration", 0.0))
+    tasks = [
+        asyncio.ensure_future(_reload_on_hup(sup, plugins_dir, sink, signals)),
+        asyncio.ensure_future(notifier.keep_alive(lambda: status_line(sup))),
+    ]
+    if args.watch_plugins and args.command == "run":
+        watch = FolderWatch(plugins_dir, signals.reloading)
+        watch.start()
+        tasks.append(asyncio.ensure_future(watch.run()))
+    await _run_source(source, sup.publish, signals)
+    notifier.stopping(f"draining; {status_line(sup)}")
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    finish = asyncio.ensure_future(sup.stop())
+    aborting = asyncio.ensure_future(signals.aborting.wait())
+    await asyncio.wait({finish, aborting}, return_when=asyncio.FIRST_COMPLETED)
+    aborting.cancel()
+    if finish.done():
+        return EXIT_OK
+    log.warning("second signal: stopping without draining")
+    finish.cancel()
+    await sup.abort()
+    return EXIT_ABORTED  # and still the summary: what was done, and what was not
 
 
 def _report(
