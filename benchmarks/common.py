@@ -43,10 +43,14 @@ def realistic(n: int, workdir: Path) -> list[Manifest]:
             f'rule_dirs = ["rules", "{SHARED_SIGMA}"]\n[permissions]\nread = ["{SHARED_SIGMA}"]'
         )
     chosen = [
-        plugin_copy(REPO / "plugins" / "sigma", "sigma", workdir, sigma_dirs),
-        plugin_copy(REPO / "plugins" / "suspicious_exec", "suspicious_exec", workdir),
-        plugin_copy(REPO / "plugins" / "ransomware_burst", "ransomware_burst", workdir),
-        plugin_copy(REPO / "plugins" / "yara_scan", "yara_scan", workdir),
+        plugin_copy(REPO / "agent_host" / "plugins" / "sigma", "sigma", workdir, sigma_dirs),
+        plugin_copy(
+            REPO / "agent_host" / "plugins" / "suspicious_exec", "suspicious_exec", workdir
+        ),
+        plugin_copy(
+            REPO / "agent_host" / "plugins" / "ransomware_burst", "ransomware_burst", workdir
+        ),
+        plugin_copy(REPO / "agent_host" / "plugins" / "yara_scan", "yara_scan", workdir),
     ]
     return chosen[:n]
 

@@ -63,7 +63,7 @@ def decode(n: int) -> dict[str, float]:
 
 def _sigma_modules() -> tuple[Any, Any, Any]:
     """The sigma plugin's modules, imported here as the in-process baseline imports plugins."""
-    sys.path.insert(0, str(REPO / "plugins" / "sigma"))
+    sys.path.insert(0, str(REPO / "agent_host" / "plugins" / "sigma"))
     import engine  # type: ignore[import-not-found]
     import fields  # type: ignore[import-not-found]
     import plan  # type: ignore[import-not-found]
@@ -86,7 +86,7 @@ def _vary(node: Any, n: int) -> Any:
 
 def generated_rules(count: int, workdir: Path) -> Path:
     """A folder of ``count`` rules: the bundled and SigmaHQ rules first, then varied copies."""
-    sources = sorted((REPO / "plugins" / "sigma" / "rules").glob("*.yml"))
+    sources = sorted((REPO / "agent_host" / "plugins" / "sigma" / "rules").glob("*.yml"))
     if SHARED_SIGMA.is_dir():
         sources += sorted(SHARED_SIGMA.rglob("*.yml"))
     texts = [yaml.safe_load(p.read_text()) for p in sources]

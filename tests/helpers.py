@@ -18,7 +18,7 @@ from agent_host.sources.replay import write_recording
 
 TEST_PLUGINS = Path(__file__).parent / "plugins"
 #: The plugins that ship with agent-host.
-BUNDLED_PLUGINS = Path(__file__).resolve().parents[1] / "plugins"
+BUNDLED_PLUGINS = Path(__file__).resolve().parents[1] / "agent_host" / "plugins"
 
 
 def make_plugin(

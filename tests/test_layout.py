@@ -21,7 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "agent_host"
 HOST_SIDE = ("host", "sources", "cli", "testing")
 PLUGIN_MODULES = sorted(
-    {p.stem for p in (REPO / "plugins").glob("*/*.py")} | {p.name for p in REPO.glob("plugins/*")}
+    {p.stem for p in (REPO / "agent_host" / "plugins").glob("*/*.py")}
+    | {p.name for p in REPO.glob("agent_host/plugins/*")}
 )
 
 
@@ -46,7 +47,7 @@ class TestLayout:
 
     def test_the_top_level_is_the_map(self) -> None:
         folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
-        assert folders == {"cli", "host", "protocol", "sources", "testing", "worker"}
+        assert folders == {"cli", "host", "plugins", "protocol", "sources", "testing", "worker"}
         assert (PACKAGE / "sdk.py").is_file()
         assert (PACKAGE / "sources" / "live" / "base.py").is_file()
 
@@ -87,7 +88,7 @@ class TestLayout:
             from agent_host.sources.synthetic import SyntheticSource
 
             async def main():
-                found = discover(Path({str(REPO / "plugins")!r}))
+                found = discover(Path({str(REPO / "agent_host" / "plugins")!r}))
                 sink = CollectingSink()
                 sup = Supervisor(HostConfig(state_dir=None), found.manifests, sink)
                 await sup.start()

@@ -44,7 +44,7 @@ def _plugins(args: argparse.Namespace) -> int:
         return admin.history(store, args.name)
     # `plugins` alone lists, without the list command's own options.
     trusted, policy = getattr(args, "trusted_key", []), getattr(args, "signatures", "warn")
-    return admin.list_plugins(paths.plugins_dir(args.plugins), store, trusted, policy)
+    return admin.list_plugins(paths.plugin_dirs(args.plugins), store, trusted, policy)
 
 
 def _service(args: argparse.Namespace) -> int:
@@ -75,7 +75,7 @@ def _dispatch(argv: list[str] | None) -> int:
         if not args.nonce:
             raise UsageError("--nonce", "required: the verifier's nonce")
         state_dir = args.state_dir or default_state_dir()
-        return attestation.report(args, paths.plugins_dir(args.plugins), state_dir)
+        return attestation.report(args, paths.plugin_dirs(args.plugins), state_dir)
     if args.command == "deadletters":
         store = paths.open_state("--state-dir", args.state_dir or default_state_dir())
         return admin.dead_letters(store, args.plugin, args.json, args.export, args.purge)

@@ -159,7 +159,7 @@ def plugin_views(
 
 
 def list_plugins(
-    plugins_dir: Path, store: StateStore, trusted_keys: list[Path], policy: str
+    plugins_dir: list[Path], store: StateStore, trusted_keys: list[Path], policy: str
 ) -> int:
     """``plugins list``: each plugin found with its state, its measurement and signer, what it
     is granted and which sandbox layers it gets here, and each manifest error."""

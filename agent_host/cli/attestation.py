@@ -31,7 +31,7 @@ def _host_key(given: Path | None, state_dir: Path) -> Path:
     return key
 
 
-def report(args: argparse.Namespace, plugins_dir: Path, state_dir: Path) -> int:
+def report(args: argparse.Namespace, plugins_dir: list[Path], state_dir: Path) -> int:
     """Write the signed report (a DSSE envelope) to ``--out`` or stdout."""
     store = open_state("--state-dir", state_dir)
     key = signing.load_private(_host_key(args.key, state_dir))

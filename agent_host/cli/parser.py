@@ -64,9 +64,11 @@ def _add_plugins_dir(p: argparse.ArgumentParser, default: object = None) -> None
     p.add_argument(
         "--plugins",
         type=Path,
+        action="append",
         default=default,
         metavar="DIR",
-        help="folder of plugin folders (default: ./plugins, else the bundled plugins)",
+        help="a folder of plugin folders; repeatable (default: the bundled plugins and "
+        "/etc/agent-host/plugins, if it exists)",
     )
 
 

@@ -14,20 +14,26 @@ from typing import IO
 from agent_host.errors import UsageError
 from agent_host.host.store import StateStore
 
-
-def default_plugins_dir() -> Path:
-    """./plugins if there is one, else the example plugins beside the package (a checkout)."""
-    here = Path("plugins")
-    if here.is_dir():
-        return here
-    return Path(__file__).resolve().parent.parent.parent / "plugins"
+#: The plugins that install with the package.
+BUNDLED_PLUGINS = Path(__file__).resolve().parent.parent / "plugins"
+#: The operator's own plugins, beside the bundled ones by default.
+SYSTEM_PLUGINS = Path("/etc/agent-host/plugins")
 
 
-def plugins_dir(given: Path | None) -> Path:
-    folder = given or default_plugins_dir()
-    if not folder.is_dir():
-        raise UsageError("--plugins", f"not a folder: {folder}")
-    return folder
+def default_plugin_dirs() -> list[Path]:
+    """The bundled plugins, and /etc/agent-host/plugins if there is one; never a folder
+    relative to where the agent was started (a writable start folder would let anyone run code
+    in the agent)."""
+    return [BUNDLED_PLUGINS, *([SYSTEM_PLUGINS] if SYSTEM_PLUGINS.is_dir() else [])]
+
+
+def plugin_dirs(given: list[Path] | None) -> list[Path]:
+    """The plugin folders given (``--plugins``, repeatable), else the defaults."""
+    folders = given or default_plugin_dirs()
+    for folder in folders:
+        if not folder.is_dir():
+            raise UsageError("--plugins", f"not a folder: {folder}")
+    return folders
 
 
 def appendable(flag: str, path: Path | None) -> Path | None:

@@ -139,7 +139,7 @@ async def _run_source(
 
 
 async def _reload_on_hup(
-    sup: Supervisor, plugins_dir: Path, sink: JsonLinesSink, signals: _Signals
+    sup: Supervisor, plugins_dir: list[Path], sink: JsonLinesSink, signals: _Signals
 ) -> None:
     """On each SIGHUP, or change of the plugins folder (``watch.py``): the plugin set as the
     folder has it now, and the findings file reopened (after logrotate moved it away)."""
@@ -169,7 +169,7 @@ def state_dir_for(args: argparse.Namespace) -> Path:
 async def host(args: argparse.Namespace) -> int:
     """``agent-host run`` and ``replay``: the host over a source, then the summary."""
     notifier = Notifier()  # first: no worker may inherit systemd's socket
-    plugins_dir = paths.plugins_dir(args.plugins)
+    plugins_dir = paths.plugin_dirs(args.plugins)
     state_dir = state_dir_for(args)
     own_files = [str(p) for p in (args.findings, state_dir) if p is not None]
     source = _open_source(args, [*own_files, f"{state_dir}/*"])
@@ -192,7 +192,7 @@ async def host(args: argparse.Namespace) -> int:
     for error in discovery.errors:
         log.error("plugin skipped: bad manifest", error=str(error))
     if not discovery.manifests:
-        log.error("no usable plugin", path=str(plugins_dir))
+        log.error("no usable plugin", path=" ".join(map(str, plugins_dir)))
         return EXIT_NOTHING_RAN
 
     sink = JsonLinesSink(
@@ -233,7 +233,7 @@ async def _serve(
     args: argparse.Namespace,
     *,
     source: AsyncIterable[Event],
-    plugins_dir: Path,
+    plugins_dir: list[Path],
     sink: JsonLinesSink,
     signals: _Signals,
     notifier: Notifier,

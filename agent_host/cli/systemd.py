@@ -27,7 +27,7 @@ log = structlog.get_logger("agent_host")
 #: How often STATUS= is refreshed when there is no watchdog to ride on.
 STATUS_INTERVAL_S: Final = 5.0
 UNIT_NAME: Final = "agent-host.service"
-UNIT_TEMPLATE: Final = Path(__file__).resolve().parent.parent / "systemd" / UNIT_NAME
+UNIT_TEMPLATE: Final = Path(__file__).resolve().parent / UNIT_NAME
 
 
 def unit_text() -> str:

@@ -43,10 +43,12 @@ class _Changes(FileSystemEventHandler):
 
 
 class FolderWatch:
-    """Sets ``reload`` once ``folder`` has changed and been quiet for ``QUIET_S``."""
+    """Sets ``reload`` once any of ``folders`` has changed and been quiet for ``QUIET_S``."""
 
-    def __init__(self, folder: Path, reload: asyncio.Event, quiet_s: float = QUIET_S) -> None:
-        self._folder = folder
+    def __init__(
+        self, folders: list[Path], reload: asyncio.Event, quiet_s: float = QUIET_S
+    ) -> None:
+        self._folders = folders
         self._reload = reload
         self._quiet_s = quiet_s
         self._changed = asyncio.Event()
@@ -54,9 +56,13 @@ class FolderWatch:
         self._observer = Observer()
 
     def start(self) -> None:
-        self._observer.schedule(self._handler, str(self._folder), recursive=True)
+        for folder in self._folders:
+            self._observer.schedule(self._handler, str(folder), recursive=True)
         self._observer.start()
-        log.info("watching the plugins folder for changes", folder=str(self._folder))
+        log.info(
+            "watching the plugins folder for changes",
+            folders=" ".join(str(f) for f in self._folders),
+        )
 
     async def run(self) -> None:
         """Until cancelled: each burst of changes, once quiet, asks for one reload."""

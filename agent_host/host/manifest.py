@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -221,16 +222,44 @@ class Discovery:
     errors: list[ManifestError]
 
 
-def discover(plugins_dir: Path) -> Discovery:
-    """Read every ``*/plugin.toml`` under ``plugins_dir``; never imports plugin code.
+def unsafe_file(folder: Path) -> str | None:
+    """Why ``folder`` (or anything in it) may not be trusted, or None: everything in it must be
+    owned by root or by this agent's user, and writable by no one else (as osquery asks of its
+    extensions): a file another user can change is code that user can run in the agent."""
+    trusted_users, trusted_groups = {0, os.geteuid()}, {0, os.getegid()}
+    for path in [folder, *sorted(folder.rglob("*"))]:
+        try:
+            info = path.lstat()
+        except OSError as exc:
+            return f"{path}: cannot be read ({exc.strerror})"
+        if stat.S_ISLNK(info.st_mode):
+            continue  # what counts is what it points to, which the content copy resolves
+        if info.st_uid not in trusted_users:
+            return f"{path} is owned by uid {info.st_uid}, not by root or this agent's user"
+        if info.st_mode & stat.S_IWOTH:
+            return f"{path} is writable by every user"
+        if info.st_mode & stat.S_IWGRP and info.st_gid not in trusted_groups:
+            return f"{path} is writable by group {info.st_gid}"
+    return None
 
-    A bad manifest becomes an entry in ``errors`` and the others still load. Two plugins with
-    the same name are an error for the second one found (in path order).
+
+def discover(plugins_dirs: Path | Sequence[Path]) -> Discovery:
+    """Read every ``*/plugin.toml`` under each folder of ``plugins_dirs``; never imports plugin
+    code.
+
+    A bad manifest, or a plugin folder another user could change, becomes an entry in
+    ``errors`` and the others still load. Two plugins with the same name are an error for the
+    second one found (folders in the order given, each in path order).
     """
+    folders = [plugins_dirs] if isinstance(plugins_dirs, Path) else list(plugins_dirs)
     manifests: list[Manifest] = []
     errors: list[ManifestError] = []
     seen: dict[str, Path] = {}
-    for path in sorted(plugins_dir.glob(f"*/{MANIFEST_NAME}")):
+    for path in [p for folder in folders for p in sorted(folder.glob(f"*/{MANIFEST_NAME}"))]:
+        unsafe = unsafe_file(path.parent)
+        if unsafe is not None:
+            errors.append(ManifestError(path, f"refused: {unsafe}"))
+            continue
         try:
             manifest = Manifest.load(path)
         except ManifestError as exc:

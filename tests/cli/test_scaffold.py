@@ -51,7 +51,7 @@ class TestPluginNew:
 
 def test_pytest_fixture_runs_a_plugin(agent_host_plugin) -> None:  # type: ignore[no-untyped-def]
     """The ``agent_host_plugin`` fixture (registered through pytest11) is run_plugin."""
-    plugin = Path(__file__).resolve().parents[2] / "plugins" / "suspicious_exec"
+    plugin = Path(__file__).resolve().parents[2] / "agent_host" / "plugins" / "suspicious_exec"
     run = agent_host_plugin(plugin, [exec_event("/dev/shm/x"), exec_event("/usr/bin/id")])
     assert run.rules() == ["exec_from_writable_dir"]
     assert run.stats.processed == 2

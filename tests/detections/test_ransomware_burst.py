@@ -7,7 +7,7 @@ from pathlib import Path
 
 from agent_host.testing import file_event, run_plugin
 
-PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "ransomware_burst"
+PLUGIN = Path(__file__).resolve().parents[2] / "agent_host" / "plugins" / "ransomware_burst"
 
 
 def renames(folder: str, n: int, pid: int = 0) -> list:  # type: ignore[type-arg]

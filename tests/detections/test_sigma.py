@@ -12,7 +12,7 @@ from agent_host.protocol import Event
 from agent_host.testing import connect_event, exec_event, file_event, run_plugin
 
 REPO = Path(__file__).resolve().parents[2]
-PLUGIN = REPO / "plugins" / "sigma"
+PLUGIN = REPO / "agent_host" / "plugins" / "sigma"
 SHARED = REPO.parent / "shared" / "sigma-linux"
 needs_corpus = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/sigma-linux is absent")
 

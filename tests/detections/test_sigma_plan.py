@@ -20,7 +20,7 @@ from agent_host.sources.synthetic import SyntheticSource
 from agent_host.testing import connect_event, exec_event, file_event
 
 REPO = Path(__file__).resolve().parents[2]
-PLUGIN = REPO / "plugins" / "sigma"
+PLUGIN = REPO / "agent_host" / "plugins" / "sigma"
 SHARED = REPO.parent / "shared" / "sigma-linux"
 
 

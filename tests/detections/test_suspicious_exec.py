@@ -8,7 +8,7 @@ import pytest
 
 from agent_host.testing import exec_event, run_plugin
 
-PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "suspicious_exec"
+PLUGIN = Path(__file__).resolve().parents[2] / "agent_host" / "plugins" / "suspicious_exec"
 
 POSITIVES = [
     (exec_event("/tmp/.x/miner", "-o", "pool:3333"), "exec_from_writable_dir", ["T1036"]),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from agent_host.testing import file_event, run_plugin
 
-PLUGIN = Path(__file__).resolve().parents[2] / "plugins" / "yara_scan"
+PLUGIN = Path(__file__).resolve().parents[2] / "agent_host" / "plugins" / "yara_scan"
 EICAR = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 

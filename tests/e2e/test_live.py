@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 def bundled_plugins(root: Path) -> Path:
     plugins = root / "plugins"
     plugins.mkdir()
-    (plugins / "suspicious_exec").symlink_to(REPO / "plugins" / "suspicious_exec")
+    (plugins / "suspicious_exec").symlink_to(REPO / "agent_host" / "plugins" / "suspicious_exec")
     return plugins
 
 
@@ -108,7 +108,7 @@ class TestLiveFiles:
         plugins = tmp_path / "plugins"
         plugins.mkdir()
         for name in ("yara_scan", "ransomware_burst"):
-            (plugins / name).symlink_to(REPO / "plugins" / name)
+            (plugins / name).symlink_to(REPO / "agent_host" / "plugins" / name)
         watched = tmp_path / "watched"
         (watched / "docs").mkdir(parents=True)
         for i in range(200):

@@ -144,7 +144,9 @@ class TestShutdown:
     def test_sigterm_drains_everything_accepted(self, tmp_path: Path) -> None:
         plugins = tmp_path / "plugins"
         use_plugin(plugins, "tally")
-        (plugins / "suspicious_exec").symlink_to(REPO / "plugins" / "suspicious_exec")
+        (plugins / "suspicious_exec").symlink_to(
+            REPO / "agent_host" / "plugins" / "suspicious_exec"
+        )
         log_path = tmp_path / "host.log"
         with log_path.open("w") as log_file:
             proc = subprocess.Popen(

@@ -57,8 +57,8 @@ def test_sigmahq_rules_fire_on_real_commands(tmp_path: Path) -> None:
     sigma = plugins / "sigma"
     sigma.mkdir(parents=True)
     for name in ("detector.py", "engine.py", "fields.py", "plan.py"):
-        (sigma / name).symlink_to(REPO / "plugins" / "sigma" / name)
-    manifest = (REPO / "plugins" / "sigma" / "plugin.toml").read_text()
+        (sigma / name).symlink_to(REPO / "agent_host" / "plugins" / "sigma" / name)
+    manifest = (REPO / "agent_host" / "plugins" / "sigma" / "plugin.toml").read_text()
     (sigma / "plugin.toml").write_text(
         manifest.replace('rule_dirs = ["rules"]', f'rule_dirs = ["{SHARED.parent}"]')
         + f'\n[permissions]\nread = ["{SHARED.parent}"]\n'

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,34 @@ class TestDiscover:
     def test_limits_defaults_are_sane(self) -> None:
         limits = Limits()
         assert 0 < limits.batch_deadline_s <= 30 and limits.memory_mb >= 64
+
+
+class TestTrustedFolders:
+    """A plugin another user could change is code that user could run in the agent: refused,
+    naming the file, and the other plugins still load."""
+
+    def test_a_file_writable_by_every_user_is_refused(self, tmp_path: Path) -> None:
+        good = make_plugin(tmp_path, "good", "")
+        bad = make_plugin(tmp_path, "bad", "")
+        (bad / "detector.py").chmod(0o666)
+        found = discover(tmp_path)
+        assert [m.name for m in found.manifests] == ["good"] and good.is_dir()
+        (error,) = found.errors
+        assert f"{bad / 'detector.py'} is writable by every user" in str(error)
+
+    def test_a_file_of_another_user_is_refused(self, tmp_path: Path) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a file to another user")
+        bad = make_plugin(tmp_path, "bad", "")
+        os.chown(bad / "plugin.toml", 65534, 65534)
+        (error,) = discover(tmp_path).errors
+        assert f"{bad / 'plugin.toml'} is owned by uid 65534" in str(error)
+
+    def test_a_group_writable_folder_of_a_foreign_group_is_refused(self, tmp_path: Path) -> None:
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a folder to another group")
+        bad = make_plugin(tmp_path, "bad", "")
+        os.chown(bad, 0, 65534)
+        bad.chmod(0o775)
+        (error,) = discover(tmp_path).errors
+        assert f"{bad} is writable by group 65534" in str(error)
