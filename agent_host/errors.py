@@ -5,6 +5,7 @@
     ├── ManifestError        a plugin.toml that cannot be used      (path, key)
     ├── RecordingError       an event line that cannot be parsed    (path, line)
     ├── ConfigError          a bad host setting                     (key)
+    ├── ConfigFileError      mistakes of the config file            (path, line, key)
     ├── SandboxUnavailableError   a strict sandbox layer the machine lacks (layer)
     └── ProtocolError        a worker broke the session protocol    (plugin)
 
@@ -14,6 +15,7 @@ Foreign errors (tomllib, json_format, grpc) are translated at the boundary with 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -80,3 +82,11 @@ class SandboxUnavailableError(AgentHostError):
             f"sandbox layer unavailable: {layer}: {reason} "
             "(strict: no worker runs without it; --sandbox warn runs them without it)"
         )
+
+
+class ConfigFileError(AgentHostError):
+    """The config file has mistakes: each is a line naming the file, the line and the key."""
+
+    def __init__(self, mistakes: Sequence[object]) -> None:
+        self.mistakes = list(mistakes)
+        super().__init__("\nagent-host: ".join(map(str, mistakes)))

@@ -13,9 +13,9 @@ import asyncio
 import sys
 
 from agent_host import logs
-from agent_host.cli import admin, attestation, paths, run, scaffold, systemd
-from agent_host.cli.parser import EXIT_USAGE, build_parser
-from agent_host.errors import AgentHostError, UsageError
+from agent_host.cli import admin, attestation, config_file, paths, run, scaffold, systemd
+from agent_host.cli.parser import EXIT_USAGE, build_parser, command_parser
+from agent_host.errors import AgentHostError, ConfigFileError, UsageError
 from agent_host.host.store import default_state_dir
 
 __all__ = ["main"]
@@ -60,9 +60,48 @@ def _service(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments of ``run``, the config file's settings under its flags."""
+    args = parser.parse_args(argv)
+    path = config_file.chosen(args.config)
+    if path is None:
+        args.config_file = None
+        return args
+    run_parser = command_parser(parser, "run")
+    settings, mistakes = config_file.read(path, run_parser)
+    if mistakes:
+        raise ConfigFileError(mistakes)
+    run_parser.set_defaults(**settings)
+    flags_name_plugins = args.plugins is not None
+    args = parser.parse_args(argv)
+    # SIGHUP reads the file again for its plugin folders, unless the flags named them.
+    args.config_file = None if flags_name_plugins else path
+    return args
+
+
+def _check_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``config check``: every mistake of the file, one a line; 0 if there is none."""
+    path = config_file.chosen(args.config)
+    if path is None:
+        print(f"no config file: {config_file.DEFAULT_CONFIG} does not exist (--config FILE)")
+        return 1
+    settings, mistakes = config_file.read(path, command_parser(parser, "run"))
+    for mistake in mistakes:
+        print(mistake)
+    if mistakes:
+        return 1
+    print(f"{path}: ok ({len(settings)} settings)")
+    return 0
+
+
 def _dispatch(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        args = _with_config(parser, argv)
     logs.configure(args.log_format, args.log_level)
+    if args.command == "config":
+        return _check_config(args, parser)
     if args.command == "plugins":
         return _plugins(args)
     if args.command == "service":

@@ -257,6 +257,33 @@ def _add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
     )
 
 
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="settings of agent-host run in TOML, flags overriding them (default: "
+        "/etc/agent-host/agent-host.toml, if it exists)",
+    )
+
+
+def command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of one command (``run``), to read settings for it from a file."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found: argparse.ArgumentParser = action.choices[name]
+            return found
+    raise KeyError(name)
+
+
+def _add_config_group(sub: argparse._SubParsersAction[Parser]) -> None:
+    config = sub.add_parser("config", help="the daemon's config file")
+    commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
+    check = commands.add_parser("check", help="check the config file; name each mistake")
+    _add_config(check)
+
+
 def _add_service_group(sub: argparse._SubParsersAction[Parser]) -> None:
     service = sub.add_parser("service", help="run agent-host as a systemd service")
     commands = service.add_subparsers(dest="service_command", metavar="COMMAND", required=True)
@@ -333,6 +360,7 @@ def build_parser() -> Parser:
     )
     _add_live_options(run)
     _add_host_options(run)
+    _add_config(run)
 
     replay = sub.add_parser(
         "replay",
@@ -356,6 +384,7 @@ def build_parser() -> Parser:
     _add_plugins_group(sub)
     _add_keys_group(sub)
     _add_service_group(sub)
+    _add_config_group(sub)
     _add_attest_group(sub)
 
     letters = sub.add_parser(

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import structlog
 
-from agent_host.cli import paths
+from agent_host.cli import config_file, paths
+from agent_host.cli.parser import build_parser, command_parser
 from agent_host.cli.summary import render_table, summary_rows
 from agent_host.cli.systemd import Notifier
 from agent_host.cli.watch import FolderWatch
@@ -139,10 +140,15 @@ async def _run_source(
 
 
 async def _reload_on_hup(
-    sup: Supervisor, plugins_dir: list[Path], sink: JsonLinesSink, signals: _Signals
+    sup: Supervisor,
+    args: argparse.Namespace,
+    plugins_dir: list[Path],
+    sink: JsonLinesSink,
+    signals: _Signals,
 ) -> None:
-    """On each SIGHUP, or change of the plugins folder (``watch.py``): the plugin set as the
-    folder has it now, and the findings file reopened (after logrotate moved it away)."""
+    """On each SIGHUP, or change of the plugins folder (``watch.py``): the config file's plugin
+    folders read again, the plugin set as the folders have it now, and the findings file
+    reopened (after logrotate moved it away)."""
     while True:
         await signals.reloading.wait()
         signals.reloading.clear()
@@ -151,10 +157,32 @@ async def _reload_on_hup(
             sink.reopen()
         except OSError as exc:
             log.error("findings file could not be reopened", error=exc.strerror or str(exc))
+        plugins_dir = _plugin_dirs_now(args, plugins_dir)
         discovery = discover(plugins_dir)
         for error in discovery.errors:
             log.error("plugin skipped: bad manifest", error=str(error))
         await sup.reload(discovery.manifests)
+
+
+def _plugin_dirs_now(args: argparse.Namespace, current: list[Path]) -> list[Path]:
+    """The plugin folders the config file names now (the current ones if it has mistakes,
+    or if the flags named them). Other settings take effect at the next start."""
+    path = getattr(args, "config_file", None)
+    if path is None:
+        return current
+    settings, mistakes = config_file.read(path, command_parser(build_parser(), "run"))
+    for mistake in mistakes:
+        log.error("config file not reloaded", mistake=str(mistake))
+    if mistakes:
+        return current
+    folders = settings.get("plugins") or paths.default_plugin_dirs()
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        log.error("config file not reloaded: not a folder", plugins=" ".join(missing))
+        return current
+    if folders != current:
+        log.info("plugin folders from the config file", plugins=" ".join(map(str, folders)))
+    return list(folders)
 
 
 def state_dir_for(args: argparse.Namespace) -> Path:
@@ -247,7 +275,7 @@ async def _serve(
     notifier.ready(status_line(sup))  # every plugin has started or been set aside
     signals.stop_after(getattr(args, "duration", 0.0))
     tasks = [
-        asyncio.ensure_future(_reload_on_hup(sup, plugins_dir, sink, signals)),
+        asyncio.ensure_future(_reload_on_hup(sup, args, plugins_dir, sink, signals)),
         asyncio.ensure_future(notifier.keep_alive(lambda: status_line(sup))),
     ]
     if args.watch_plugins and args.command == "run":

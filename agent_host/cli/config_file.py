@@ -1,0 +1,118 @@
+"""The daemon's config file: every setting of ``agent-host run``, in TOML, flags overriding it.
+
+Each key is a flag's name without its dashes, with underscores (``state_dir``, ``shadow_events``,
+``trusted_key``), as Falco's and osquery's files mirror their flags; ``--no-shadow`` is
+``shadow = false``. A value is checked exactly as the flag's would be (its type, its choices),
+so the file cannot say what the command line could not. Each mistake is named with the file,
+the line and the key::
+
+    /etc/agent-host/agent-host.toml:4: shadow_events: must be a positive integer, got 'many'
+
+The default file, ``/etc/agent-host/agent-host.toml``, is read if it exists; one named with
+``--config`` must exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+DEFAULT_CONFIG: Final = Path("/etc/agent-host/agent-host.toml")
+#: Flags that are not settings: the file names itself, and help is not a setting.
+_NOT_SETTINGS: Final = frozenset({"config", "help"})
+
+
+@dataclass(frozen=True, slots=True)
+class Mistake:
+    path: Path
+    line: int
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else str(self.path)
+        return f"{where}: {self.key}: {self.reason}" if self.key else f"{where}: {self.reason}"
+
+
+def settings_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """The settings a command takes: its options, by destination."""
+    return {
+        action.dest: action
+        for action in parser._actions  # argparse keeps them only here
+        if action.option_strings and action.dest not in _NOT_SETTINGS
+    }
+
+
+def _line_of(text: str, key: str) -> int:
+    pattern = re.compile(rf"^[ \t]*[\"']?{re.escape(key)}[\"']?[ \t]*=", re.MULTILINE)
+    match = pattern.search(text)
+    return text.count("\n", 0, match.start()) + 1 if match else 0
+
+
+def _convert(action: argparse.Action, value: Any) -> Any:
+    """``value`` as the flag of ``action`` would have it; raises ValueError with the reason."""
+    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {value!r}")
+        return value  # the key is the destination: `shadow = false` for --no-shadow
+    if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
+        items = value if isinstance(value, list) else [value]  # one value: a list of one
+        return [_one(action, item) for item in items]
+    return _one(action, value)
+
+
+def _one(action: argparse.Action, value: Any) -> Any:
+    if isinstance(value, bool | list | dict):
+        raise ValueError(f"must be a single value, got {value!r}")
+    convert = action.type if callable(action.type) else str
+    try:
+        result = convert(str(value))
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+        raise ValueError(str(exc) or f"not a valid value: {value!r}") from None
+    if action.choices is not None and result not in action.choices:
+        choices = ", ".join(map(str, action.choices))
+        raise ValueError(f"one of {choices}, got {value!r}")
+    return result
+
+
+def read(path: Path, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], list[Mistake]]:
+    """The settings in ``path`` for the command of ``parser``, and every mistake in it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return {}, [Mistake(path, 0, "", f"cannot be read: {exc.strerror}")]
+    except UnicodeDecodeError:
+        return {}, [Mistake(path, 0, "", "is not UTF-8 text")]
+    try:
+        table = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        where = re.search(r"\(at line (\d+), column \d+\)$", str(exc))
+        line = int(where.group(1)) if where else 0
+        reason = str(exc)[: where.start()].strip() if where else str(exc)
+        return {}, [Mistake(path, line, "", f"not TOML: {reason}")]
+    known = settings_of(parser)
+    settings: dict[str, Any] = {}
+    mistakes = []
+    for key, value in table.items():
+        dest = key.replace("-", "_")
+        action = known.get(dest)
+        if action is None:
+            line = _line_of(text, key)
+            mistakes.append(Mistake(path, line, key, "not a setting of agent-host run"))
+            continue
+        try:
+            settings[dest] = _convert(action, value)
+        except ValueError as exc:
+            mistakes.append(Mistake(path, _line_of(text, key), key, str(exc)))
+    return settings, mistakes
+
+
+def chosen(given: Path | None) -> Path | None:
+    """The config file to read: the one given, else the default if there is one."""
+    if given is not None:
+        return given
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
