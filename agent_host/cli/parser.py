@@ -48,6 +48,7 @@ def _number(kind: type[float] | type[int], check: str) -> Callable[[str], float]
 positive_float = _number(float, ">0")
 positive_int = _number(int, ">0")
 non_negative_float = _number(float, ">=0")
+non_negative_int = _number(int, ">=0")
 
 
 def _add_state_dir(p: argparse.ArgumentParser, default: object = None) -> None:
@@ -361,6 +362,19 @@ def build_parser() -> Parser:
     _add_live_options(run)
     _add_host_options(run)
     _add_config(run)
+    run.add_argument(
+        "--metrics-port",
+        type=non_negative_int,
+        default=0,
+        metavar="PORT",
+        help="serve Prometheus metrics on this port (default: off)",
+    )
+    run.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="where the metrics port listens (default %(default)s: this machine only)",
+    )
 
     replay = sub.add_parser(
         "replay",

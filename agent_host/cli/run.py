@@ -20,7 +20,7 @@ from pathlib import Path
 
 import structlog
 
-from agent_host.cli import config_file, paths
+from agent_host.cli import config_file, metrics, paths
 from agent_host.cli.parser import build_parser, command_parser
 from agent_host.cli.summary import render_table, summary_rows
 from agent_host.cli.systemd import Notifier
@@ -272,6 +272,14 @@ async def _serve(
         log.error("no plugin could start")
         await sup.stop()
         return EXIT_NOTHING_RAN
+    port = getattr(args, "metrics_port", 0)
+    if port:
+        hub = source if isinstance(source, SensorHub) else None
+        try:
+            metrics.serve(sup, hub, args.metrics_address, port)
+        except OSError as exc:
+            await sup.stop()
+            raise UsageError("--metrics-port", f"cannot listen on {port}: {exc.strerror}") from None
     notifier.ready(status_line(sup))  # every plugin has started or been set aside
     signals.stop_after(getattr(args, "duration", 0.0))
     tasks = [

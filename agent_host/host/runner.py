@@ -588,6 +588,7 @@ class PluginRunner:
     async def processed(self, answered: Answered, findings: list[Finding], errors: int) -> None:
         """Account for a batch the worker processed, and its findings."""
         batch = answered.batch
+        self.stats.batch_latency.observe(time.monotonic() - batch.created)
         if self.trial is not None:
             findings = self.trial.emitted(self, batch.seqs, findings)
         self._pipeline.accept(self._source, findings)

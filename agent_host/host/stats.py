@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Final
+
+#: Upper bounds (seconds) of the batch latency buckets, as Prometheus histograms have them.
+LATENCY_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+
+
+@dataclass(slots=True)
+class LatencyHistogram:
+    """How long batches took from being framed to being answered: counts per bucket, bounded
+    by construction (one counter per bucket, one for what is past the last)."""
+
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_S) + 1))
+    total_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(LATENCY_BUCKETS_S, seconds)] += 1
+        self.total_s += seconds
 
 
 @dataclass(slots=True)
@@ -32,3 +50,5 @@ class PluginStats:
     state_errors: int = 0
     restarts: Counter[str] = field(default_factory=Counter)
     peak_rss_mib: float = 0.0
+    #: From a batch's framing to its answer (queueing in the backlog included).
+    batch_latency: LatencyHistogram = field(default_factory=LatencyHistogram)
