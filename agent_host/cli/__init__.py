@@ -13,7 +13,16 @@ import asyncio
 import sys
 
 from agent_host import logs
-from agent_host.cli import admin, attestation, config_file, paths, run, scaffold, systemd
+from agent_host.cli import (
+    admin,
+    attestation,
+    config_file,
+    paths,
+    run,
+    scaffold,
+    status,
+    systemd,
+)
 from agent_host.cli.parser import EXIT_USAGE, build_parser, command_parser
 from agent_host.errors import AgentHostError, ConfigFileError, UsageError
 from agent_host.host.store import default_state_dir
@@ -37,9 +46,15 @@ def _plugins(args: argparse.Namespace) -> int:
         return 0
     if command == "sign":
         return admin.sign_plugin(args.dir, args.key)
-    store = paths.open_state("--state-dir", args.state_dir or default_state_dir())
+    state_dir = args.state_dir or default_state_dir()
+    store = paths.open_state("--state-dir", state_dir)
     if command == "release":
-        return admin.release(store, args.name)
+        code = admin.release(store, args.name)
+        control = status.socket_path(getattr(args, "control_socket", None), state_dir)
+        said = status.release_running(control, args.name)
+        if said is not None:
+            print(f"the running host: {said}")
+        return code
     if command == "history":
         return admin.history(store, args.name)
     # `plugins` alone lists, without the list command's own options.
@@ -106,6 +121,11 @@ def _dispatch(argv: list[str] | None) -> int:
         return _plugins(args)
     if args.command == "service":
         return _service(args)
+    if args.command in ("status", "tail"):
+        control = status.socket_path(args.control_socket, args.state_dir or default_state_dir())
+        if args.command == "tail":
+            return status.tail(control)
+        return status.status(control, args.json)
     if args.command == "keys":
         return admin.new_keys(args.out)
     if args.command == "attest":

@@ -238,9 +238,12 @@ def _add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
     signing.add_argument(
         "--key", type=Path, required=True, metavar="KEY", help="the Ed25519 private key (PEM)"
     )
-    release = commands.add_parser("release", help="lift the quarantine of a plugin")
+    release = commands.add_parser(
+        "release", help="lift the quarantine of a plugin (a running host starts it at once)"
+    )
     release.add_argument("name", help="the plugin's name")
     _add_state_dir(release, argparse.SUPPRESS)
+    _add_control_socket(release)
     history = commands.add_parser(
         "history",
         help="each version of a plugin: validated, shadowed, promoted, rolled back, and why",
@@ -256,6 +259,26 @@ def _add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
         metavar="DIR",
         help="where to create it (default: ./plugins)",
     )
+
+
+def _add_control_socket(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--control-socket",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the running host's control socket (default: control.sock in the state folder)",
+    )
+
+
+def _add_status_commands(sub: argparse._SubParsersAction[Parser]) -> None:
+    status = sub.add_parser("status", help="what a running host is doing, per plugin and in all")
+    _add_state_dir(status)
+    _add_control_socket(status)
+    status.add_argument("--json", action="store_true", help="the reply as JSON")
+    tail = sub.add_parser("tail", help="a running host's findings as they are written (JSON)")
+    _add_state_dir(tail)
+    _add_control_socket(tail)
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -362,6 +385,7 @@ def build_parser() -> Parser:
     _add_live_options(run)
     _add_host_options(run)
     _add_config(run)
+    _add_control_socket(run)
     run.add_argument(
         "--metrics-port",
         type=non_negative_int,
@@ -399,6 +423,7 @@ def build_parser() -> Parser:
     _add_keys_group(sub)
     _add_service_group(sub)
     _add_config_group(sub)
+    _add_status_commands(sub)
     _add_attest_group(sub)
 
     letters = sub.add_parser(

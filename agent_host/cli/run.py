@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import structlog
 
-from agent_host.cli import config_file, metrics, paths
+from agent_host.cli import config_file, metrics, paths, status
 from agent_host.cli.parser import build_parser, command_parser
 from agent_host.cli.summary import render_table, summary_rows
 from agent_host.cli.systemd import Notifier
@@ -28,6 +29,7 @@ from agent_host.cli.watch import FolderWatch
 from agent_host.errors import UsageError
 from agent_host.host.caps import Caps
 from agent_host.host.config import HostConfig
+from agent_host.host.control import ControlServer, ControlService
 from agent_host.host.findings import JsonLinesSink
 from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import discover
@@ -45,6 +47,8 @@ log = structlog.get_logger("agent_host")
 EXIT_OK = 0
 EXIT_NOTHING_RAN = 1
 EXIT_ABORTED = 130
+#: What a Unix socket path may hold (sun_path, less its terminating NUL).
+_MAX_SOCKET_PATH = 107
 
 
 def _hub(args: argparse.Namespace, exclude: list[str]) -> SensorHub:
@@ -280,6 +284,7 @@ async def _serve(
         except OSError as exc:
             await sup.stop()
             raise UsageError("--metrics-port", f"cannot listen on {port}: {exc.strerror}") from None
+    control = await _serve_control(sup, args, source)
     notifier.ready(status_line(sup))  # every plugin has started or been set aside
     signals.stop_after(getattr(args, "duration", 0.0))
     tasks = [
@@ -299,12 +304,35 @@ async def _serve(
     aborting = asyncio.ensure_future(signals.aborting.wait())
     await asyncio.wait({finish, aborting}, return_when=asyncio.FIRST_COMPLETED)
     aborting.cancel()
-    if finish.done():
-        return EXIT_OK
-    log.warning("second signal: stopping without draining")
-    finish.cancel()
-    await sup.abort()
-    return EXIT_ABORTED  # and still the summary: what was done, and what was not
+    code = EXIT_OK
+    if not finish.done():
+        log.warning("second signal: stopping without draining")
+        finish.cancel()
+        await sup.abort()
+        code = EXIT_ABORTED  # and still the summary: what was done, and what was not
+    if control is not None:
+        await control.stop()
+    return code
+
+
+async def _serve_control(
+    sup: Supervisor, args: argparse.Namespace, source: AsyncIterable[Event]
+) -> ControlServer | None:
+    """The control socket (``agent-host status``, ``tail``), for ``run`` only."""
+    if args.command != "run":
+        return None
+    path = status.socket_path(args.control_socket, state_dir_for(args))
+    if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
+        log.error("control socket not served: its path is too long", path=str(path))
+        return None
+    dropped = source.dropped if isinstance(source, SensorHub) else None
+    server = ControlServer(ControlService(sup, dropped), path)
+    try:
+        await server.start()
+    except (OSError, RuntimeError) as exc:
+        log.error("control socket not served", path=str(path), error=str(exc))
+        return None
+    return server
 
 
 def _report(

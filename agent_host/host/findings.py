@@ -241,6 +241,9 @@ class FindingPipeline:
         #: Findings accepted but lost because the sink failed (the host's fault, counted here).
         self.lost = 0
         self._last_sink_error = ""
+        #: Told of every batch of findings once written (``agent-host tail``); each must
+        #: return at once and never raise.
+        self.listeners: list[Callable[[Sequence[Finding]], None]] = []
 
     def accept(self, source: Source, findings: Sequence[Finding]) -> None:
         if not findings:
@@ -313,6 +316,8 @@ class FindingPipeline:
             return
         self._last_sink_error = ""
         self.written += len(findings)
+        for listener in self.listeners:
+            listener(findings)
 
     def close(self) -> None:
         try:

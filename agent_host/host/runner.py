@@ -610,6 +610,15 @@ class PluginRunner:
 
     # -- shutdown -------------------------------------------------------------------------
 
+    def release_now(self) -> None:
+        """The operator lifted the quarantine: start again at once, on probation."""
+        self._host_write(
+            "release quarantine", self._store.release, self.name, self.manifest.version
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+        self._feed(lc.BackoffElapsed(self.life.generation))
+
     def retire(self, reason: str) -> None:
         """Owe this plugin no batch from now on; it finishes those it holds, then stops.
 

@@ -11,7 +11,20 @@ from typing import Final, Literal, TypeVar
 
 from google.protobuf import json_format
 
-from agent_host.protocol.v1.control_pb2 import PluginStatus
+from agent_host.protocol.v1.control_pb2 import (
+    HostStatus,
+    PluginStatus,
+    ReleaseReply,
+    ReleaseRequest,
+    StatusReply,
+    StatusRequest,
+    TailRequest,
+)
+from agent_host.protocol.v1.control_pb2_grpc import (
+    ControlServicer,
+    ControlStub,
+    add_ControlServicer_to_server,
+)
 from agent_host.protocol.v1.event_pb2 import (
     Event,
     EventBatch,
@@ -49,6 +62,8 @@ __all__ = [
     "SECRET_BYTES",
     "ZYGOTE_MAX_MESSAGE_BYTES",
     "BatchResult",
+    "ControlServicer",
+    "ControlStub",
     "Event",
     "EventBatch",
     "EventKind",
@@ -57,22 +72,29 @@ __all__ = [
     "Heartbeat",
     "Hello",
     "HostMessage",
+    "HostStatus",
     "LoadFailed",
     "LogRecord",
     "NetworkEvent",
     "PluginStatus",
     "ProcessEvent",
     "Ready",
+    "ReleaseReply",
+    "ReleaseRequest",
     "SandboxLayer",
     "SandboxPolicy",
     "SandboxReport",
     "Start",
+    "StatusReply",
+    "StatusRequest",
     "Stop",
     "Stopped",
+    "TailRequest",
     "WorkerExit",
     "WorkerMessage",
     "WorkerSessionServicer",
     "WorkerSessionStub",
+    "add_ControlServicer_to_server",
     "add_WorkerSessionServicer_to_server",
     "batch_frame",
     "batch_payload",

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from agent_host.protocol.v1 import control_pb2 as agent__host_dot_protocol_dot_v1_dot_control__pb2
+from agent_host.protocol.v1 import finding_pb2 as agent__host_dot_protocol_dot_v1_dot_finding__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -39,6 +40,16 @@ class ControlStub:
                 request_serializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.StatusRequest.SerializeToString,
                 response_deserializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.StatusReply.FromString,
                 _registered_method=True)
+        self.Tail = channel.unary_stream(
+                '/agent_host.protocol.v1.Control/Tail',
+                request_serializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.TailRequest.SerializeToString,
+                response_deserializer=agent__host_dot_protocol_dot_v1_dot_finding__pb2.Finding.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/agent_host.protocol.v1.Control/Release',
+                request_serializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.ReleaseReply.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -50,6 +61,21 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tail(self, request, context):
+        """Findings as they are written, until the client goes away. A client that cannot keep up
+        loses the oldest (the host never waits for it); the count is in Status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Lift a plugin's quarantine and start it again now (on probation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -57,6 +83,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.StatusRequest.FromString,
                     response_serializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.StatusReply.SerializeToString,
+            ),
+            'Tail': grpc.unary_stream_rpc_method_handler(
+                    servicer.Tail,
+                    request_deserializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.TailRequest.FromString,
+                    response_serializer=agent__host_dot_protocol_dot_v1_dot_finding__pb2.Finding.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.ReleaseRequest.FromString,
+                    response_serializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.ReleaseReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +122,60 @@ class Control:
             '/agent_host.protocol.v1.Control/Status',
             agent__host_dot_protocol_dot_v1_dot_control__pb2.StatusRequest.SerializeToString,
             agent__host_dot_protocol_dot_v1_dot_control__pb2.StatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agent_host.protocol.v1.Control/Tail',
+            agent__host_dot_protocol_dot_v1_dot_control__pb2.TailRequest.SerializeToString,
+            agent__host_dot_protocol_dot_v1_dot_finding__pb2.Finding.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agent_host.protocol.v1.Control/Release',
+            agent__host_dot_protocol_dot_v1_dot_control__pb2.ReleaseRequest.SerializeToString,
+            agent__host_dot_protocol_dot_v1_dot_control__pb2.ReleaseReply.FromString,
             options,
             channel_credentials,
             insecure,
