@@ -1,5 +1,5 @@
 """The host's own faults are the host's: a damaged state database, socket folders of dead
-hosts, a full disk under the findings file."""
+hosts, a full disk under the findings file, a state folder gone read-only."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import pytest
 import structlog
 
 from agent_host.host.config import HostConfig
-from agent_host.host.findings import JsonLinesSink
+from agent_host.host.findings import CollectingSink, JsonLinesSink
+from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import Manifest
+from agent_host.host.restart import RestartPolicy
 from agent_host.host.store import DB_NAME, StateStore
 from agent_host.host.supervisor import Supervisor, remove_stale_runtime_dirs
 from benchmarks.common import HERE as BENCHMARKS
-from tests.helpers import exec_event
+from tests.helpers import exec_event, make_plugin
 
 
 class TestStateDatabase:
@@ -88,3 +90,57 @@ def test_a_full_disk_leaves_whole_lines_and_blames_no_plugin(tmp_path: Path) -> 
         assert (dict(runner.stats.restarts), runner.stats.processed) == ({}, 2000)
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+CRASHES = """\
+import os
+from agent_host.sdk import Plugin
+
+class Detector(Plugin):
+    def on_event(self, event):
+        os._exit(3)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root")
+def test_a_read_only_state_folder_is_the_hosts_fault(tmp_path: Path) -> None:
+    """The state database opens (it exists) but cannot be written: the quarantine of a
+    crash-looping plugin is not persisted, the host says so and counts it, the plugin is
+    quarantined all the same, and the host still stops when asked."""
+    state = tmp_path / "state"
+    StateStore(state).close()
+    for command in (
+        ["mount", "--bind", str(state), str(state)],
+        ["mount", "-o", "remount,bind,ro", str(state)],
+    ):
+        if subprocess.run(command).returncode:
+            subprocess.run(["umount", str(state)], check=False)
+            pytest.skip("a read-only bind mount could not be made")
+    try:
+        folder = make_plugin(tmp_path / "plugins", "crasher", CRASHES)
+        policy = RestartPolicy(backoff_s=0.01, burst=3, stable_after_s=60)
+
+        async def scenario() -> Supervisor:
+            config = HostConfig(state_dir=state, batch_size=1, poison_min_letters=1)
+            sup = Supervisor(
+                config, [Manifest.load(folder / "plugin.toml")], CollectingSink(), policy
+            )
+            await sup.start()
+            runner = sup.plugins["crasher"]
+            for i in range(1, 200):
+                await sup.publish(exec_event("/usr/bin/id", pid=i))
+                if runner.phase is Phase.QUARANTINED:
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.wait_for(sup.stop(), 30)  # stoppable, whatever failed to be written
+            return sup
+
+        with structlog.testing.capture_logs() as logs:
+            sup = asyncio.run(scenario())
+        runner = sup.plugins["crasher"]
+        assert runner.phase is Phase.QUARANTINED
+        assert runner.stats.state_errors > 0
+        errors = [e for e in logs if e["event"] == "could not write state"]
+        assert errors and all("readonly" in e["error"] for e in errors)
+    finally:
+        subprocess.run(["umount", str(state)], check=False)
