@@ -47,6 +47,8 @@ log = structlog.get_logger("agent_host")
 EXIT_OK = 0
 EXIT_NOTHING_RAN = 1
 EXIT_ABORTED = 130
+#: A task of the host's own failed (the log says which): the host stopped.
+EXIT_HOST_FAILED = 3
 #: What a Unix socket path may hold (sun_path, less its terminating NUL).
 _MAX_SOCKET_PATH = 107
 
@@ -161,11 +163,14 @@ async def _reload_on_hup(
             sink.reopen()
         except OSError as exc:
             log.error("findings file could not be reopened", error=exc.strerror or str(exc))
-        plugins_dir = _plugin_dirs_now(args, plugins_dir)
-        discovery = discover(plugins_dir)
-        for error in discovery.errors:
-            log.error("plugin skipped: bad manifest", error=str(error))
-        await sup.reload(discovery.manifests)
+        try:
+            plugins_dir = _plugin_dirs_now(args, plugins_dir)
+            discovery = discover(plugins_dir)
+            for error in discovery.errors:
+                log.error("plugin skipped: bad manifest", error=str(error))
+            await sup.reload(discovery.manifests)
+        except Exception:  # a reload that fails leaves the running plugins as they were
+            log.exception("reload failed; the running plugins stay")
 
 
 def _plugin_dirs_now(args: argparse.Namespace, current: list[Path]) -> list[Path]:
@@ -295,6 +300,7 @@ async def _serve(
         watch = FolderWatch(plugins_dir, signals.reloading)
         watch.start()
         tasks.append(asyncio.ensure_future(watch.run()))
+    tasks.append(asyncio.ensure_future(_stop_on_failure(sup, signals)))
     await _run_source(source, sup.publish, signals)
     notifier.stopping(f"draining; {status_line(sup)}")
     for task in tasks:
@@ -312,7 +318,16 @@ async def _serve(
         code = EXIT_ABORTED  # and still the summary: what was done, and what was not
     if control is not None:
         await control.stop()
+    if sup.failure:
+        log.error("the host stopped because of its own fault", failure=sup.failure)
+        return EXIT_HOST_FAILED
     return code
+
+
+async def _stop_on_failure(sup: Supervisor, signals: _Signals) -> None:
+    """A host task failed: stop as if asked, and exit non-zero."""
+    await sup.failed.wait()
+    signals.stopping.set()
 
 
 async def _serve_control(

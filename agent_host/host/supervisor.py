@@ -20,9 +20,9 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import structlog
 
@@ -123,6 +123,9 @@ class Supervisor:
         self._cgroups: Cgroups | None = None
         #: What every worker's sandbox holds on this machine (known once started).
         self.sandbox = SandboxReport()
+        #: Set when a task of the host's own failed (``failure`` says which and why).
+        self.failed = asyncio.Event()
+        self.failure = ""
 
     def _admitted(self, manifests: Iterable[Manifest]) -> list[Manifest]:
         """The manifests that ask for no more than the operator's caps allow."""
@@ -163,11 +166,11 @@ class Supervisor:
             runner = self.runner_for(manifest)
             if runner is not None:
                 self.install(runner)
-        self._background.append(asyncio.create_task(self._watch_workers()))
+        self._background.append(self._keep(self._watch_workers(), "watchdog"))
         for runner in self.plugins.values():
             runner.start()
         await asyncio.gather(*(r.wait_started() for r in self.plugins.values()))
-        self._background.append(asyncio.create_task(self._flush_periodically()))
+        self._background.append(self._keep(self._flush_periodically(), "flush timer"))
         for runner in self.plugins.values():
             self._log_start(runner)
             if self._history_of(runner.name) != runner.content.measurement:
@@ -192,6 +195,23 @@ class Supervisor:
             self.store.record(manifest.name, manifest.version, measurement, what, detail)
         except (sqlite3.Error, OSError) as exc:
             log.error("could not write state", what="history", error=str(exc))
+
+    def _keep(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task of the host's own that may not die silently: if it fails, the host cannot
+        keep its promises (no deadline would be checked without the watchdog), so the failure
+        is logged with its traceback and ``failed`` is set for the caller to stop on."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failure = f"host task {name} failed: {type(exc).__name__}: {exc}"
+                log.exception("host task failed; the host must stop", task=name)
+                self.failed.set()
+
+        return asyncio.create_task(guarded())
 
     def _machine_sandbox(self, probe: str) -> SandboxReport:
         """What every worker's sandbox holds on this machine; each missing layer said once,

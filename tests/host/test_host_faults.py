@@ -144,3 +144,25 @@ def test_a_read_only_state_folder_is_the_hosts_fault(tmp_path: Path) -> None:
         assert errors and all("readonly" in e["error"] for e in errors)
     finally:
         subprocess.run(["umount", str(state)], check=False)
+
+
+def test_a_failed_host_task_is_said_and_raises_the_flag() -> None:
+    """A task of the host's own that dies is logged with why, and the host is told to stop."""
+
+    async def scenario() -> Supervisor:
+        sup = Supervisor(HostConfig(state_dir=None), [], CollectingSink())
+
+        async def broken() -> None:
+            await asyncio.sleep(0)
+            raise ValueError("a host bug")
+
+        sup._keep(broken(), "probe")
+        await asyncio.wait_for(sup.failed.wait(), 10)
+        await sup.stop()
+        return sup
+
+    with structlog.testing.capture_logs() as logs:
+        sup = asyncio.run(scenario())
+    assert sup.failure == "host task probe failed: ValueError: a host bug"
+    (said,) = [e for e in logs if e["event"] == "host task failed; the host must stop"]
+    assert said["task"] == "probe"
