@@ -387,6 +387,26 @@ def build_parser() -> Parser:
     _add_config(run)
     _add_control_socket(run)
     run.add_argument(
+        "--export",
+        metavar="URL",
+        help="also export findings and the summary to this NATS JetStream server "
+        "(nats://HOST:PORT), through a spool on disk in the state folder",
+    )
+    run.add_argument(
+        "--export-subject",
+        default="agent-host",
+        metavar="SUBJECT",
+        help="subject prefix: SUBJECT.findings, SUBJECT.summary (default %(default)s)",
+    )
+    run.add_argument(
+        "--export-spool-mb",
+        type=positive_int,
+        default=64,
+        metavar="MB",
+        help="the spool's bound while the server is away; past it findings are dropped from "
+        "the export and counted (default %(default)s)",
+    )
+    run.add_argument(
         "--metrics-port",
         type=non_negative_int,
         default=0,

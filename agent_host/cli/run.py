@@ -30,6 +30,7 @@ from agent_host.errors import UsageError
 from agent_host.host.caps import Caps
 from agent_host.host.config import HostConfig
 from agent_host.host.control import ControlServer, ControlService
+from agent_host.host.export import NatsExport
 from agent_host.host.findings import JsonLinesSink
 from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import discover
@@ -47,6 +48,8 @@ log = structlog.get_logger("agent_host")
 EXIT_OK = 0
 EXIT_NOTHING_RAN = 1
 EXIT_ABORTED = 130
+#: How long the export may take at the end to send what is spooled (the rest waits on disk).
+_EXPORT_DRAIN_S = 5.0
 #: A task of the host's own failed (the log says which): the host stopped.
 EXIT_HOST_FAILED = 3
 #: What a Unix socket path may hold (sun_path, less its terminating NUL).
@@ -290,6 +293,8 @@ async def _serve(
             await sup.stop()
             raise UsageError("--metrics-port", f"cannot listen on {port}: {exc.strerror}") from None
     control = await _serve_control(sup, args, source)
+    export = _start_export(sup, args)
+    started = time.monotonic()
     notifier.ready(status_line(sup))  # every plugin has started or been set aside
     signals.stop_after(getattr(args, "duration", 0.0))
     tasks = [
@@ -318,6 +323,9 @@ async def _serve(
         code = EXIT_ABORTED  # and still the summary: what was done, and what was not
     if control is not None:
         await control.stop()
+    if export is not None:
+        export.summary(summary_of(sup, source, time.monotonic() - started))
+        await export.close(_EXPORT_DRAIN_S)
     if sup.failure:
         log.error("the host stopped because of its own fault", failure=sup.failure)
         return EXIT_HOST_FAILED
@@ -328,6 +336,17 @@ async def _stop_on_failure(sup: Supervisor, signals: _Signals) -> None:
     """A host task failed: stop as if asked, and exit non-zero."""
     await sup.failed.wait()
     signals.stopping.set()
+
+
+def _start_export(sup: Supervisor, args: argparse.Namespace) -> NatsExport | None:
+    """The export of findings to a fleet's NATS JetStream server (``--export``), if asked."""
+    url = getattr(args, "export", None)
+    if not url:
+        return None
+    export = NatsExport(url, args.export_subject, state_dir_for(args), args.export_spool_mb)
+    sup.findings.listeners.append(export.findings_written)
+    export.start()
+    return export
 
 
 async def _serve_control(
@@ -350,10 +369,8 @@ async def _serve_control(
     return server
 
 
-def _report(
-    args: argparse.Namespace, sup: Supervisor, source: AsyncIterable[Event], elapsed: float
-) -> None:
-    rows = summary_rows(sup.runners)
+def summary_of(sup: Supervisor, source: AsyncIterable[Event], elapsed: float) -> dict[str, object]:
+    """The end-of-run summary: the host's totals and every plugin's row."""
     bad_lines = source.bad_lines if isinstance(source, ReplaySource) else 0
     summary: dict[str, object] = {
         "events": sup.accepted,
@@ -363,7 +380,7 @@ def _report(
         "findings_lost": sup.findings.lost,
         "elapsed_s": elapsed,
         "refused_sessions": sup.refused_sessions,
-        "plugins": rows,
+        "plugins": summary_rows(sup.runners),
     }
     if isinstance(source, SensorHub):
         summary["sensors"] = {
@@ -371,6 +388,15 @@ def _report(
             "dropped": dict(source.dropped),
             "restarts": dict(source.restarts),
         }
+    return summary
+
+
+def _report(
+    args: argparse.Namespace, sup: Supervisor, source: AsyncIterable[Event], elapsed: float
+) -> None:
+    summary = summary_of(sup, source, elapsed)
+    rows = summary_rows(sup.runners)
+    bad_lines = summary["bad_lines"]
     print(
         f"\n{sup.accepted} events in {elapsed:.2f}s ({sup.accepted / elapsed:,.0f}/s), "
         f"{bad_lines} bad lines skipped, {sup.findings.written} findings"

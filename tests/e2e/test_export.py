@@ -1,0 +1,130 @@
+"""Findings exported to a real NATS JetStream server that the test starts, stops mid-run and
+starts again: detection never waits, the spool catches up, and the stream ends with exactly the
+findings the host wrote, each once, and the run's summary."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+
+from agent_host.host.export import Spool
+from tests.e2e.test_metrics import free_port
+from tests.e2e.test_signals import REPO, copy_plugin
+
+SERVER = shutil.which("nats-server")
+
+
+def start_server(port: int, store: Path) -> subprocess.Popen[bytes]:
+    assert SERVER is not None
+    server = subprocess.Popen(
+        [SERVER, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return server
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("nats-server did not start")
+
+
+def stream_contents(port: int) -> list[tuple[str, dict[str, Any]]]:
+    async def read() -> list[tuple[str, dict[str, Any]]]:
+        client = await nats.connect(f"nats://127.0.0.1:{port}")
+        js = client.jetstream()
+        info = await js.stream_info("AGENT_HOST")
+        messages = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            message = await js.get_msg("AGENT_HOST", seq)
+            messages.append((message.subject, json.loads(message.data)))
+        await client.close()
+        return messages
+
+    return asyncio.run(read())
+
+
+@pytest.mark.skipif(SERVER is None, reason="nats-server is not installed (.ci/run installs it)")
+def test_export_through_a_server_outage(tmp_path: Path) -> None:
+    copy_plugin("exec_from_tmp", tmp_path / "plugins", "catcher")
+    port, store = free_port(), tmp_path / "jetstream"
+    server = start_server(port, store)
+    findings = tmp_path / "findings.jsonl"
+    agent = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "agent_host", "--log-format", "json", "run"),
+            *("--source", "synthetic", "--rate", "1000", "--duration", "120", "--quiet"),
+            *("--plugins", str(tmp_path / "plugins"), "--state-dir", str(tmp_path / "state")),
+            *("--findings", str(findings), "--export", f"nats://127.0.0.1:{port}"),
+            "--no-watch-plugins",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+    def written() -> int:
+        return len(findings.read_text().splitlines()) if findings.exists() else 0
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + 60
+        while written() < count:
+            assert agent.poll() is None and time.monotonic() < deadline, "no findings"
+            time.sleep(0.1)
+
+    try:
+        wait_for(10)
+        server.terminate()  # the fleet's server goes away mid-run ...
+        server.wait(timeout=30)
+        during = written()
+        wait_for(during + 20)  # ... and detection goes on
+        server = start_server(port, store)  # ... and it comes back
+        wait_for(written() + 10)
+        time.sleep(1.0)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=60)
+    try:
+        assert agent.returncode == 0, stderr[-2000:]
+        messages = stream_contents(port)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    logs = [json.loads(line)["event"] for line in stderr.splitlines() if line.startswith("{")]
+    assert "export server unreachable; findings spooled on disk" in logs
+    assert "export server reachable again; sending the spool" in logs
+    file_ids = [json.loads(line)["id"] for line in findings.read_text().splitlines()]
+    exported = [body["id"] for subject, body in messages if subject == "agent-host.findings"]
+    assert sorted(exported) == sorted(file_ids)  # every finding, once, none lost in the outage
+    (summary,) = [body for subject, body in messages if subject == "agent-host.summary"]
+    assert summary["findings"] == len(file_ids) and summary["plugins"][0]["plugin"] == "catcher"
+
+
+def test_the_spool_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=100)
+    spool.append([b"x" * 40, b"y" * 40, b"z" * 40])  # the third would pass the bound
+    assert (spool.size, spool.dropped) == (82, 1)
+    first = spool.peek()
+    assert first == b"x" * 40
+    spool.advance(first)
+    spool.close()
+    reopened = Spool(tmp_path, max_bytes=100)  # a later run goes on where this one stopped
+    assert reopened.peek() == b"y" * 40
+    reopened.advance(b"y" * 40)
+    assert (reopened.size, reopened.pending) == (0, False)  # emptied once all was sent
+    reopened.close()
