@@ -54,8 +54,8 @@ class Rollout:
         self._host = host
         self._config = config
         #: Candidate versions in shadow, by plugin; and promoted ones whose report is pending.
-        self.trials: dict[str, ShadowTrial] = {}
-        self._settling: list[ShadowTrial] = []
+        self.trials: dict[str, ShadowTrial[PluginRunner]] = {}
+        self._settling: list[ShadowTrial[PluginRunner]] = []
         #: The report of each plugin's last shadow period.
         self.reports: dict[str, ShadowReport] = {}
         #: The measurement of each plugin's content that failed validation or its shadow run.
@@ -117,7 +117,7 @@ class Rollout:
         if trial is not None:
             self._end(trial, "withdrawn", why)
 
-    def _end(self, trial: ShadowTrial, what: str, why: str) -> None:
+    def _end(self, trial: ShadowTrial[PluginRunner], what: str, why: str) -> None:
         """Take the candidate out without promoting it (its findings stay unemitted)."""
         del self.trials[trial.name]
         trial.current.trial = None
@@ -125,7 +125,7 @@ class Rollout:
         self._host.retired.append(trial.candidate)
         self._host.record(trial.candidate, what, why)
 
-    def _roll_back(self, trial: ShadowTrial, why: str) -> None:
+    def _roll_back(self, trial: ShadowTrial[PluginRunner], why: str) -> None:
         candidate = trial.candidate
         self.reject(trial.name, candidate.content)
         self._end(trial, "rolled back", f"fault in shadow: {why}")
@@ -149,7 +149,7 @@ class Rollout:
             self._settling.remove(trial)
             self._finish_report(trial)
 
-    def _promote(self, trial: ShadowTrial) -> None:
+    def _promote(self, trial: ShadowTrial[PluginRunner]) -> None:
         """The cut, with nothing awaited: every batch kept so far is the current version's to
         finish, every later one the candidate's, whose findings are emitted from then on."""
         host, current, candidate = self._host, trial.current, trial.candidate
@@ -172,7 +172,7 @@ class Rollout:
             last_known_good=current.manifest.version,
         )
 
-    def _finish_report(self, trial: ShadowTrial) -> None:
+    def _finish_report(self, trial: ShadowTrial[PluginRunner]) -> None:
         report = trial.report()
         trial.current.trial = trial.candidate.trial = None
         self.reports[trial.name] = report

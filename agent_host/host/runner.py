@@ -93,7 +93,7 @@ class PluginRunner:
         #: Why the plugin was taken out by a reload ("" while it is in).
         self.retired = ""
         #: The shadow trial this runner is in (as the current version or the candidate).
-        self.trial: ShadowTrial | None = None
+        self.trial: ShadowTrial[PluginRunner] | None = None
         #: Told of each failure of this version (a restart to come, a quarantine, a failure
         #: to load) before the runner acts on it; True means the supervisor took it in hand
         #: (a shadow rolled back, a last known good brought back): no restart follows.

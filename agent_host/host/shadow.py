@@ -16,13 +16,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final, Generic, Protocol, TypeVar
 
+from agent_host.host.content import Content
+from agent_host.host.fanout import Group
+from agent_host.host.lifecycle import Phase
+from agent_host.host.manifest import Manifest
+from agent_host.host.stats import PluginStats
 from agent_host.protocol import Finding
 
-if TYPE_CHECKING:
-    from agent_host.host.manifest import Manifest
-    from agent_host.host.runner import PluginRunner
+
+class Version(Protocol):
+    """What a trial reads of each version's runner (a ``PluginRunner``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def manifest(self) -> Manifest: ...
+    @property
+    def content(self) -> Content: ...
+    @property
+    def group(self) -> Group: ...
+    @property
+    def stats(self) -> PluginStats: ...
+    @property
+    def phase(self) -> Phase: ...
+
 
 #: Findings remembered per side of a trial, for its report.
 MAX_KEYS: Final = 100_000
@@ -83,12 +104,13 @@ class ShadowReport:
         return text
 
 
-class ShadowTrial:
+V = TypeVar("V", bound=Version)
+
+
+class ShadowTrial(Generic[V]):
     """One candidate version in shadow beside the current one, until promotion or rollback."""
 
-    def __init__(
-        self, current: PluginRunner, candidate: PluginRunner, after_seq: int, now: float
-    ) -> None:
+    def __init__(self, current: V, candidate: V, after_seq: int, now: float) -> None:
         self.current = current
         self.candidate = candidate
         #: The candidate is owed every event after this one.
@@ -120,7 +142,7 @@ class ShadowTrial:
         return self.candidate.stats.processed >= events or now - self.started >= seconds
 
     def emitted(
-        self, runner: PluginRunner, seqs: Sequence[int] | None, findings: list[Finding]
+        self, runner: V, seqs: Sequence[int] | None, findings: list[Finding]
     ) -> list[Finding]:
         """Of one batch's findings (``seqs`` None: its on_stop), the ones to emit; the
         candidate's are kept apart until the batches after the cut."""

@@ -350,7 +350,7 @@ class Supervisor:
     async def _validated(self, manifest: Manifest, content: Content) -> bool:
         """Whether this content passed validation."""
         copy = dataclasses.replace(manifest, directory=content.copy)
-        rejection = await validate(copy, self.config)
+        rejection = await validate(copy, self.config, Supervisor)
         if rejection is None:
             log.info("plugin version validated", plugin=manifest.name, version=manifest.version)
             self.record(manifest, "validated", measurement=content.measurement)

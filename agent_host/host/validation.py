@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from google.protobuf.descriptor import FieldDescriptor
 
@@ -28,6 +28,8 @@ from agent_host.host.config import HostConfig
 from agent_host.host.findings import CollectingSink
 from agent_host.host.manifest import Manifest
 from agent_host.host.restart import RestartPolicy
+from agent_host.host.runner import PluginRunner
+from agent_host.host.store import StateStore
 from agent_host.protocol import EVENT_KINDS, Event, message_from_json
 
 CASES_FILE: Final = Path("validation") / "cases.jsonl"
@@ -127,11 +129,25 @@ class Rejection:
         return f"{self.reason} (on {self.event})" if self.event else self.reason
 
 
-async def validate(manifest: Manifest, config: HostConfig) -> Rejection | None:
-    """Run ``manifest`` (its content as it is now) over its own cases and the hostile
-    corpus, in a host of its own; None if it passed."""
-    from agent_host.host.supervisor import Supervisor  # the validation host is a host
+class Host(Protocol):
+    """The validation host: a supervisor of its own (the caller's class, so that this module
+    needs none of the supervisor's)."""
 
+    plugins: dict[str, PluginRunner]
+    store: StateStore
+
+    async def start(self) -> None: ...
+    async def publish(self, event: Event) -> bool: ...
+    async def drain(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+HostFactory = Callable[[HostConfig, list[Manifest], CollectingSink, RestartPolicy], Host]
+
+
+async def validate(manifest: Manifest, config: HostConfig, host: HostFactory) -> Rejection | None:
+    """Run ``manifest`` (its content as it is now) over its own cases and the hostile
+    corpus, in a host of its own made by ``host``; None if it passed."""
     try:
         cases = own_cases(manifest.directory)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -142,7 +158,7 @@ async def validate(manifest: Manifest, config: HostConfig) -> Rejection | None:
     settings = dataclasses.replace(
         config, state_dir=None, batch_size=8, signatures="off", trusted_keys=(), validating=True
     )
-    sup = Supervisor(settings, [manifest], sink, _POLICY)
+    sup = host(settings, [manifest], sink, _POLICY)
     await sup.start()
     runner = sup.plugins.get(manifest.name)
     try:
