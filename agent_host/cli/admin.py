@@ -13,14 +13,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent_host.cli import paths
 from agent_host.errors import UsageError
-from agent_host.host import signing
 from agent_host.host.caps import Caps
 from agent_host.host.cgroups import Cgroups
-from agent_host.host.content import measure
 from agent_host.host.manifest import Discovery, Manifest, discover
 from agent_host.host.sandbox import describe, for_plugin, machine_report
 from agent_host.host.spawn import probe_sandbox
 from agent_host.host.store import StateStore
+from agent_host.host.updates import signing
+from agent_host.host.updates.content import measure
 from agent_host.protocol import Event, SandboxLayer, SandboxReport, message_to_json
 from agent_host.sources.recording import RecordingWriter
 

@@ -13,8 +13,8 @@ from agent_host import __version__
 from agent_host.cli import admin
 from agent_host.cli.paths import open_state
 from agent_host.errors import UsageError
-from agent_host.host import attestation, signing
 from agent_host.host.manifest import discover
+from agent_host.host.updates import attestation, signing
 
 EXIT_VERIFIED = 0
 EXIT_NOT_VERIFIED = 1

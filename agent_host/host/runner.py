@@ -33,7 +33,6 @@ from agent_host.host import lifecycle as lc
 from agent_host.host.cgroups import Cgroups
 from agent_host.host.child import Child
 from agent_host.host.config import HostConfig
-from agent_host.host.content import Content
 from agent_host.host.conversation import Conversation
 from agent_host.host.delivery import PIECE_ID_BASE, Answered, Delivery
 from agent_host.host.fanout import Group
@@ -45,11 +44,12 @@ from agent_host.host.poison import Attribution, PoisonBudget
 from agent_host.host.restart import RestartPolicy
 from agent_host.host.sandbox import WorkerSandbox
 from agent_host.host.session import SessionServer
-from agent_host.host.shadow import ShadowTrial
 from agent_host.host.spawn import Spawner, WorkerProcess
 from agent_host.host.stats import PluginStats
 from agent_host.host.store import Quarantine, StateStore
 from agent_host.host.untrusted import RateLimit
+from agent_host.host.updates.content import Content
+from agent_host.host.updates.shadow import ShadowTrial
 from agent_host.protocol import EventBatch, Finding, WorkerMessage
 
 log = structlog.get_logger("agent_host")

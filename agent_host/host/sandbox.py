@@ -19,8 +19,8 @@ import structlog
 
 from agent_host.host.cgroups import Cgroups
 from agent_host.host.config import HostConfig
-from agent_host.host.content import Content
 from agent_host.host.manifest import Manifest
+from agent_host.host.updates.content import Content
 from agent_host.protocol import SANDBOX_LAYERS, SandboxLayer, SandboxPolicy, SandboxReport
 
 log = structlog.get_logger("agent_host")

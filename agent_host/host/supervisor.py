@@ -29,20 +29,20 @@ import structlog
 from agent_host.errors import SandboxUnavailableError
 from agent_host.host.cgroups import Cgroups
 from agent_host.host.config import HostConfig
-from agent_host.host.content import Content, measure, remove_tree, snapshot
 from agent_host.host.fanout import Group
 from agent_host.host.findings import FindingPipeline, FindingSink
 from agent_host.host.lifecycle import Phase
 from agent_host.host.limits import descendants_by_root
 from agent_host.host.manifest import Manifest
 from agent_host.host.restart import RestartPolicy
-from agent_host.host.rollout import Rollout
 from agent_host.host.runner import PluginRunner
 from agent_host.host.sandbox import WorkerSandbox, for_plugin, machine_report
-from agent_host.host.signing import Verdict, load_public, verify
 from agent_host.host.spawn import ExecSpawner, Spawner, ZygoteSpawner, probe_sandbox
 from agent_host.host.store import StateStore
-from agent_host.host.validation import validate
+from agent_host.host.updates.content import Content, measure, remove_tree, snapshot
+from agent_host.host.updates.rollout import Rollout
+from agent_host.host.updates.signing import Verdict, load_public, verify
+from agent_host.host.updates.validation import validate
 from agent_host.protocol import (
     EVENT_KINDS,
     Event,

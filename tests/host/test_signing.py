@@ -13,13 +13,13 @@ from pathlib import Path
 import structlog
 
 from agent_host.host.config import HostConfig
-from agent_host.host.content import measure, snapshot
 from agent_host.host.findings import CollectingSink
 from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import Manifest
 from agent_host.host.restart import RestartPolicy
-from agent_host.host.signing import load_private, load_public, new_key_pair, sign, verify
 from agent_host.host.supervisor import Supervisor
+from agent_host.host.updates.content import measure, snapshot
+from agent_host.host.updates.signing import load_private, load_public, new_key_pair, sign, verify
 from tests.helpers import agent_host, exec_event, make_plugin, recording
 
 SAYS = """\

@@ -17,7 +17,7 @@ from agent_host.host.findings import CollectingSink
 from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import Manifest
 from agent_host.host.supervisor import Supervisor
-from agent_host.host.validation import hostile_events
+from agent_host.host.updates.validation import hostile_events
 from agent_host.protocol import Event, ProcessEvent, message_to_json
 from tests.helpers import BUNDLED_PLUGINS, exec_event, make_plugin
 

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from agent_host.errors import UsageError
-from agent_host.host.content import SIGNATURE_NAME, measure
+from agent_host.host.updates.content import SIGNATURE_NAME, measure
 
 
 def key_id(key: Ed25519PublicKey) -> str:

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from agent_host.host.config import HostConfig
-from agent_host.host.content import Content
 from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import Manifest
-from agent_host.host.shadow import ShadowReport, ShadowTrial
-from agent_host.host.signing import Verdict
+from agent_host.host.updates.content import Content
+from agent_host.host.updates.shadow import ShadowReport, ShadowTrial
+from agent_host.host.updates.signing import Verdict
 
 if TYPE_CHECKING:
     from agent_host.host.runner import PluginRunner

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Generic, Protocol, TypeVar
 
-from agent_host.host.content import Content
 from agent_host.host.fanout import Group
 from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import Manifest
 from agent_host.host.stats import PluginStats
+from agent_host.host.updates.content import Content
 from agent_host.protocol import Finding
 
 
