@@ -187,14 +187,14 @@ def _plugin_dirs_now(args: argparse.Namespace, current: list[Path]) -> list[Path
         log.error("config file not reloaded", mistake=str(mistake))
     if mistakes:
         return current
-    folders = settings.get("plugins") or paths.default_plugin_dirs()
-    missing = [str(f) for f in folders if not f.is_dir()]
-    if missing:
-        log.error("config file not reloaded: not a folder", plugins=" ".join(missing))
+    try:
+        folders = paths.plugin_dirs(settings.get("plugins"))
+    except UsageError as exc:
+        log.error("config file not reloaded", error=str(exc))
         return current
     if folders != current:
         log.info("plugin folders from the config file", plugins=" ".join(map(str, folders)))
-    return list(folders)
+    return folders
 
 
 def state_dir_for(args: argparse.Namespace) -> Path:
