@@ -6,7 +6,7 @@ and de-duplication by message id: a finding republished after a lost acknowledge
 once (``Nats-Msg-Id`` is the finding's own id).
 
 Detection never waits for the network. Each batch of written findings is appended to the spool
-(``export.spool`` in the state folder, one JSON line each) by the finding pipeline's listener,
+(``export.spool`` in the state folder, one line each) by the finding pipeline's listener,
 at once; a task publishes from the spool's read offset, one acknowledged message at a time, and
 moves the offset (kept in ``export.offset``) past what the server acknowledged. An unreachable
 server only lets the spool grow, up to its bound: what would pass the bound is dropped and
@@ -126,7 +126,9 @@ class NatsExport:
 
     @staticmethod
     def _record(kind: str, msg_id: str, body: bytes) -> bytes:
-        return orjson.dumps({"kind": kind, "id": msg_id, "body": orjson.Fragment(body)})
+        """One spool line: kind, message id ("-" for none) and the JSON body, as it will be
+        sent (neither kind nor id has a space; JSON has no raw newline)."""
+        return b" ".join((kind.encode(), (msg_id or "-").encode(), body))
 
     # -- the sender ------------------------------------------------------------------------
 
@@ -153,10 +155,9 @@ class NatsExport:
     async def _send_pending(self) -> None:
         js = await self._jetstream()
         while (record := self.spool.peek()) is not None:
-            item = orjson.loads(record)
-            subject = f"{self._subject}.{item['kind']}"
-            headers = {"Nats-Msg-Id": item["id"]} if item["id"] else None
-            body = orjson.dumps(item["body"])
+            kind, msg_id, body = record.split(b" ", 2)
+            subject = f"{self._subject}.{kind.decode()}"
+            headers = {"Nats-Msg-Id": msg_id.decode()} if msg_id != b"-" else None
             await js.publish(subject, body, headers=headers, timeout=_ACK_TIMEOUT_S)
             self.spool.advance(record)
             self.sent += 1
