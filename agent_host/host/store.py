@@ -213,6 +213,13 @@ class StateStore:
             "DELETE FROM history WHERE id <= (SELECT MAX(id) FROM history) - ?", (MAX_HISTORY,)
         )
 
+    def last_measurement(self, plugin: str) -> str:
+        """The measurement of ``plugin``'s latest history line ("" if it has none)."""
+        row = self._db.execute(
+            "SELECT measurement FROM history WHERE plugin = ? ORDER BY id DESC LIMIT 1", (plugin,)
+        ).fetchone()
+        return str(row[0]) if row else ""
+
     def history(self, plugin: str) -> list[HistoryEntry]:
         rows = self._db.execute(
             "SELECT time, plugin, version, measurement, what, detail FROM history "

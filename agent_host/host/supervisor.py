@@ -179,10 +179,9 @@ class Supervisor:
     def _history_of(self, name: str) -> str:
         """The measurement last written in the plugin's history ("" if none)."""
         try:
-            entries = self.store.history(name)
+            return self.store.last_measurement(name)
         except sqlite3.Error:
             return ""
-        return entries[-1].measurement if entries else ""
 
     def record(
         self, runner: PluginRunner | Manifest, what: str, detail: str = "", *, measurement: str = ""
