@@ -18,13 +18,14 @@ from agent_host.cli import (
     attestation,
     config_file,
     paths,
+    reconfigure,
     run,
     scaffold,
     status,
     systemd,
 )
 from agent_host.cli.parser import EXIT_USAGE, build_parser, command_parser
-from agent_host.errors import AgentHostError, ConfigFileError, UsageError
+from agent_host.errors import AgentHostError, UsageError
 from agent_host.host.store import default_state_dir
 
 __all__ = ["main"]
@@ -75,25 +76,6 @@ def _service(args: argparse.Namespace) -> int:
     return 0
 
 
-def _with_config(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """The arguments of ``run``, the config file's settings under its flags."""
-    args = parser.parse_args(argv)
-    path = config_file.chosen(args.config)
-    if path is None:
-        args.config_file = None
-        return args
-    run_parser = command_parser(parser, "run")
-    settings, mistakes = config_file.read(path, run_parser)
-    if mistakes:
-        raise ConfigFileError(mistakes)
-    run_parser.set_defaults(**settings)
-    flags_name_plugins = args.plugins is not None
-    args = parser.parse_args(argv)
-    # SIGHUP reads the file again for its plugin folders, unless the flags named them.
-    args.config_file = None if flags_name_plugins else path
-    return args
-
-
 def _check_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """``config check``: every mistake of the file, one a line; 0 if there is none."""
     path = config_file.chosen(args.config)
@@ -113,7 +95,8 @@ def _dispatch(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
-        args = _with_config(parser, argv)
+        given = sys.argv[1:] if argv is None else argv
+        args = reconfigure.first_read(given, config_file.chosen(args.config))
     logs.configure(args.log_format, args.log_level)
     if args.command == "config":
         return _check_config(args, parser)

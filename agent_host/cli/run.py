@@ -21,8 +21,8 @@ from pathlib import Path
 
 import structlog
 
-from agent_host.cli import config_file, metrics, paths, status
-from agent_host.cli.parser import build_parser, command_parser
+from agent_host import logs
+from agent_host.cli import metrics, paths, reconfigure, status
 from agent_host.cli.summary import render_table, summary_rows
 from agent_host.cli.systemd import Notifier
 from agent_host.cli.watch import FolderWatch
@@ -155,46 +155,68 @@ async def _reload_on_hup(
     sink: JsonLinesSink,
     signals: _Signals,
 ) -> None:
-    """On each SIGHUP, or change of the plugins folder (``watch.py``): the config file's plugin
-    folders read again, the plugin set as the folders have it now, and the findings file
-    reopened (after logrotate moved it away)."""
+    """On each SIGHUP, or change of the plugins folder (``watch.py``): the config file read
+    again (``reconfigure.py`` says which settings apply at once), the plugin set as the folders
+    have it now, and the findings file reopened (after logrotate moved it away)."""
     while True:
         await signals.reloading.wait()
         signals.reloading.clear()
-        log.info("reloading plugins and reopening the findings file")
+        log.info("reloading the config, the plugins and the findings file")
         try:
-            sink.reopen()
-        except OSError as exc:
-            log.error("findings file could not be reopened", error=exc.strerror or str(exc))
-        try:
-            plugins_dir = _plugin_dirs_now(args, plugins_dir)
+            args = _reconfigured(sup, args)
+            _reopen(sink, args.findings)
+            plugins_dir = paths.plugin_dirs(args.plugins)
             discovery = discover(plugins_dir)
             for error in discovery.errors:
                 log.error("plugin skipped: bad manifest", error=str(error))
             await sup.reload(discovery.manifests)
+        except UsageError as exc:
+            log.error("reload stopped; the running plugins stay", error=str(exc))
         except Exception:  # a reload that fails leaves the running plugins as they were
             log.exception("reload failed; the running plugins stay")
 
 
-def _plugin_dirs_now(args: argparse.Namespace, current: list[Path]) -> list[Path]:
-    """The plugin folders the config file names now (the current ones if it has mistakes,
-    or if the flags named them). Other settings take effect at the next start."""
-    path = getattr(args, "config_file", None)
-    if path is None:
-        return current
-    settings, mistakes = config_file.read(path, command_parser(build_parser(), "run"))
-    for mistake in mistakes:
-        log.error("config file not reloaded", mistake=str(mistake))
-    if mistakes:
-        return current
+def _reconfigured(sup: Supervisor, args: argparse.Namespace) -> argparse.Namespace:
+    """The settings after the config file was read again, the live ones applied."""
+    reread = reconfigure.reread(args)
+    if reread is None or not reread.applied:
+        return args
+    new = reread.args
+    if "log_level" in reread.applied:
+        logs.configure(new.log_format, new.log_level)
+    if reread.applied - {"plugins", "findings", "log_level"}:
+        try:
+            sup.reconfigure(host_config(new, sup.config.state_dir))
+        except (OSError, ValueError) as exc:
+            raise UsageError("trusted_key", f"cannot be read: {exc}") from None
+    return new
+
+
+def _reopen(sink: JsonLinesSink, findings: Path | None) -> None:
     try:
-        folders = paths.plugin_dirs(settings.get("plugins"))
-    except UsageError as exc:
-        log.error("config file not reloaded", error=str(exc))
-        return current
-    if folders != current:
-        log.info("plugin folders from the config file", plugins=" ".join(map(str, folders)))
-    return folders
+        sink.reopen(findings)
+    except OSError as exc:
+        log.error(
+            "findings file could not be reopened; writing on to the open one",
+            path=str(findings),
+            error=exc.strerror or str(exc),
+        )
+
+
+def host_config(args: argparse.Namespace, state_dir: Path | None) -> HostConfig:
+    """The host's settings from the command's."""
+    return HostConfig(
+        batch_size=args.batch_size,
+        flush_interval_s=args.flush_ms / 1000,
+        state_dir=state_dir,
+        sandbox=args.sandbox,
+        caps=Caps(network=args.allow_network, exec=args.allow_exec),
+        signatures=args.signatures,
+        trusted_keys=tuple(args.trusted_key),
+        shadow=args.shadow,
+        shadow_events=args.shadow_events,
+        shadow_s=args.shadow_seconds,
+    )
 
 
 def state_dir_for(args: argparse.Namespace) -> Path:
@@ -215,18 +237,7 @@ async def host(args: argparse.Namespace) -> int:
     source = _open_source(args, [*own_files, f"{state_dir}/*"])
     if args.summary_json is not None:
         paths.writable_file("--summary-json", args.summary_json)
-    config = HostConfig(
-        batch_size=args.batch_size,
-        flush_interval_s=args.flush_ms / 1000,
-        state_dir=state_dir,
-        sandbox=args.sandbox,
-        caps=Caps(network=args.allow_network, exec=args.allow_exec),
-        signatures=args.signatures,
-        trusted_keys=tuple(args.trusted_key),
-        shadow=args.shadow,
-        shadow_events=args.shadow_events,
-        shadow_s=args.shadow_seconds,
-    )
+    config = host_config(args, state_dir)
     paths.open_state("--state-dir", state_dir).close()
     discovery = discover(plugins_dir)
     for error in discovery.errors:

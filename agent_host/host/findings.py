@@ -98,14 +98,16 @@ class JsonLinesSink:
     def _open(path: Path) -> int:
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
-    def reopen(self) -> None:
-        """Open the file by its name again (logrotate has moved the old one away)."""
-        if self._path is None:
+    def reopen(self, path: Path | None = None) -> None:
+        """Open the file by its name again (logrotate has moved the old one away), or the file
+        at ``path`` from now on (the config file names another)."""
+        path = path or self._path
+        if path is None:
             return
-        fd = self._open(self._path)  # first: a failure leaves the old file in use
+        fd = self._open(path)  # first: a failure leaves the old file in use
         if self._fd is not None:
             os.close(self._fd)
-        self._fd = fd
+        self._fd, self._path = fd, path
 
     def write(self, findings: Sequence[Finding]) -> None:
         if self._fd is not None:

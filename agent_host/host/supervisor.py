@@ -111,8 +111,10 @@ class Supervisor:
         #: The measurement of each plugin's running content.
         self._digests: dict[str, str] = {}
         self._trusted = [load_public(path) for path in config.trusted_keys]
+        #: The content policy changed: the next reload admits the running plugins again.
+        self._recheck = False
         #: Shadow trials, rejected content, last known good versions.
-        self.rollout = Rollout(self, config)
+        self.rollout = Rollout(self)
         self._keys: set[str] = set()
         self._seq = 0
         self.accepted = 0
@@ -137,6 +139,18 @@ class Supervisor:
             else:
                 log.error("plugin refused: it asks for more than allowed", error=str(refusal))
         return admitted
+
+    def reconfigure(self, config: HostConfig) -> None:
+        """Run with ``config`` from now on (a reload's settings: the content policy, shadow
+        runs). Plugins started from now on get it; the next ``reload`` admits every running
+        plugin again under it, and stops those it refuses.
+
+        Raises:
+            OSError, ValueError: a trusted key cannot be read; nothing is changed.
+        """
+        trusted = [load_public(path) for path in config.trusted_keys]  # first: may fail
+        self.config, self._trusted = config, trusted
+        self._recheck = True
 
     @property
     def refused_sessions(self) -> int:
@@ -270,6 +284,10 @@ class Supervisor:
         )
         return verdict
 
+    def _still_signed(self, manifest: Manifest, runner: PluginRunner | None) -> bool:
+        """Whether the running content passes the signature policy as it is now."""
+        return runner is None or self._signature_of(manifest, runner.content) is not None
+
     def _admit(self, manifest: Manifest) -> tuple[Content, Verdict] | None:
         """A read-only copy of the plugin's content as measured now, and its signature; None
         if the signature policy refuses it."""
@@ -324,15 +342,23 @@ class Supervisor:
         self._digests[runner.name] = runner.content.measurement
 
     async def _candidates(
-        self, wanted: dict[str, Manifest], digests: dict[str, str], refused: list[str]
+        self,
+        wanted: dict[str, Manifest],
+        digests: dict[str, str],
+        refused: list[str],
+        revoked: list[str],
     ) -> dict[str, tuple[Manifest, tuple[Content, Verdict]]]:
         """The plugins that are new or changed (manifest or content), admitted and, if the
-        host validates updates, validated: each with the very content that will run."""
+        host validates updates, validated: each with the very content that will run. After a
+        change of the content policy, the running plugins it now refuses go in ``revoked``."""
         candidates = {}
         for name, manifest in wanted.items():
             current = self.plugins.get(name)
             unchanged = current is not None and manifest == current.manifest
             if unchanged and digests[name] == self._digests.get(name):
+                if self._recheck and not self._still_signed(manifest, current):
+                    refused.append(name)
+                    revoked.append(name)
                 continue
             if self.rollout.in_shadow(manifest, digests[name]):
                 continue
@@ -379,7 +405,9 @@ class Supervisor:
         wanted = {m.name: m for m in self._admitted(manifests)}
         digests = {name: measure(m.directory) for name, m in wanted.items()}
         refused: list[str] = []
-        candidates = await self._candidates(wanted, digests, refused)
+        revoked: list[str] = []
+        candidates = await self._candidates(wanted, digests, refused, revoked)
+        self._recheck = False
         # The cut: from here to the new runners' start, nothing awaits but the flush, so that
         # every event is owed to exactly one of the old and the new version.
         for group in self.groups.values():
@@ -401,22 +429,11 @@ class Supervisor:
             if name in successors or name not in wanted:
                 self.rollout.withdraw(name, "superseded by a reload")
         for name, runner in list(self.plugins.items()):
-            successor = successors.get(name)
-            if successor is not None and self.rollout.shadows(runner, successor):
-                self.rollout.begin(runner, successor)
-                report["shadow"].append(name)
-                continue
-            if successor is not None:
-                runner.retire(f"replaced by version {successor.manifest.version} in a reload")
-                report["changed"].append(name)
-            elif name not in wanted:
-                runner.retire("removed by a reload")
-                report["removed"].append(name)
-            else:
-                report["kept"].append(name)
-                continue
-            self.retired.append(runner)
-            del self.plugins[name]
+            fate = self._fate(runner, successors.get(name), name in wanted, name in revoked)
+            report[fate].append(name)
+            if fate in ("changed", "removed"):
+                self.retired.append(runner)
+                del self.plugins[name]
         for name, runner in successors.items():
             if name not in self.plugins and name not in report["changed"]:
                 report["added"].append(name)
@@ -428,6 +445,25 @@ class Supervisor:
             self._log_start(runner)
         log.info("plugins reloaded", **{k: sorted(v) for k, v in report.items()})
         return report
+
+    def _fate(
+        self, runner: PluginRunner, successor: PluginRunner | None, wanted: bool, revoked: bool
+    ) -> str:
+        """What a reload does with a running plugin: "shadow" (its successor starts beside
+        it), "changed" or "removed" (retired), or "kept"."""
+        if successor is not None and self.rollout.shadows(runner, successor):
+            self.rollout.begin(runner, successor)
+            return "shadow"
+        if successor is not None:
+            runner.retire(f"replaced by version {successor.manifest.version} in a reload")
+            return "changed"
+        if not wanted:
+            runner.retire("removed by a reload")
+            return "removed"
+        if revoked:
+            runner.retire("refused by the content policy of a reload")
+            return "removed"
+        return "kept"
 
     async def publish(self, event: Event) -> bool:
         """Accept one event: number it, stamp it, queue it for every group that wants its kind.

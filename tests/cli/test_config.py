@@ -1,5 +1,5 @@
 """The config file: every mistake named with its file, line and key; its settings under the
-flags; its plugin folders read again on SIGHUP."""
+flags; read again on SIGHUP, its live settings applied and the others named."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from agent_host.host.updates.signing import load_private, new_key_pair, sign
 from tests.cli.test_errors import REPO, cli
 from tests.e2e.test_signals import copy_plugin
 
@@ -72,40 +73,80 @@ def test_settings_under_flags(tmp_path: Path) -> None:
     assert (tmp_path / "state").is_dir()
 
 
-def test_sighup_reads_the_plugin_folders_again(tmp_path: Path) -> None:
-    copy_plugin("tally", tmp_path / "first", "early")
+def test_sighup_applies_the_live_settings_and_names_the_others(tmp_path: Path) -> None:
+    """Folders, findings file and signature policy apply at once, and a running plugin the new
+    policy refuses is stopped; a batching change waits for the next start, and says so."""
+    copy_plugin("exec_from_tmp", tmp_path / "first", "early")
     copy_plugin("tally", tmp_path / "second", "late")
+    copy_plugin("tally", tmp_path / "second", "unsigned")
+    key, public = new_key_pair(tmp_path / "ops")
+    for folder in (tmp_path / "first" / "early", tmp_path / "second" / "late"):
+        sign(folder, load_private(key))
     config = tmp_path / "agent-host.toml"
-    config.write_text(f'plugins = ["{tmp_path / "first"}"]\n')
+    config.write_text(f'plugins = ["{tmp_path / "first"}"]\nfindings = "before.jsonl"\n')
     agent = subprocess.Popen(
         [
             *(sys.executable, "-m", "agent_host", "--log-format", "json", "run"),
             *("--config", str(config), "--source", "synthetic", "--duration", "60"),
             *("--quiet", "--no-watch-plugins", "--state-dir", str(tmp_path / "state")),
         ],
+        cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert agent.stderr is not None
-    logs = []
+    logs: list[dict[str, object]] = []
+
+    def until(event: str) -> dict[str, object]:
+        while time.monotonic() < deadline:
+            logs.append(json.loads(agent.stderr.readline()))
+            if logs[-1]["event"] == event:
+                return logs[-1]
+        raise AssertionError(f"no {event!r} in time")
+
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            logs.append(json.loads(agent.stderr.readline()))
-            if logs[-1]["event"] == "plugin started":
-                break
-        config.write_text(f'plugins = ["{tmp_path / "first"}", "{tmp_path / "second"}"]\n')
+        until("plugin started")
+        while not (tmp_path / "before.jsonl").stat().st_size and time.monotonic() < deadline:
+            time.sleep(0.1)  # findings into the first file
+        folders = f'["{tmp_path / "first"}", "{tmp_path / "second"}"]'
+        config.write_text(f'plugins = {folders}\nfindings = "after.jsonl"\nbatch_size = 17\n')
         agent.send_signal(signal.SIGHUP)
-        while time.monotonic() < deadline:
-            logs.append(json.loads(agent.stderr.readline()))
-            if logs[-1]["event"] == "plugins reloaded":
-                break
+        added = until("plugins reloaded")
+        config.write_text(
+            f'plugins = {folders}\nfindings = "after.jsonl"\nbatch_size = 17\n'
+            f'signatures = "enforce"\ntrusted_key = ["{public}"]\n'
+        )
+        agent.send_signal(signal.SIGHUP)
+        enforced = until("plugins reloaded")
+        while not (tmp_path / "after.jsonl").stat().st_size and time.monotonic() < deadline:
+            time.sleep(0.1)  # and into the one the config file names now
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.communicate(timeout=60)
     assert agent.returncode == 0
-    assert any(e["event"] == "plugin folders from the config file" for e in logs)
-    (reloaded,) = [e for e in logs if e["event"] == "plugins reloaded"]
-    assert reloaded["added"] == ["late"] and reloaded["kept"] == ["early"]
+    assert added["added"] == ["late", "unsigned"] and added["kept"] == ["early"]
+    later = [e for e in logs if e["event"].startswith("config file settings changed")]
+    assert [e["settings"] for e in later] == ["batch_size", "batch_size"]  # still pending
+    assert enforced["removed"] == ["unsigned"] and enforced["kept"] == ["early", "late"]
+    assert (tmp_path / "before.jsonl").stat().st_size > 0
+    assert (tmp_path / "after.jsonl").stat().st_size > 0
+
+
+def test_flags_replace_the_files_list_rather_than_add_to_it(tmp_path: Path) -> None:
+    copy_plugin("tally", tmp_path / "from_file", "filed")
+    copy_plugin("tally", tmp_path / "from_flag", "flagged")
+    (tmp_path / "agent-host.toml").write_text(f'plugins = ["{tmp_path / "from_file"}"]\n')
+    ran = cli(
+        [
+            *("run", "--config", "agent-host.toml", "--source", "synthetic"),
+            *("--plugins", str(tmp_path / "from_flag"), "--duration", "1", "--quiet"),
+            *("--state-dir", "state", "--summary-json", "summary.json"),
+        ],
+        tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    rows = json.loads((tmp_path / "summary.json").read_text())["plugins"]
+    assert [r["plugin"] for r in rows] == ["flagged"]

@@ -35,6 +35,8 @@ class Host(Protocol):
 
     plugins: dict[str, PluginRunner]
     retired: list[PluginRunner]
+    #: The host's settings as they are now (a reload may change the shadow run's).
+    config: HostConfig
 
     def install(self, runner: PluginRunner) -> None: ...
 
@@ -50,9 +52,8 @@ class Host(Protocol):
 class Rollout:
     """The shadow trials of one host, its rejected content and its last known good versions."""
 
-    def __init__(self, host: Host, config: HostConfig) -> None:
+    def __init__(self, host: Host) -> None:
         self._host = host
-        self._config = config
         #: Candidate versions in shadow, by plugin; and promoted ones whose report is pending.
         self.trials: dict[str, ShadowTrial[PluginRunner]] = {}
         self._settling: list[ShadowTrial[PluginRunner]] = []
@@ -91,7 +92,7 @@ class Rollout:
         version is running (there is something to compare with), and both are owed the same
         events (one group)."""
         return (
-            self._config.shadow
+            self._host.config.shadow
             and current.phase is Phase.RUNNING
             and current.group is candidate.group
         )
@@ -107,8 +108,8 @@ class Rollout:
             plugin=candidate.name,
             version=candidate.manifest.version,
             current=current.manifest.version,
-            events=self._config.shadow_events,
-            seconds=self._config.shadow_s,
+            events=self._host.config.shadow_events,
+            seconds=self._host.config.shadow_s,
         )
 
     def withdraw(self, name: str, why: str) -> None:
@@ -140,7 +141,7 @@ class Rollout:
     def advance(self, now: float) -> None:
         """Promote each candidate that has served its shadow period; finish each report whose
         versions are both past the cut. Called by the host's watchdog loop."""
-        config = self._config
+        config = self._host.config
         for trial in list(self.trials.values()):
             healthy = trial.candidate.phase is Phase.RUNNING and not trial.candidate.stats.restarts
             if healthy and trial.due(now, config.shadow_events, config.shadow_s):
