@@ -48,6 +48,8 @@ def _plugins(args: argparse.Namespace) -> int:
     if command == "sign":
         return admin.sign_plugin(args.dir, args.key)
     state_dir = args.state_dir or default_state_dir()
+    if command == "restart":
+        return status.restart(status.socket_path(args.control_socket, state_dir), args.name)
     store = paths.open_state("--state-dir", state_dir)
     if command == "release":
         code = admin.release(store, args.name)

@@ -244,6 +244,13 @@ def _add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
     release.add_argument("name", help="the plugin's name")
     _add_state_dir(release, argparse.SUPPRESS)
     _add_control_socket(release)
+    restart = commands.add_parser(
+        "restart",
+        help="start a plugin afresh on a new worker in the running host (not counted as a failure)",
+    )
+    restart.add_argument("name", help="the plugin's name")
+    _add_state_dir(restart, argparse.SUPPRESS)
+    _add_control_socket(restart)
     history = commands.add_parser(
         "history",
         help="each version of a plugin: validated, shadowed, promoted, rolled back, and why",

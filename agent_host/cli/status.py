@@ -12,7 +12,14 @@ from google.protobuf.json_format import MessageToDict
 
 from agent_host.errors import UsageError
 from agent_host.host.findings import finding_json
-from agent_host.protocol import ControlStub, ReleaseRequest, StatusReply, StatusRequest, TailRequest
+from agent_host.protocol import (
+    ControlStub,
+    ReleaseRequest,
+    RestartRequest,
+    StatusReply,
+    StatusRequest,
+    TailRequest,
+)
 
 CONTROL_SOCKET = "control.sock"
 _TIMEOUT_S = 10.0
@@ -98,3 +105,16 @@ def release_running(path: Path, name: str) -> str | None:
     finally:
         channel.close()
     return str(reply.message)
+
+
+def restart(path: Path, name: str) -> int:
+    """``plugins restart``: ask the running host for a fresh worker of ``name``."""
+    channel, stub = _stub(path)
+    try:
+        reply = stub.Restart(RestartRequest(plugin=name), timeout=_TIMEOUT_S)
+    except grpc.RpcError as exc:
+        raise _unreachable(path, exc) from None
+    finally:
+        channel.close()
+    print(reply.message)
+    return 0 if reply.restarted else 1

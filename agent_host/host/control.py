@@ -30,6 +30,8 @@ from agent_host.protocol import (
     PluginStatus,
     ReleaseReply,
     ReleaseRequest,
+    RestartReply,
+    RestartRequest,
     StatusReply,
     StatusRequest,
     TailRequest,
@@ -141,6 +143,23 @@ class ControlService(ControlServicer):
         runner.release_now()
         log.info("quarantine lifted by the operator", plugin=runner.name)
         return ReleaseReply(released=True, message=f"{runner.name} starts again, on probation")
+
+    async def Restart(  # noqa: N802
+        self,
+        request: RestartRequest,
+        context: grpc.aio.ServicerContext[RestartRequest, RestartReply],
+    ) -> RestartReply:
+        runner = self._sup.plugins.get(request.plugin)
+        if runner is None:
+            return RestartReply(restarted=False, message=f"no plugin {request.plugin!r} runs here")
+        if runner.phase is Phase.QUARANTINED:
+            why = "quarantined: agent-host plugins release lifts it"
+            return RestartReply(restarted=False, message=f"{runner.name} is {why}")
+        if runner.phase not in (Phase.STARTING, Phase.RUNNING, Phase.BACKING_OFF):
+            return RestartReply(restarted=False, message=f"{runner.name} is {runner.phase.value}")
+        runner.restart_now()
+        log.info("plugin restart asked by the operator", plugin=runner.name)
+        return RestartReply(restarted=True, message=f"{runner.name} restarts on a new worker")
 
 
 class ControlServer:

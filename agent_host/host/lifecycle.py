@@ -45,11 +45,15 @@ class Phase(enum.StrEnum):
 _SETTLED: Final = frozenset({Phase.QUARANTINED, Phase.FAILED, Phase.STOPPED})
 
 
+#: The cause of a restart the operator asked for.
+OPERATOR: Final = "operator"
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """Why a worker ended or must end: a cause counted in the stats and a sentence for the log."""
 
-    cause: str  # exit, signal, hang, memory, cpu, processes, protocol, killed
+    cause: str  # exit, signal, hang, memory, cpu, processes, protocol, killed, operator
     detail: str  # "memory 612 MiB > limit 256 MiB"
 
 
@@ -71,6 +75,7 @@ class Blame(enum.StrEnum):
     PLUGIN = "plugin"  # counts toward the crash-loop breaker
     EVENT = "event"  # bisection pinned it on one event (or is narrowing down): restart at once
     OUTSIDE = "outside"  # killed by something other than the host: restart with backoff only
+    HOST = "host"  # the host stopped it to restart it (the operator asked): at once, uncounted
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -146,6 +151,11 @@ class ProtocolViolated(Fault):
 @dataclass(frozen=True, slots=True)
 class StopRequested(Input):
     """The host is stopping: finish what is owed, then exit."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestartRequested(Input):
+    """The operator asked for a fresh worker on the same content."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +257,9 @@ TRANSITIONS: Final[Mapping[tuple[Phase, type[Input]], frozenset[Phase]]] = {
     (Phase.QUARANTINED, StopRequested): frozenset({Phase.QUARANTINED}),
     (Phase.FAILED, StopRequested): frozenset({Phase.FAILED}),
     (Phase.STOPPED, StopRequested): frozenset({Phase.STOPPED}),
+    (Phase.STARTING, RestartRequested): frozenset({Phase.STARTING}),
+    (Phase.RUNNING, RestartRequested): frozenset({Phase.RUNNING}),
+    (Phase.BACKING_OFF, RestartRequested): frozenset({Phase.SPAWNING}),
     (Phase.BACKING_OFF, BackoffElapsed): frozenset({Phase.SPAWNING}),
     (Phase.QUARANTINED, BackoffElapsed): frozenset({Phase.SPAWNING}),
     (Phase.RUNNING, ProbationPassed): frozenset({Phase.RUNNING}),
@@ -386,7 +399,10 @@ class Lifecycle:
                 return [Settle()]
             case StopRequested():
                 return []
-            case BackoffElapsed():
+            case RestartRequested() if self.phase is not Phase.BACKING_OFF:
+                verdict = Verdict(OPERATOR, "restarted by the operator")
+                return self._doom(verdict, Terminate(verdict))
+            case BackoffElapsed() | RestartRequested():
                 if self.phase is Phase.QUARANTINED:
                     self.on_probation = True
                 self.phase = Phase.SPAWNING
@@ -411,7 +427,7 @@ class Lifecycle:
         """The worker is gone for ``verdict``: restart it (when, depends on whose fault it was)
         or quarantine the plugin."""
         running_since, self.running_since = self.running_since, None
-        if blame is Blame.EVENT:
+        if blame in (Blame.EVENT, Blame.HOST):
             delay: float | None = 0.0
         elif blame is Blame.OUTSIDE:
             delay = self._restarts.record_uncounted(now, running_since)

@@ -465,6 +465,10 @@ class PluginRunner:
                 self._log.warning("worker ended badly while stopping", reason=verdict.detail)
             return exited
         verdict = self.life.verdict_for(exited.returncode)
+        if verdict.cause == lc.OPERATOR:  # the host's own doing: nothing it held is charged
+            self.delivery.rewind()
+            self._log.info("worker restarted by the operator")
+            return lc.Exited(exited.generation, exited.returncode, lc.Blame.HOST)
         killed_from_outside = self.life.death is None and exited.returncode == -signal.SIGKILL
         blame = lc.Blame.OUTSIDE if killed_from_outside else lc.Blame.PLUGIN
         in_flight, attribution = self.delivery.lost(blame, exited.generation)
@@ -618,6 +622,14 @@ class PluginRunner:
         if self._timer is not None:
             self._timer.cancel()
         self._feed(lc.BackoffElapsed(self.life.generation))
+
+    def restart_now(self) -> None:
+        """The operator asked for a fresh worker on the same content: the current one is
+        stopped, and what it held goes to the next, which starts at once. Not a failure: it
+        is counted among the restarts (cause "operator") but never toward a quarantine."""
+        if self.phase is lc.Phase.BACKING_OFF and self._timer is not None:
+            self._timer.cancel()  # the restart it waits for is now
+        self._feed(lc.RestartRequested(self.life.generation))
 
     def retire(self, reason: str) -> None:
         """Owe this plugin no batch from now on; it finishes those it holds, then stops.

@@ -1,6 +1,6 @@
 """The control socket of a running agent: ``status`` while events flow, ``tail`` of findings
-as they are written, and a quarantine lifted with ``plugins release`` that the running host acts
-on at once."""
+as they are written, a quarantine lifted with ``plugins release`` that the running host acts
+on at once, and a plugin restarted on a new worker with ``plugins restart``, nothing lost."""
 
 from __future__ import annotations
 
@@ -41,10 +41,11 @@ def plugin(reply: dict[str, Any], name: str) -> dict[str, Any]:
     return next(p for p in reply["plugins"] if p["name"] == name)
 
 
-def test_status_tail_and_release(tmp_path: Path) -> None:
+def test_status_tail_release_and_restart(tmp_path: Path) -> None:
     plugins, state = tmp_path / "plugins", tmp_path / "state"
     copy_plugin("exec_from_tmp", plugins, "catcher")
     copy_plugin("tally", plugins, "benched")
+    copy_plugin("tally", plugins, "steady")
     store = StateStore(state)
     store.quarantine("benched", "1.0", "set aside by the test", level=1, retry_in_s=3600)
     store.close()
@@ -53,6 +54,7 @@ def test_status_tail_and_release(tmp_path: Path) -> None:
             *(sys.executable, "-m", "agent_host", "run", "--source", "synthetic"),
             *("--rate", "500", "--duration", "120", "--quiet", "--no-watch-plugins"),
             *("--plugins", str(plugins), "--state-dir", str(state)),
+            *("--summary-json", str(tmp_path / "summary.json")),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -93,10 +95,30 @@ def test_status_tail_and_release(tmp_path: Path) -> None:
         later = status(state)
         assert int(later["host"]["events_accepted"]) > int(first["host"]["events_accepted"])
         assert later["host"]["events_per_s"] > 0
+
+        restarted = agent_host("plugins", "restart", "catcher", "--state-dir", str(state))
+        assert restarted.returncode == 0, restarted.stderr
+        assert restarted.stdout.strip() == "catcher restarts on a new worker"
+        while plugin(status(state), "catcher").get("restarts_by_cause") != {"operator": 1}:
+            assert time.monotonic() < deadline, "never restarted"
+            time.sleep(0.2)
+        while plugin(status(state), "catcher")["state"] != "running":
+            assert time.monotonic() < deadline, "never running again"
+            time.sleep(0.2)
+        refused = agent_host("plugins", "restart", "nobody", "--state-dir", str(state))
+        assert refused.returncode == 1 and "no plugin 'nobody' runs here" in refused.stdout
     finally:
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=60)
     assert agent.returncode == 0, stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = {r["plugin"]: r for r in summary["plugins"]}
+    row = rows["catcher"]
+    # The restart lost nothing and was no failure: every event processed once, none set aside.
+    assert row["restarts"] == {"operator": 1} and row["state"] == "stopped"
+    assert row["processed"] == rows["steady"]["processed"] > 0
+    assert rows["steady"]["restarts"] == {}
+    assert row["dead_lettered"] == row["undelivered"] == 0
     assert not socket_path.exists()  # removed on the way out
     gone = agent_host("status", "--state-dir", str(state))
     assert gone.returncode == 2 and "no running host" in gone.stderr

@@ -56,6 +56,7 @@ def example(kind: type[lc.Input], generation: int) -> lc.Input:
         lc.StopRequested: lc.StopRequested(generation),
         lc.BackoffElapsed: lc.BackoffElapsed(generation),
         lc.ProbationPassed: lc.ProbationPassed(generation),
+        lc.RestartRequested: lc.RestartRequested(generation),
     }
     return values[kind]
 
@@ -132,6 +133,27 @@ class TestFailures:
         assert delays[:3] == [0.0, 0.1, 0.2]
         life.handle(lc.Exited(life.generation, -9, Blame.OUTSIDE), 11.0)
         assert life.reason == "signal SIGKILL from outside the host"
+
+    def test_an_operator_restart_is_at_once_and_never_counted(self) -> None:
+        life = running(quarantine_level=1, on_probation=True)  # where one failure quarantines
+        for t in range(POLICY.burst * 2):
+            (stop,) = life.handle(lc.RestartRequested(life.generation), float(t))
+            assert stop == lc.Terminate(lc.Verdict("operator", "restarted by the operator"))
+            code = -15  # SIGTERM: what the host sent, not a crash
+            actions = life.handle(lc.Exited(life.generation, code, Blame.HOST), float(t))
+            assert actions == [lc.ScheduleRestart(0.0, "operator")]
+            life.handle(lc.BackoffElapsed(life.generation), float(t))
+            life.handle(lc.Spawned(life.generation, pid=200 + t), float(t))
+            life.handle(lc.Ready(life.generation), float(t))
+        assert life.phase is Phase.RUNNING and life.on_probation
+
+    def test_an_operator_restart_cuts_a_backoff_short(self) -> None:
+        life = running()
+        crash(life, 1.0, Blame.OUTSIDE)
+        life.handle(lc.Exited(life.generation, -9, Blame.OUTSIDE), 2.0)
+        assert life.phase is Phase.BACKING_OFF
+        generation = life.generation
+        assert life.handle(lc.RestartRequested(generation), 2.0) == [lc.Spawn(generation + 1)]
 
     def test_a_spent_poison_budget_quarantines(self) -> None:
         life = running()

@@ -3,7 +3,8 @@
 isort:skip_file
 The operator's control API, served by a running host on a Unix socket only its own user can
 open (by default control.sock in its state folder, mode 0600 in a 0700 folder):
-`agent-host status`, `agent-host tail` and `agent-host plugins release --now` speak it.
+`agent-host status`, `agent-host tail`, `agent-host plugins release` and
+`agent-host plugins restart` speak it.
 """
 
 from collections import abc as _abc
@@ -279,3 +280,44 @@ class ReleaseReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleaseReply: _TypeAlias = ReleaseReply  # noqa: Y015
+
+@_typing.final
+class RestartRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLUGIN_FIELD_NUMBER: _builtins.int
+    plugin: _builtins.str
+    def __init__(
+        self,
+        *,
+        plugin: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plugin", b"plugin"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartRequest: _TypeAlias = RestartRequest  # noqa: Y015
+
+@_typing.final
+class RestartReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESTARTED_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    restarted: _builtins.bool
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        restarted: _builtins.bool = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "restarted", b"restarted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RestartReply: _TypeAlias = RestartReply  # noqa: Y015

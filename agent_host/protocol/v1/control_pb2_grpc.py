@@ -50,6 +50,11 @@ class ControlStub:
                 request_serializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.ReleaseReply.FromString,
                 _registered_method=True)
+        self.Restart = channel.unary_unary(
+                '/agent_host.protocol.v1.Control/Restart',
+                request_serializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.RestartRequest.SerializeToString,
+                response_deserializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.RestartReply.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -76,6 +81,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Restart(self, request, context):
+        """Start a plugin's worker afresh on the same content: the current worker is stopped, what
+        it held goes to the new one, charged to no one (not a failure: no backoff, no quarantine).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +106,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.ReleaseRequest.FromString,
                     response_serializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.ReleaseReply.SerializeToString,
+            ),
+            'Restart': grpc.unary_unary_rpc_method_handler(
+                    servicer.Restart,
+                    request_deserializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.RestartRequest.FromString,
+                    response_serializer=agent__host_dot_protocol_dot_v1_dot_control__pb2.RestartReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +194,33 @@ class Control:
             '/agent_host.protocol.v1.Control/Release',
             agent__host_dot_protocol_dot_v1_dot_control__pb2.ReleaseRequest.SerializeToString,
             agent__host_dot_protocol_dot_v1_dot_control__pb2.ReleaseReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restart(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agent_host.protocol.v1.Control/Restart',
+            agent__host_dot_protocol_dot_v1_dot_control__pb2.RestartRequest.SerializeToString,
+            agent__host_dot_protocol_dot_v1_dot_control__pb2.RestartReply.FromString,
             options,
             channel_credentials,
             insecure,

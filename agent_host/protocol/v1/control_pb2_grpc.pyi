@@ -3,7 +3,8 @@
 isort:skip_file
 The operator's control API, served by a running host on a Unix socket only its own user can
 open (by default control.sock in its state folder, mode 0600 in a 0700 folder):
-`agent-host status`, `agent-host tail` and `agent-host plugins release --now` speak it.
+`agent-host status`, `agent-host tail`, `agent-host plugins release` and
+`agent-host plugins restart` speak it.
 """
 
 from agent_host.protocol.v1 import control_pb2 as _control_pb2
@@ -42,6 +43,10 @@ class ControlStub:
     """
     Release: _grpc.UnaryUnaryMultiCallable[_control_pb2.ReleaseRequest, _control_pb2.ReleaseReply]
     """Lift a plugin's quarantine and start it again now (on probation)."""
+    Restart: _grpc.UnaryUnaryMultiCallable[_control_pb2.RestartRequest, _control_pb2.RestartReply]
+    """Start a plugin's worker afresh on the same content: the current worker is stopped, what
+    it held goes to the new one, charged to no one (not a failure: no backoff, no quarantine).
+    """
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -53,6 +58,10 @@ class ControlAsyncStub(ControlStub):
     """
     Release: _aio.UnaryUnaryMultiCallable[_control_pb2.ReleaseRequest, _control_pb2.ReleaseReply]  # type: ignore[assignment]
     """Lift a plugin's quarantine and start it again now (on probation)."""
+    Restart: _aio.UnaryUnaryMultiCallable[_control_pb2.RestartRequest, _control_pb2.RestartReply]  # type: ignore[assignment]
+    """Start a plugin's worker afresh on the same content: the current worker is stopped, what
+    it held goes to the new one, charged to no one (not a failure: no backoff, no quarantine).
+    """
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -79,5 +88,15 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ReleaseReply, _abc.Awaitable[_control_pb2.ReleaseReply]]:
         """Lift a plugin's quarantine and start it again now (on probation)."""
+
+    @_abc_1.abstractmethod
+    def Restart(
+        self,
+        request: _control_pb2.RestartRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RestartReply, _abc.Awaitable[_control_pb2.RestartReply]]:
+        """Start a plugin's worker afresh on the same content: the current worker is stopped, what
+        it held goes to the new one, charged to no one (not a failure: no backoff, no quarantine).
+        """
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
