@@ -77,7 +77,10 @@ def _granted(manifest: Manifest) -> str:
 
 def new_keys(prefix: Path) -> int:
     """``keys new --out PREFIX``: an Ed25519 key pair for signing plugins."""
-    secret, public = signing.new_key_pair(prefix)
+    try:
+        secret, public = signing.new_key_pair(prefix)
+    except OSError as exc:
+        raise UsageError("--out", f"cannot write {exc.filename}: {exc.strerror}") from None
     print(f"private key {secret} (keep it secret), public key {public} (give it to --trusted-key)")
     return EXIT_OK
 

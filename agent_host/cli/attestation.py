@@ -11,7 +11,7 @@ from pathlib import Path
 
 from agent_host import __version__
 from agent_host.cli import admin
-from agent_host.cli.paths import open_state
+from agent_host.cli.paths import open_state, writable_file
 from agent_host.errors import UsageError
 from agent_host.host.manifest import discover
 from agent_host.host.updates import attestation, signing
@@ -33,6 +33,8 @@ def _host_key(given: Path | None, state_dir: Path) -> Path:
 
 def report(args: argparse.Namespace, plugins_dir: list[Path], state_dir: Path) -> int:
     """Write the signed report (a DSSE envelope) to ``--out`` or stdout."""
+    if args.out is not None:
+        writable_file("--out", args.out)  # before a key is made for a report that cannot be
     store = open_state("--state-dir", state_dir)
     key = signing.load_private(_host_key(args.key, state_dir))
     views = admin.plugin_views(
@@ -63,13 +65,14 @@ def report(args: argparse.Namespace, plugins_dir: list[Path], state_dir: Path) -
         try:
             args.out.write_text(text)
         except OSError as exc:
-            raise UsageError(str(args.out), exc.strerror or str(exc)) from None
+            why = f"cannot write {args.out}: {exc.strerror or exc}"
+            raise UsageError("--out", why) from None
     return 0
 
 
 def verify(report_path: Path, host_key: Path, nonce: str, expected_path: Path | None) -> int:
     """Check a report; one line either way, exit 0 if it verifies, 1 if not."""
-    key = signing.load_public(host_key)
+    key = signing.load_public(host_key, "--key")
     try:
         envelope = json.loads(report_path.read_text())
         expected = json.loads(expected_path.read_text()) if expected_path is not None else None

@@ -185,10 +185,7 @@ def _reconfigured(sup: Supervisor, args: argparse.Namespace) -> argparse.Namespa
     if "log_level" in reread.applied:
         logs.configure(new.log_format, new.log_level)
     if reread.applied - {"plugins", "findings", "log_level"}:
-        try:
-            sup.reconfigure(host_config(new, sup.config.state_dir))
-        except (OSError, ValueError) as exc:
-            raise UsageError("trusted_key", f"cannot be read: {exc}") from None
+        sup.reconfigure(host_config(new, sup.config.state_dir))  # a bad key: nothing changes
     return new
 
 
@@ -237,6 +234,11 @@ async def host(args: argparse.Namespace) -> int:
     source = _open_source(args, [*own_files, f"{state_dir}/*"])
     if args.summary_json is not None:
         paths.writable_file("--summary-json", args.summary_json)
+    given_socket = getattr(args, "control_socket", None)
+    if given_socket is not None:  # asked for by name: unusable is an error, not a log line
+        paths.writable_file("--control-socket", given_socket)
+        if len(os.fsencode(given_socket)) > _MAX_SOCKET_PATH:
+            raise UsageError("--control-socket", f"longer than {_MAX_SOCKET_PATH} bytes")
     config = host_config(args, state_dir)
     paths.open_state("--state-dir", state_dir).close()
     discovery = discover(plugins_dir)

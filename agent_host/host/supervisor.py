@@ -91,6 +91,7 @@ class Supervisor:
         restart_policy: RestartPolicy | None = None,
     ) -> None:
         self.config = config
+        self._trusted = [load_public(path) for path in config.trusted_keys]  # first: may fail
         self._hostname = config.hostname
         self.findings = FindingPipeline(sink, config.hostname)
         self._restart_policy = restart_policy or RestartPolicy()
@@ -110,7 +111,6 @@ class Supervisor:
         self.retired: list[PluginRunner] = []
         #: The measurement of each plugin's running content.
         self._digests: dict[str, str] = {}
-        self._trusted = [load_public(path) for path in config.trusted_keys]
         #: The content policy changed: the next reload admits the running plugins again.
         self._recheck = False
         #: Shadow trials, rejected content, last known good versions.
@@ -146,7 +146,7 @@ class Supervisor:
         plugin again under it, and stops those it refuses.
 
         Raises:
-            OSError, ValueError: a trusted key cannot be read; nothing is changed.
+            UsageError: a trusted key cannot be read; nothing is changed.
         """
         trusted = [load_public(path) for path in config.trusted_keys]  # first: may fail
         self.config, self._trusted = config, trusted

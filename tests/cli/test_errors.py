@@ -54,6 +54,18 @@ CASES = [
     (["plugins", "new", "Bad-Name"], "'Bad-Name' is not a valid plugin name"),
     (["record", "-o", "missing/r.jsonl"], "--output: cannot write missing/r.jsonl"),
     (["deadletters", "--export", "missing/p.jsonl"], "--export: cannot write missing/p.jsonl"),
+    (
+        [*REPLAY, "--trusted-key", "missing.pub"],
+        "--trusted-key: cannot read missing.pub: No such file or directory",
+    ),
+    ([*REPLAY, "--trusted-key", "a_file"], "--trusted-key: a_file: not an Ed25519 public key"),
+    (
+        ["run", "--plugins", "plugins", "--control-socket", "missing/c.sock"],
+        "--control-socket: folder does not exist: missing",
+    ),
+    (["keys", "new", "--out", "missing/k"], "--out: cannot write missing/k.key"),
+    (["attest", "--nonce", "n", "-o", "missing/r.json"], "--out: folder does not exist: missing"),
+    (["plugins", "sign", "plugins/tally", "--key", "missing.key"], "--key: cannot read missing"),
     (["replay"], "the following arguments are required: recording"),
     (["replay", "rec.jsonl", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
 ]

@@ -55,23 +55,31 @@ def new_key_pair(prefix: Path) -> tuple[Path, Path]:
     return secret, public
 
 
-def load_private(path: Path) -> Ed25519PrivateKey:
+def load_private(path: Path, flag: str = "--key") -> Ed25519PrivateKey:
+    """The private key in ``path``; a UsageError naming ``flag`` if it cannot be had."""
+    key: object
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except (OSError, ValueError, TypeError) as exc:
-        raise UsageError(str(path), f"not an Ed25519 private key: {exc}") from None
+    except OSError as exc:
+        raise UsageError(flag, f"cannot read {path}: {exc.strerror or exc}") from None
+    except (ValueError, TypeError):
+        key = None
     if not isinstance(key, Ed25519PrivateKey):
-        raise UsageError(str(path), "not an Ed25519 private key")
+        raise UsageError(flag, f"{path}: not an Ed25519 private key (PEM)")
     return key
 
 
-def load_public(path: Path) -> Ed25519PublicKey:
+def load_public(path: Path, flag: str = "--trusted-key") -> Ed25519PublicKey:
+    """The public key in ``path``; a UsageError naming ``flag`` if it cannot be had."""
+    key: object
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise UsageError(str(path), f"not an Ed25519 public key: {exc}") from None
+    except OSError as exc:
+        raise UsageError(flag, f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError:
+        key = None
     if not isinstance(key, Ed25519PublicKey):
-        raise UsageError(str(path), "not an Ed25519 public key")
+        raise UsageError(flag, f"{path}: not an Ed25519 public key (PEM)")
     return key
 
 
