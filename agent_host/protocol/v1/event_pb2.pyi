@@ -103,6 +103,12 @@ class ProcessEvent(_message.Message):
     PARENT_EXE_FIELD_NUMBER: _builtins.int
     PARENT_CMDLINE_FIELD_NUMBER: _builtins.int
     EXIT_CODE_FIELD_NUMBER: _builtins.int
+    EUID_FIELD_NUMBER: _builtins.int
+    AUID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SCRIPT_FIELD_NUMBER: _builtins.int
+    EXE_KIND_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
     action: Global___ProcessEvent.Action.ValueType
     pid: _builtins.int
     ppid: _builtins.int
@@ -117,6 +123,22 @@ class ProcessEvent(_message.Message):
     """Sigma: ParentImage"""
     exit_code: _builtins.int
     """EXIT only"""
+    euid: _builtins.int
+    """effective uid at exec (a setuid program differs from uid)"""
+    auid: _builtins.int
+    """The login uid (who logged in, through su and sudo): 4294967295 when unset."""
+    name: _builtins.str
+    """the kernel's comm: what `ps` shows, 15 bytes at most"""
+    script: _builtins.str
+    """The script the kernel ran through an interpreter (exe is the interpreter): "#!" files."""
+    exe_kind: _builtins.str
+    """How the executable was named by the kernel: "memfd" (an anonymous memory file: fileless
+    execution), "deleted" (unlinked since it started), or "" for a file on disk.
+    """
+    origin: _builtins.str
+    """Where the event's details came from: "audit" (the kernel's audit records of the exec
+    itself), "connector" (netlink process events, then /proc), "poll" (/proc polling).
+    """
     @_builtins.property
     def cmdline(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sigma: CommandLine (joined with spaces)"""
@@ -139,10 +161,16 @@ class ProcessEvent(_message.Message):
         parent_exe: _builtins.str = ...,
         parent_cmdline: _abc.Iterable[_builtins.str] | None = ...,
         exit_code: _builtins.int = ...,
+        euid: _builtins.int = ...,
+        auid: _builtins.int = ...,
+        name: _builtins.str = ...,
+        script: _builtins.str = ...,
+        exe_kind: _builtins.str = ...,
+        origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cmdline", b"cmdline", "cwd", b"cwd", "exe", b"exe", "exit_code", b"exit_code", "parent_cmdline", b"parent_cmdline", "parent_exe", b"parent_exe", "pid", b"pid", "ppid", b"ppid", "uid", b"uid", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "auid", b"auid", "cmdline", b"cmdline", "cwd", b"cwd", "euid", b"euid", "exe", b"exe", "exe_kind", b"exe_kind", "exit_code", b"exit_code", "name", b"name", "origin", b"origin", "parent_cmdline", b"parent_cmdline", "parent_exe", b"parent_exe", "pid", b"pid", "ppid", b"ppid", "script", b"script", "uid", b"uid", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -163,6 +191,10 @@ class FileEvent(_message.Message):
         MODIFIED: FileEvent._Action.ValueType  # 2
         DELETED: FileEvent._Action.ValueType  # 3
         MOVED: FileEvent._Action.ValueType  # 4
+        ATTRIBUTES: FileEvent._Action.ValueType  # 5
+        """Mode, owner or other attributes changed (chmod, chown, setxattr, touch -m): mode says
+        what the mode is now.
+        """
 
     class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
     ACTION_UNSPECIFIED: FileEvent.Action.ValueType  # 0
@@ -170,12 +202,20 @@ class FileEvent(_message.Message):
     MODIFIED: FileEvent.Action.ValueType  # 2
     DELETED: FileEvent.Action.ValueType  # 3
     MOVED: FileEvent.Action.ValueType  # 4
+    ATTRIBUTES: FileEvent.Action.ValueType  # 5
+    """Mode, owner or other attributes changed (chmod, chown, setxattr, touch -m): mode says
+    what the mode is now.
+    """
 
     ACTION_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     DEST_PATH_FIELD_NUMBER: _builtins.int
     IS_DIR_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    EXE_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
     action: Global___FileEvent.Action.ValueType
     path: _builtins.str
     """Sigma: TargetFilename"""
@@ -184,6 +224,14 @@ class FileEvent(_message.Message):
     is_dir: _builtins.bool
     pid: _builtins.int
     """0 when the sensor cannot tell"""
+    uid: _builtins.int
+    """of the process that made the change, when pid is known"""
+    exe: _builtins.str
+    """Sigma: Image; of the process that made the change, when known"""
+    mode: _builtins.int
+    """the file's mode after the change (st_mode), 0 if it is gone"""
+    origin: _builtins.str
+    """Where the event came from: "fanotify" (with who did it) or "inotify" (what only)."""
     def __init__(
         self,
         *,
@@ -192,10 +240,14 @@ class FileEvent(_message.Message):
         dest_path: _builtins.str = ...,
         is_dir: _builtins.bool = ...,
         pid: _builtins.int = ...,
+        uid: _builtins.int = ...,
+        exe: _builtins.str = ...,
+        mode: _builtins.int = ...,
+        origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "dest_path", b"dest_path", "is_dir", b"is_dir", "path", b"path", "pid", b"pid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "dest_path", b"dest_path", "exe", b"exe", "is_dir", b"is_dir", "mode", b"mode", "origin", b"origin", "path", b"path", "pid", b"pid", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -216,6 +268,8 @@ class NetworkEvent(_message.Message):
         """Sigma: Initiated = true"""
         LISTEN: NetworkEvent._Action.ValueType  # 2
         CLOSE: NetworkEvent._Action.ValueType  # 3
+        ACCEPT: NetworkEvent._Action.ValueType  # 4
+        """an incoming connection taken by a listening process"""
 
     class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
     ACTION_UNSPECIFIED: NetworkEvent.Action.ValueType  # 0
@@ -223,6 +277,8 @@ class NetworkEvent(_message.Message):
     """Sigma: Initiated = true"""
     LISTEN: NetworkEvent.Action.ValueType  # 2
     CLOSE: NetworkEvent.Action.ValueType  # 3
+    ACCEPT: NetworkEvent.Action.ValueType  # 4
+    """an incoming connection taken by a listening process"""
 
     ACTION_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
@@ -233,6 +289,8 @@ class NetworkEvent(_message.Message):
     REMOTE_ADDRESS_FIELD_NUMBER: _builtins.int
     REMOTE_PORT_FIELD_NUMBER: _builtins.int
     REMOTE_HOSTNAME_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
     action: Global___NetworkEvent.Action.ValueType
     pid: _builtins.int
     exe: _builtins.str
@@ -249,6 +307,9 @@ class NetworkEvent(_message.Message):
     """Sigma: DestinationPort"""
     remote_hostname: _builtins.str
     """Sigma: DestinationHostname, when known"""
+    uid: _builtins.int
+    origin: _builtins.str
+    """"audit" (the connect, accept or bind system call itself) or "poll" (the socket table)."""
     def __init__(
         self,
         *,
@@ -261,10 +322,12 @@ class NetworkEvent(_message.Message):
         remote_address: _builtins.str = ...,
         remote_port: _builtins.int = ...,
         remote_hostname: _builtins.str = ...,
+        uid: _builtins.int = ...,
+        origin: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "exe", b"exe", "local_address", b"local_address", "local_port", b"local_port", "pid", b"pid", "protocol", b"protocol", "remote_address", b"remote_address", "remote_hostname", b"remote_hostname", "remote_port", b"remote_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "exe", b"exe", "local_address", b"local_address", "local_port", b"local_port", "origin", b"origin", "pid", b"pid", "protocol", b"protocol", "remote_address", b"remote_address", "remote_hostname", b"remote_hostname", "remote_port", b"remote_port", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

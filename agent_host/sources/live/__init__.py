@@ -17,19 +17,29 @@ def build_hub(
     capacity: int = 65_536,
     policy: OverflowPolicy = OverflowPolicy.BLOCK,
 ) -> SensorHub:
-    """A hub with the named sensors ("process", "file", "network")."""
+    """A hub with the named sensors ("process", "file", "network").
+
+    Process and network events come from the kernel's audit records of the system calls
+    where this host may use them (root), else from the process events connector and polling
+    of the socket table; the log says which, and why.
+    """
     from agent_host.sources.live.file import FileSensor
     from agent_host.sources.live.network import NetworkSensor
     from agent_host.sources.live.process import process_sensor
+    from agent_host.sources.live.syscalls import syscall_sensor
 
+    unknown = [n for n in sensors if n not in ("process", "file", "network")]
+    if unknown:
+        raise ValueError(f"unknown sensor {unknown[0]!r}; known: process, file, network")
     built: list[Sensor] = []
+    audited = syscall_sensor(process="process" in sensors, network="network" in sensors)
+    if audited is not None:
+        built.append(audited)
     for name in sensors:
-        if name == "process":
+        if name == "process" and not (audited and audited.process):
             built.append(process_sensor(poll_interval_s))
         elif name == "file":
             built.append(FileSensor(watch, exclude))
-        elif name == "network":
+        elif name == "network" and not (audited and audited.network):
             built.append(NetworkSensor(poll_interval_s))
-        else:
-            raise ValueError(f"unknown sensor {name!r}; known: process, file, network")
     return SensorHub(built, capacity, policy)

@@ -15,6 +15,8 @@ import pwd
 import socket
 import struct
 import threading
+import time
+from collections import OrderedDict
 from functools import lru_cache
 from typing import Final
 
@@ -76,40 +78,63 @@ def _link(path: str) -> str:
         return ""
 
 
-def _status(pid: int) -> tuple[int, int | None]:
-    """(ppid, real uid) from /proc/PID/status; (0, None) if it is gone."""
+def _status(pid: int) -> tuple[int, int | None, int | None]:
+    """(ppid, real uid, effective uid) from /proc/PID/status; (0, None, None) if it is gone."""
     raw = _read(f"/proc/{pid}/status")
-    ppid, uid = 0, None
+    ppid, uid, euid = 0, None, None
     for line in (raw or b"").splitlines():
         if line.startswith(b"PPid:"):
             ppid = int(line.split()[1])
         elif line.startswith(b"Uid:"):
-            uid = int(line.split()[1])
-    return ppid, uid
+            uid, euid = int(line.split()[1]), int(line.split()[2])
+    return ppid, uid, euid
 
 
-def describe(pid: int, parent: int = 0) -> ProcessEvent:
+def exe_kind(exe: str) -> str:
+    """How the kernel named the executable: a memfd (fileless execution), a deleted file, or
+    one on disk ("")."""
+    if exe.startswith(("/memfd:", "memfd:")):
+        return "memfd"
+    if exe.endswith(" (deleted)"):
+        return "deleted"
+    return ""
+
+
+def describe(pid: int, parent: int = 0, origin: str = "connector") -> ProcessEvent:
     """A START event for ``pid`` with whatever /proc still tells: never raises.
 
     A short-lived process may be gone before all of it is read, so the most telling parts are
     read first. ``parent``, if known from elsewhere (a fork event), stands in for /proc's.
     """
-    process = ProcessEvent(action=ProcessEvent.START, pid=pid)
+    process = ProcessEvent(action=ProcessEvent.START, pid=pid, origin=origin)
     process.exe = _link(f"/proc/{pid}/exe")
     process.cmdline.extend(_cmdline(pid))
-    ppid, uid = _status(pid)
+    ppid, uid, euid = _status(pid)
     process.cwd = _link(f"/proc/{pid}/cwd")
+    process.name = (_read(f"/proc/{pid}/comm") or b"").decode("utf-8", "replace").rstrip("\n")
     ppid = ppid or parent
     process.ppid = ppid
     if uid is not None:
         process.uid = uid
         process.user = user_name(uid)
+    if euid is not None:
+        process.euid = euid
+    auid = (_read(f"/proc/{pid}/loginuid") or b"").strip()
+    process.auid = int(auid) if auid.isdigit() else 0xFFFFFFFF
+    process.exe_kind = exe_kind(process.exe)
     if ppid:
         process.parent_exe = _link(f"/proc/{ppid}/exe")
         process.parent_cmdline.extend(_cmdline(ppid))
     if not process.exe and process.cmdline:
         process.exe = process.cmdline[0]  # a kernel thread or a race: the best we know
     return process
+
+
+def exit_event(pid: int, exe: str, status: int) -> Event:
+    return _event(
+        ProcessEvent(action=ProcessEvent.EXIT, pid=pid, exe=exe, exit_code=status),
+        "sensor:process",
+    )
 
 
 def _event(process: ProcessEvent, source: str) -> Event:
@@ -119,11 +144,19 @@ def _event(process: ProcessEvent, source: str) -> Event:
 
 
 class NetlinkProcessSensor:
-    """Exec and exit from the kernel's process events connector (needs CAP_NET_ADMIN)."""
+    """Exec and exit from the kernel's process events connector (needs CAP_NET_ADMIN).
+
+    With ``execs=False`` it reports exits only, of the processes ``started`` names (the
+    syscall sensor describes execs from their audit records).
+    """
 
     name = "process"
 
-    def __init__(self) -> None:
+    def __init__(self, execs: bool = True) -> None:
+        self._execs = execs
+        #: With ``execs=False``: an exit that came before the exec's description did (audit
+        #: records travel slower than connector events), as (pid, exit status).
+        self.early_exits: OrderedDict[int, tuple[float, int]] = OrderedDict()
         self._exes: dict[int, str] = {}  # pid -> exe at exec, for exit events; bounded
         self._parents: dict[int, int] = {}  # pid -> parent, from fork events; bounded
         self.overruns = 0
@@ -143,47 +176,61 @@ class NetlinkProcessSensor:
         cn = _CN_MSG.pack(_CN_IDX_PROC, _CN_VAL_PROC, 0, 0, len(payload), 0) + payload
         sock.send(_NLMSG_HEADER.pack(_NLMSG_HEADER.size + len(cn), _NLMSG_DONE, 0, 0, 0) + cn)
 
-    def run(self, emit: Emit, stop: threading.Event) -> None:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_CONNECTOR) as sock:
-            with contextlib.suppress(OSError):  # needs CAP_NET_ADMIN; else the default size
-                sock.setsockopt(socket.SOL_SOCKET, 33, _RECEIVE_BUFFER)  # SO_RCVBUFFORCE
-            sock.bind((0, _CN_IDX_PROC))
-            sock.settimeout(0.25)
-            self._subscribe(sock, _PROC_CN_MCAST_LISTEN)
-            self.ready.set()
-            try:
-                self._receive(sock, emit, stop)
-            finally:
-                with contextlib.suppress(OSError):
-                    self._subscribe(sock, _PROC_CN_MCAST_IGNORE)
+    def open(self) -> socket.socket:
+        """A connector socket, subscribed."""
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_CONNECTOR)
+        with contextlib.suppress(OSError):  # needs CAP_NET_ADMIN; else the default size
+            sock.setsockopt(socket.SOL_SOCKET, 33, _RECEIVE_BUFFER)  # SO_RCVBUFFORCE
+        sock.bind((0, _CN_IDX_PROC))
+        sock.settimeout(0.25)
+        self._subscribe(sock, _PROC_CN_MCAST_LISTEN)
+        return sock
 
-    def _receive(self, sock: socket.socket, emit: Emit, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                if exc.errno == 105:  # ENOBUFS: the kernel dropped events we were too slow for
-                    self.overruns += 1
-                    log.warning(
-                        "process events lost: netlink buffer overrun", overruns=self.overruns
-                    )
-                    continue
-                raise
-            offset = 0
-            while offset + _NLMSG_HEADER.size <= len(data):
-                length = _NLMSG_HEADER.unpack_from(data, offset)[0]
-                if length < _EVENT_OFFSET + _EVENT_HEADER.size:
-                    break
-                self._handle(data, offset, emit)
-                offset += (length + 3) & ~3
+    def close(self, sock: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            self._subscribe(sock, _PROC_CN_MCAST_IGNORE)
+        sock.close()
+
+    def run(self, emit: Emit, stop: threading.Event) -> None:
+        sock = self.open()
+        self.ready.set()
+        try:
+            while not stop.is_set():
+                self.receive_once(sock, emit)
+        finally:
+            self.close(sock)
+
+    def started(self, pid: int, exe: str) -> None:
+        """``pid`` exec'd ``exe``: its exit will be news."""
+        if len(self._exes) > 65_536:
+            self._exes.clear()
+        self._exes[pid] = exe
+
+    def receive_once(self, sock: socket.socket, emit: Emit) -> None:
+        """Read one datagram of process events (waiting at most the socket's timeout)."""
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            return
+        except OSError as exc:
+            if exc.errno == 105:  # ENOBUFS: the kernel dropped events we were too slow for
+                self.overruns += 1
+                log.warning("process events lost: netlink buffer overrun", overruns=self.overruns)
+                return
+            raise
+        offset = 0
+        while offset + _NLMSG_HEADER.size <= len(data):
+            length = _NLMSG_HEADER.unpack_from(data, offset)[0]
+            if length < _EVENT_OFFSET + _EVENT_HEADER.size:
+                break
+            self._handle(data, offset, emit)
+            offset += (length + 3) & ~3
 
     def _handle(self, data: bytes, offset: int, emit: Emit) -> None:
         base = offset + _EVENT_OFFSET
         what = _EVENT_HEADER.unpack_from(data, base)[0]
         body = base + _EVENT_HEADER.size
-        if what == _PROC_EVENT_FORK:
+        if what == _PROC_EVENT_FORK and self._execs:
             _parent_pid, parent_tgid, child_pid, child_tgid = _FORK.unpack_from(data, body)
             if child_pid == child_tgid:  # a new process, not a new thread
                 if len(self._parents) > 65_536:
@@ -193,10 +240,11 @@ class NetlinkProcessSensor:
             pid, tgid = _EXEC.unpack_from(data, body)
             if pid != tgid:
                 return  # a thread calling exec: reported for its process
+            if not self._execs:
+                self._exes.setdefault(pid, "")  # described when its audit records come
+                return
             process = describe(pid, self._parents.pop(pid, 0))
-            if len(self._exes) > 65_536:
-                self._exes.clear()
-            self._exes[pid] = process.exe
+            self.started(pid, process.exe)
             emit(_event(process, "sensor:process"))
         elif what == _PROC_EVENT_EXIT:
             pid, tgid, exit_code, _signal = _EXIT.unpack_from(data, body)
@@ -207,12 +255,12 @@ class NetlinkProcessSensor:
                 return  # never saw it start (it predates us, or it never exec'd): not news
             exe = self._exes.pop(pid)
             status = exit_code >> 8 if exit_code & 0x7F == 0 else -(exit_code & 0x7F)
-            emit(
-                _event(
-                    ProcessEvent(action=ProcessEvent.EXIT, pid=pid, exe=exe, exit_code=status),
-                    "sensor:process",
-                )
-            )
+            if not exe and not self._execs:
+                if len(self.early_exits) >= 65_536:
+                    self.early_exits.popitem(last=False)
+                self.early_exits[pid] = (time.monotonic(), status)
+                return
+            emit(exit_event(pid, exe, status))
 
 
 class PollingProcessSensor:
@@ -230,7 +278,7 @@ class PollingProcessSensor:
         while not stop.wait(self.interval_s):
             current = set(psutil.pids())
             for pid in sorted(current - known.keys()):
-                process = describe(pid)
+                process = describe(pid, origin="poll")
                 known[pid] = process.exe
                 emit(_event(process, "sensor:process"))
             for pid in sorted(known.keys() - current):
