@@ -77,6 +77,7 @@ class FileAction(enum.IntEnum):
     MODIFIED = FileEvent.MODIFIED
     DELETED = FileEvent.DELETED
     MOVED = FileEvent.MOVED
+    ATTRIBUTES = FileEvent.ATTRIBUTES
 
 
 class NetworkAction(enum.IntEnum):
@@ -85,6 +86,7 @@ class NetworkAction(enum.IntEnum):
     CONNECT = NetworkEvent.CONNECT
     LISTEN = NetworkEvent.LISTEN
     CLOSE = NetworkEvent.CLOSE
+    ACCEPT = NetworkEvent.ACCEPT
 
 
 _TECHNIQUE: Final = re.compile(r"^T\d{4}(\.\d{3})?$")

@@ -99,7 +99,7 @@ class TestHostileCorpus:
         assert len(corpus["process.cmdline 10000 entries"].process.cmdline) == 10_000
         assert corpus["process.pid = 4294967295"].process.pid == 2**32 - 1
         assert corpus["process.exit_code = -2147483648"].process.exit_code == -(2**31)
-        assert corpus["file.action = 5 (not a defined value)"].file.action == 5
+        assert corpus["file.action = 6 (not a defined value)"].file.action == 6
         assert {e.WhichOneof("kind") for e in corpus.values()} == {"process", "file", "network"}
 
 
