@@ -52,6 +52,23 @@ def _mib(proc: psutil.Process | None) -> float:
     return proc.memory_info().rss / 2**20 if proc is not None else 0.0
 
 
+def _anon_mib(proc: psutil.Process | None) -> float:
+    """Anonymous resident memory: the heap and arenas, without library pages once touched.
+
+    RSS also counts file-backed pages (code of libraries the host has run at least once), which
+    grow at the start and then stay; RssAnon is the part a leak would grow.
+    """
+    if proc is None:
+        return 0.0
+    try:
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def _fds(proc: psutil.Process | None) -> int:
     return proc.num_fds() if proc is not None else 0
 
@@ -103,6 +120,7 @@ def run(minutes: float, rate: float, kill_every: float, out: Path) -> dict[str, 
             sample = {
                 "minute": round((now - started) / 60, 2),
                 "host_rss_mib": round(_mib(host), 1),
+                "host_anon_mib": round(_anon_mib(host), 1),
                 "zygote_rss_mib": round(_mib(zygote), 1),
                 "host_fds": _fds(host),
                 "zygote_fds": _fds(zygote),
@@ -123,6 +141,9 @@ def run(minutes: float, rate: float, kill_every: float, out: Path) -> dict[str, 
         "samples": samples,
         "host_rss_slope_mib_per_min_last_10": round(
             slope([(s["minute"], s["host_rss_mib"]) for s in last]), 3
+        ),
+        "host_anon_slope_mib_per_min_last_10": round(
+            slope([(s["minute"], s["host_anon_mib"]) for s in last]), 3
         ),
         "zygote_rss_slope_mib_per_min_last_10": round(
             slope([(s["minute"], s["zygote_rss_mib"]) for s in last]), 3
