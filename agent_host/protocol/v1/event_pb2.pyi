@@ -229,7 +229,7 @@ class FileEvent(_message.Message):
     exe: _builtins.str
     """Sigma: Image; of the process that made the change, when known"""
     mode: _builtins.int
-    """the file's mode after the change (st_mode), 0 if it is gone"""
+    """the file's st_mode as read when the change is reported; 0 if gone"""
     origin: _builtins.str
     """Where the event came from: "fanotify" (with who did it) or "inotify" (what only)."""
     def __init__(

@@ -21,9 +21,11 @@ def build_hub(
 
     Process and network events come from the kernel's audit records of the system calls
     where this host may use them (root), else from the process events connector and polling
-    of the socket table; the log says which, and why.
+    of the socket table; file events from fanotify as root, else inotify. The log says which,
+    and why.
     """
-    from agent_host.sources.live.file import FileSensor
+    from agent_host.sources.live.execs import ExecTable
+    from agent_host.sources.live.file import file_sensor
     from agent_host.sources.live.network import NetworkSensor
     from agent_host.sources.live.process import process_sensor
     from agent_host.sources.live.syscalls import syscall_sensor
@@ -32,14 +34,17 @@ def build_hub(
     if unknown:
         raise ValueError(f"unknown sensor {unknown[0]!r}; known: process, file, network")
     built: list[Sensor] = []
-    audited = syscall_sensor(process="process" in sensors, network="network" in sensors)
+    execs = ExecTable()
+    audited = syscall_sensor(
+        process="process" in sensors, network="network" in sensors, execs=execs
+    )
     if audited is not None:
         built.append(audited)
     for name in sensors:
         if name == "process" and not (audited and audited.process):
             built.append(process_sensor(poll_interval_s))
         elif name == "file":
-            built.append(FileSensor(watch, exclude))
+            built.append(file_sensor(watch, exclude, execs=execs))
         elif name == "network" and not (audited and audited.network):
             built.append(NetworkSensor(poll_interval_s))
     return SensorHub(built, capacity, policy)

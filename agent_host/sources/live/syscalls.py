@@ -39,6 +39,7 @@ from agent_host.sources.live.audit import (
     text,
 )
 from agent_host.sources.live.base import Emit
+from agent_host.sources.live.execs import ExecTable
 from agent_host.sources.live.process import (
     NetlinkProcessSensor,
     _cmdline,
@@ -177,8 +178,11 @@ class SyscallSensor:
     """Exec (and, with ``network``, connect/accept/bind) from the kernel's audit records.
     Its rules are installed when it starts running and deleted when it stops."""
 
-    def __init__(self, process: bool = True, network: bool = False) -> None:
+    def __init__(
+        self, process: bool = True, network: bool = False, execs: ExecTable | None = None
+    ) -> None:
         self.process, self.network = process, network
+        self.execs = execs
         self.name = "+".join(n for n, on in (("process", process), ("network", network)) if on)
         self.ready = threading.Event()
         self.lost = 0
@@ -194,6 +198,8 @@ class SyscallSensor:
         if name in _EXEC_CALLS:
             process = process_event(record)
             if process is not None:
+                if self.execs is not None:
+                    self.execs.record(process.pid, process.uid, process.exe)
                 event = Event(source="sensor:process", process=process)
                 event.time.FromNanoseconds(int(record.timestamp * 1e9))
                 emit(event)
@@ -228,6 +234,8 @@ class SyscallSensor:
         connection = AuditConnection(rules(self.process, self.network))
         assembler = audit.Assembler()
         exits = self._exits.open() if self._exits is not None else None
+        if self.execs is not None and self.process:
+            self.execs.filled.set()
         self.ready.set()
         started = connection.lost()
         next_check = 0.0
@@ -249,6 +257,8 @@ class SyscallSensor:
                     self._count_lost(connection, started)
                     self._flush_early_exits(emit, now)
         finally:
+            if self.execs is not None:
+                self.execs.filled.clear()
             if exits is not None:
                 exits.close()
             connection.close()
@@ -263,7 +273,9 @@ class SyscallSensor:
         self.lost = lost
 
 
-def syscall_sensor(process: bool, network: bool) -> SyscallSensor | None:
+def syscall_sensor(
+    process: bool, network: bool, execs: ExecTable | None = None
+) -> SyscallSensor | None:
     """The syscall sensor for what is asked; None (and why, in the log) where the audit
     subsystem cannot be had, for the fallbacks to take over."""
     if not (process or network):
@@ -277,4 +289,4 @@ def syscall_sensor(process: bool, network: bool) -> SyscallSensor | None:
             reason=problem,
         )
         return None
-    return SyscallSensor(process=process, network=network)
+    return SyscallSensor(process=process, network=network, execs=execs)

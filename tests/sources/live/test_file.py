@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 from agent_host.protocol import Event, FileEvent
-from agent_host.sources.live.file import FileSensor
+from agent_host.sources.live import audit
+from agent_host.sources.live.execs import ExecTable
+from agent_host.sources.live.file import FileSensor, file_sensor
+from agent_host.sources.live.filesystem import FanotifySensor, fanotify_unavailable
+from agent_host.sources.live.syscalls import SyscallSensor
 from tests.sources.live.conftest import running
 
 
@@ -94,3 +103,90 @@ class TestFileSensor:
             watched.rmdir()
             (tmp_path / "after").write_bytes(b"x")
             assert seen.wait_for(lambda e: e.file.path == str(tmp_path / "after"))
+
+
+needs_fanotify = pytest.mark.skipif(
+    fanotify_unavailable() is not None or bool(audit.unavailable()),
+    reason=f"fanotify: {fanotify_unavailable()}; audit: {audit.unavailable()}",
+)
+
+
+@needs_fanotify
+class TestFanotifySensor:
+    """As root: every change on the filesystem under the watched folders, with who made it."""
+
+    def test_changes_carry_the_writer_and_attributes_are_their_own_action(
+        self, tmp_path: Path
+    ) -> None:
+        target = tmp_path / "new" / "tool"
+        script = (
+            f"mkdir {target.parent} && echo x > {target} && chmod u+s,+x {target} && "
+            f"mv {target} {target}.2 && rm {target}.2"
+        )
+        # mkdir, chmod and rm exit before their change is read: the execs the syscall sensor
+        # saw name them.
+        execs = ExecTable()
+        syscalls = SyscallSensor(process=True, execs=execs)
+        with running(syscalls), running(FanotifySensor([str(tmp_path)], execs=execs)) as seen:
+            writer = subprocess.Popen(["sh", "-c", f"sleep 0.3; {script}; sleep 0.5"])
+            seen.wait_for(lambda e: e.file.action == FileEvent.DELETED, timeout=10)
+            writer.wait()
+        got = [(e.file.action, e.file.path, e.file.dest_path) for e in seen.snapshot()]
+        assert got == [
+            (FileEvent.CREATED, str(target.parent), ""),
+            (FileEvent.CREATED, str(target), ""),
+            (FileEvent.MODIFIED, str(target), ""),
+            (FileEvent.ATTRIBUTES, str(target), ""),
+            (FileEvent.MOVED, str(target), f"{target}.2"),
+            (FileEvent.DELETED, f"{target}.2", ""),
+        ]
+        events = [e.file for e in seen.snapshot()]
+        assert events[3].mode & stat.S_ISUID  # the chmod u+s
+        assert [e.is_dir for e in events] == [True, False, False, False, False, False]
+        for event in seen.snapshot():
+            assert event.file.origin == "fanotify"
+            assert event.file.pid not in (0, os.getpid())
+            assert event.file.uid == os.geteuid()
+        # Which programs made them: mkdir, the shell (its redirection), chmod, mv, rm.
+        exes = [os.path.basename(e.file.exe) for e in seen.snapshot()]
+        assert exes[0] == "mkdir" and exes[3] == "chmod" and exes[5] == "rm", exes
+
+    def test_a_storm_of_files_in_new_folders_is_seen_whole(self, tmp_path: Path) -> None:
+        # Where inotify must first see a folder created before it can watch it, a filesystem
+        # mark sees everything at once; and the readers of a busy folder cost nothing.
+        sensor = FanotifySensor([str(tmp_path)])
+        storm = (
+            "import pathlib, sys\n"
+            "for d in range(50):\n"
+            "    folder = pathlib.Path(sys.argv[1], f'd{d}')\n"
+            "    folder.mkdir()\n"
+            "    for f in range(100):\n"
+            "        (folder / f'f{f}').write_bytes(b'x')\n"
+            "        (folder / f'f{f}').read_bytes()\n"
+        )
+        with running(sensor) as seen:
+            subprocess.run([sys.executable, "-c", storm, str(tmp_path)], check=True)
+            created = seen.wait_for(
+                lambda e: e.file.action == FileEvent.CREATED and not e.file.is_dir,
+                count=5000,
+                timeout=30,
+            )
+        assert len(created) == 5000
+        assert sensor.counters["overflows"] == 0
+
+    def test_only_the_watched_folders_and_not_the_hosts_own_writes(self, tmp_path: Path) -> None:
+        watched, elsewhere = tmp_path / "watched", tmp_path / "elsewhere"
+        watched.mkdir()
+        elsewhere.mkdir()
+        sensor = FanotifySensor([str(watched)], exclude=["*.swp"])
+        with running(sensor) as seen:
+            (watched / "mine").write_bytes(b"x")  # this process is the host: left out
+            subprocess.run(
+                ["sh", "-c", f"touch {elsewhere}/a {watched}/b.swp {watched}/c"], check=True
+            )
+            seen.wait_for(lambda e: e.file.path.endswith("/c"), timeout=10)
+        assert {e.file.path for e in seen.snapshot()} == {str(watched / "c")}
+        assert sensor.counters["own"] >= 1 and sensor.counters["excluded"] >= 1
+
+    def test_file_sensor_chooses_fanotify_as_root(self) -> None:
+        assert isinstance(file_sensor(["/tmp"]), FanotifySensor)
