@@ -58,7 +58,9 @@ _MAX_SOCKET_PATH = 107
 
 def _hub(args: argparse.Namespace, exclude: list[str]) -> SensorHub:
     """The live sensors, never watching the agent's own files (that way lies a feedback loop)."""
-    own = [f"{tempfile.gettempdir()}/agent-host-*", *exclude]
+    # This host's runtime folder (worker sockets) only: a glob on every agent-host-* folder
+    # would be a place for anyone to hide files from the sensor.
+    own = [f"{tempfile.gettempdir()}/agent-host-{os.getpid()}-*", *exclude]
     return build_hub(
         [s.strip() for s in args.sensors.split(",") if s.strip()],
         watch=args.watch or list(DEFAULT_PATHS),

@@ -14,6 +14,7 @@ from agent_host.sdk import Event, FileAction, NetworkAction, ProcessAction
 PROCESS_CREATION = "process_creation"
 FILE_EVENT = "file_event"
 NETWORK_CONNECTION = "network_connection"
+_UNSET_AUID = 2**32 - 1
 
 
 def _text(value: str) -> str | None:
@@ -36,6 +37,8 @@ def sigma_fields(event: Event) -> tuple[str, dict[str, Any]] | None:
             "CurrentDirectory": _text(p.cwd),
             "ProcessId": p.pid,
             "ParentProcessId": p.ppid or None,
+            # Sysmon for Linux's LogonId is the login uid; unset (-1) is no login at all.
+            "LogonId": p.auid if p.origin == "audit" and p.auid != _UNSET_AUID else None,
         }
     if kind == "file":
         f = event.file
@@ -43,7 +46,11 @@ def sigma_fields(event: Event) -> tuple[str, dict[str, Any]] | None:
             return None
         # A rename creates a file under its new name, as Sysmon's FileCreate reports it.
         target = f.dest_path if f.action == FileAction.MOVED else f.path
-        return FILE_EVENT, {"TargetFilename": _text(target), "ProcessId": f.pid or None}
+        return FILE_EVENT, {
+            "TargetFilename": _text(target),
+            "Image": _text(f.exe),
+            "ProcessId": f.pid or None,
+        }
     if kind == "network":
         n = event.network
         if n.action != NetworkAction.CONNECT:

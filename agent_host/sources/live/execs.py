@@ -18,6 +18,7 @@ _CAPACITY: Final = 16_384
 class Exec(NamedTuple):
     uid: int
     exe: str
+    cmdline: tuple[str, ...] = ()
 
 
 class ExecTable:
@@ -30,9 +31,9 @@ class ExecTable:
         #: Set while a sensor fills the table: only then is waiting for an exec worth it.
         self.filled = threading.Event()
 
-    def record(self, pid: int, uid: int, exe: str) -> None:
+    def record(self, pid: int, uid: int, exe: str, cmdline: tuple[str, ...] = ()) -> None:
         with self._changed:
-            self._execs[pid] = Exec(uid, exe)
+            self._execs[pid] = Exec(uid, exe, cmdline)
             self._execs.move_to_end(pid)
             if len(self._execs) > self._capacity:
                 self._execs.popitem(last=False)

@@ -86,7 +86,7 @@ class _Who:
         except OSError:
             seen = self._execs.lookup(pid, _EXEC_WAIT_S) if self._execs is not None else None
             if seen is not None:
-                uid, exe = seen
+                uid, exe = seen.uid, seen.exe
         if len(self._known) >= _WHO_MEMORY:
             self._known.clear()
         self._known[pid] = (now, uid, exe)
@@ -143,7 +143,12 @@ class FanotifySensor:
                 self.counters["missing_paths"] += 1
                 log.warning("file sensor: path to watch is missing or not a folder", path=path)
                 continue
-            group.mark_filesystem(path)
+            try:
+                group.mark_filesystem(path)
+            except OSError as exc:  # a filesystem without file handles (some FUSE, /proc)
+                self.counters["watch_errors"] += 1
+                log.warning("file sensor: cannot watch with fanotify", path=path, error=str(exc))
+                continue
             watching += 1
         return watching
 

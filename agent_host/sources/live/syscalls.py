@@ -199,7 +199,7 @@ class SyscallSensor:
             process = process_event(record)
             if process is not None:
                 if self.execs is not None:
-                    self.execs.record(process.pid, process.uid, process.exe)
+                    self._remember(process, self.execs)
                 event = Event(source="sensor:process", process=process)
                 event.time.FromNanoseconds(int(record.timestamp * 1e9))
                 emit(event)
@@ -210,6 +210,16 @@ class SyscallSensor:
                 event = Event(source="sensor:network", network=network)
                 event.time.FromNanoseconds(int(record.timestamp * 1e9))
                 emit(event)
+
+    @staticmethod
+    def _remember(process: ProcessEvent, execs: ExecTable) -> None:
+        """Keep its exec for those who ask later; fill its parent from one kept earlier."""
+        execs.record(process.pid, process.uid, process.exe, tuple(process.cmdline))
+        if process.ppid and not process.parent_exe:
+            parent = execs.lookup(process.ppid)
+            if parent is not None:
+                process.parent_exe = parent.exe
+                process.parent_cmdline.extend(parent.cmdline)
 
     def _after_start(self, process: ProcessEvent, emit: Emit) -> None:
         """Its exit is news now; or it is over already (the connector told first): say so."""
