@@ -66,6 +66,9 @@ def _convert(action: argparse.Action, value: Any) -> Any:
 
 
 def _one(action: argparse.Action, value: Any) -> Any:
+    from_table = getattr(action.type, "from_table", None)
+    if isinstance(value, dict) and from_table is not None:  # [[suppress]]: a table per entry
+        return from_table(value)
     if isinstance(value, bool | list | dict):
         raise ValueError(f"must be a single value, got {value!r}")
     convert = action.type if callable(action.type) else str
@@ -104,11 +107,29 @@ def read(path: Path, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], l
             line = _line_of(text, key)
             mistakes.append(Mistake(path, line, key, "not a setting of agent-host run"))
             continue
+        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            # [[key]] tables: each checked alone, a mistake named at its own table's line
+            headers = _header_lines(text, key)
+            converted = []
+            for index, item in enumerate(value):
+                try:
+                    converted.extend(_convert(action, [item]))
+                except ValueError as exc:
+                    line = headers[index] if index < len(headers) else 0
+                    mistakes.append(Mistake(path, line, key, str(exc)))
+            settings[dest] = converted
+            continue
         try:
             settings[dest] = _convert(action, value)
         except ValueError as exc:
             mistakes.append(Mistake(path, _line_of(text, key), key, str(exc)))
     return settings, mistakes
+
+
+def _header_lines(text: str, key: str) -> list[int]:
+    """The line of each ``[[key]]`` header, in order."""
+    pattern = re.compile(rf"^[ \t]*\[\[[ \t]*{re.escape(key)}[ \t]*\]\]", re.MULTILINE)
+    return [text.count("\n", 0, m.start()) + 1 for m in pattern.finditer(text)]
 
 
 def chosen(given: Path | None) -> Path | None:

@@ -62,6 +62,7 @@ class HostCollector(Collector):
                 ("events_undelivered", "Events owed to the plugin and never sent."),
                 ("findings", "Findings of the plugin that were accepted."),
                 ("findings_rejected", "Findings of the plugin the host refused."),
+                ("findings_suppressed", "Findings an operator's suppression kept out."),
             )
         }
         restarts = CounterMetricFamily(
@@ -86,6 +87,7 @@ class HostCollector(Collector):
                 ("events_undelivered", s.undelivered),
                 ("findings", s.findings),
                 ("findings_rejected", s.rejected_findings),
+                ("findings_suppressed", s.suppressed_findings),
             ):
                 families[name].add_metric(labels, value)
             for cause, count in list(s.restarts.items()):

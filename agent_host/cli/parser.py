@@ -14,6 +14,7 @@ from typing import NoReturn
 
 from agent_host import __version__
 from agent_host.host.config import SANDBOX_MODES, SIGNATURE_POLICIES, HostConfig
+from agent_host.host.suppress import Suppression
 from agent_host.sources.live import OverflowPolicy
 from agent_host.sources.live.file import DEFAULT_PATHS
 
@@ -26,6 +27,25 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         print(f"agent-host: {message.removeprefix('argument ')}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+
+
+class _SuppressionArgument:
+    """``--suppress``'s type: ``KEY=GLOB,...`` on the command line, a table in the file."""
+
+    __name__ = "suppression"  # argparse names the type in its errors
+
+    def __call__(self, text: str) -> Suppression:
+        try:
+            return Suppression.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    @staticmethod
+    def from_table(table: dict[str, object]) -> Suppression:
+        return Suppression.from_table(table)  # ValueError: the file's key and line are named
+
+
+_suppression = _SuppressionArgument()
 
 
 def _number(kind: type[float] | type[int], check: str) -> Callable[[str], float]:
@@ -135,6 +155,21 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
         dest="shadow",
         action="store_false",
         help="replace a changed plugin at once, without a shadow run",
+    )
+    p.add_argument(
+        "--suppress",
+        action="append",
+        default=[],
+        type=_suppression,
+        metavar="KEY=GLOB,...",
+        help="drop (and count) findings matching all of plugin=, rule=, process=, path=, "
+        "user= (globs), with reason=; repeatable; in the config file, [[suppress]] tables",
+    )
+    p.add_argument(
+        "--no-allowlist",
+        dest="allowlist",
+        action="store_false",
+        help="report what package managers do too (their writes of units, cron, PAM files)",
     )
     p.add_argument(
         "--no-watch-plugins",

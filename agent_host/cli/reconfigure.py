@@ -29,6 +29,8 @@ LIVE: Final = frozenset(
     {
         "plugins",
         "findings",
+        "suppress",
+        "allowlist",
         "log_level",
         "signatures",
         "trusted_key",

@@ -215,6 +215,8 @@ def host_config(args: argparse.Namespace, state_dir: Path | None) -> HostConfig:
         shadow=args.shadow,
         shadow_events=args.shadow_events,
         shadow_s=args.shadow_seconds,
+        suppressions=tuple(args.suppress),
+        allowlist=args.allowlist,
     )
 
 

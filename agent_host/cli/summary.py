@@ -42,6 +42,7 @@ def summary_rows(runners: Iterable[PluginRunner]) -> list[dict[str, Any]]:
                 "errors": s.errors,
                 "findings": s.findings,
                 "rejected_findings": s.rejected_findings,
+                "suppressed_findings": s.suppressed_findings,
                 "state_errors": s.state_errors,
                 "restarts": dict(sorted(s.restarts.items())),
                 "measurement": h.content.measurement,

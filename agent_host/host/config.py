@@ -14,6 +14,7 @@ from typing import Final
 
 from agent_host.errors import ConfigError
 from agent_host.host.caps import Caps
+from agent_host.host.suppress import Suppression
 
 SANDBOX_MODES: Final = ("strict", "warn")
 SIGNATURE_POLICIES: Final = ("enforce", "warn", "off")
@@ -87,6 +88,10 @@ class HostConfig:
     #: This host is a validation host (``validation.py``): its plugins are told so, and
     #: content they cannot load fails their start instead of being skipped.
     validating: bool = False
+    #: Findings an operator judged benign (``suppress.py``), and whether the allowlist of
+    #: package managers applies as well.
+    suppressions: tuple[Suppression, ...] = ()
+    allowlist: bool = True
     #: The host name stamped on events and findings that carry none.
     hostname: str = field(default_factory=socket.gethostname)
     #: Where the host keeps state across runs (quarantine, dead letters); None for no state.

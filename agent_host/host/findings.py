@@ -30,6 +30,7 @@ import orjson
 import structlog
 
 from agent_host.host.stats import PluginStats
+from agent_host.host.suppress import Suppressions
 from agent_host.host.untrusted import printable
 from agent_host.protocol import Finding
 
@@ -234,8 +235,16 @@ class Source:
 class FindingPipeline:
     """Cap, check, stamp, id, dedup and sink: every finding of every plugin, in that order."""
 
-    def __init__(self, sink: FindingSink, hostname: str, dedup_capacity: int = 65_536) -> None:
+    def __init__(
+        self,
+        sink: FindingSink,
+        hostname: str,
+        dedup_capacity: int = 65_536,
+        suppressions: Suppressions | None = None,
+    ) -> None:
         self.sink = sink
+        #: What the operator judged benign: dropped after stamping, counted per plugin.
+        self.suppressions = suppressions or Suppressions(allowlist=False)
         self._hostname = hostname
         self._dedup = Deduplicator(dedup_capacity)
         #: Findings written to the sink.
@@ -273,6 +282,9 @@ class FindingPipeline:
             stamp = finding.time
             stamp.seconds, stamp.nanos = seconds, nanos
             finding.id = finding_id(finding)
+            if self.suppressions and self.suppressions.suppressed(finding):
+                stats.suppressed_findings += 1
+                continue
             if self._dedup.first_time(finding.id):
                 fresh.append(finding)
             else:

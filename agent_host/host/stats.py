@@ -46,6 +46,8 @@ class PluginStats:
     findings: int = 0
     duplicate_findings: int = 0
     rejected_findings: int = 0
+    #: Findings an operator's suppression (or the allowlist) kept out.
+    suppressed_findings: int = 0
     #: Writes of this plugin's state (quarantine, dead letters) that failed: the host's fault.
     state_errors: int = 0
     restarts: Counter[str] = field(default_factory=Counter)

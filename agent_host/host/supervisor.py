@@ -39,6 +39,7 @@ from agent_host.host.runner import PluginRunner
 from agent_host.host.sandbox import WorkerSandbox, for_plugin, machine_report
 from agent_host.host.spawn import ExecSpawner, Spawner, ZygoteSpawner, probe_sandbox
 from agent_host.host.store import StateStore
+from agent_host.host.suppress import Suppressions
 from agent_host.host.updates.content import Content, measure, remove_tree, snapshot
 from agent_host.host.updates.rollout import Rollout
 from agent_host.host.updates.signing import Verdict, load_public, verify
@@ -93,7 +94,9 @@ class Supervisor:
         self.config = config
         self._trusted = [load_public(path) for path in config.trusted_keys]  # first: may fail
         self._hostname = config.hostname
-        self.findings = FindingPipeline(sink, config.hostname)
+        self.findings = FindingPipeline(
+            sink, config.hostname, suppressions=Suppressions(config.suppressions, config.allowlist)
+        )
         self._restart_policy = restart_policy or RestartPolicy()
         self.store = StateStore(config.state_dir)
         self._manifests = self._admitted(manifests)
@@ -150,6 +153,7 @@ class Supervisor:
         """
         trusted = [load_public(path) for path in config.trusted_keys]  # first: may fail
         self.config, self._trusted = config, trusted
+        self.findings.suppressions = Suppressions(config.suppressions, config.allowlist)
         self._recheck = True
 
     @property
