@@ -87,7 +87,8 @@ class Suppression:
         return ",".join(named)
 
 
-#: Package managers and the tools they run, by executable (the ``allowlist`` setting).
+#: Package managers by executable, and the compiler, assembler and linker for the one rule about
+#: executables written to /tmp (the ``allowlist`` setting).
 ALLOWLIST: Final = tuple(
     Suppression(process=exe, reason="package manager")
     for exe in (
@@ -104,6 +105,24 @@ ALLOWLIST: Final = tuple(
         "/usr/bin/zypper",
         "/usr/lib/snapd/*",
         "/usr/bin/snap",
+    )
+) + tuple(
+    # A build writes object files and executables wherever it runs, /tmp included.
+    Suppression(
+        plugin="yara_scan",
+        rule="yara.elf_in_world_writable_folder",
+        process=exe,
+        reason="build tool",
+    )
+    for exe in (
+        "/usr/bin/as",
+        "/usr/bin/*-linux-gnu-as",
+        "/usr/bin/ld*",
+        "/usr/bin/*-linux-gnu-ld*",
+        "/usr/bin/*gcc*",
+        "/usr/bin/*g++*",
+        "/usr/bin/clang*",
+        "/usr/lib/gcc/*",
     )
 )
 

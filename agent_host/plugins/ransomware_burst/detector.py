@@ -20,6 +20,7 @@ from typing import Any
 from agent_host.sdk import Event, FileAction, Finding, Plugin, Severity, open_file
 
 CHANGES = (FileAction.MODIFIED, FileAction.DELETED, FileAction.MOVED)
+_FRESH_MEMORY = 65_536
 
 
 def shannon_entropy(data: bytes) -> float:
@@ -59,6 +60,15 @@ class RansomwareBurst(Plugin):
         self.sample_bytes = int(config.get("entropy_sample_bytes", 4096))
         self.windows: dict[str, _Window] = {}
         self.high_entropy: deque[str] = deque(maxlen=20)
+        # Files created within the window: writing, renaming or removing a file one has just
+        # made is what a checkout, an install or a build does; ransomware changes files that
+        # were there before it. Bounded.
+        self.fresh: dict[str, float] = {}
+        # When each process last created a file. Deleting old files is what a clean-up does
+        # (pytest's, make clean, rm -rf build); deleting them while writing new ones is what
+        # ransomware that writes encrypted copies does. So a deletion counts only from a
+        # process that is creating files too (or one the sensor cannot name).
+        self.creating: dict[int, float] = {}
 
     def _keys(self, path: str, pid: int) -> list[str]:
         parts = PurePosixPath(path).parent.parts
@@ -75,10 +85,37 @@ class RansomwareBurst(Plugin):
             return False  # gone or unreadable: no evidence either way
         return len(sample) >= 256 and shannon_entropy(sample) >= self.entropy_threshold
 
+    def _is_fresh(self, file: Any, now: float) -> bool:
+        """Remember a creation; True for a change to a file created within the window."""
+        if file.action == FileAction.CREATED:
+            if len(self.fresh) >= _FRESH_MEMORY:
+                self.fresh = {p: t for p, t in self.fresh.items() if now - t <= self.window_s}
+                if len(self.fresh) >= _FRESH_MEMORY:
+                    self.fresh.clear()
+            self.fresh[file.path] = now
+            if file.pid:
+                if len(self.creating) >= _FRESH_MEMORY:
+                    self.creating.clear()
+                self.creating[file.pid] = now
+            return True
+        created = self.fresh.get(file.path)
+        if created is None or now - created > self.window_s:
+            return False
+        if file.action == FileAction.MOVED:
+            self.fresh[file.dest_path] = created  # an atomic write: still the new file
+        return True
+
     def on_event(self, event: Event) -> Iterator[Finding]:
         file = event.file
-        if file.is_dir or file.action not in CHANGES:
+        if file.is_dir:
             return
+        now = time.monotonic()
+        if self._is_fresh(file, now) or file.action not in CHANGES:
+            return
+        if file.action == FileAction.DELETED and file.pid:
+            created = self.creating.get(file.pid)
+            if created is None or now - created > self.window_s:
+                return
         path = file.dest_path if file.action == FileAction.MOVED else file.path
         if (
             self.entropy_check
@@ -86,19 +123,21 @@ class RansomwareBurst(Plugin):
             and self._looks_encrypted(path)
         ):
             self.high_entropy.append(path)
-        now = time.monotonic()
         if len(self.windows) > 10_000:  # bounded: forget quiet keys
             self.windows = {
                 k: w
                 for k, w in self.windows.items()
                 if w.changes and now - w.changes[-1][0] <= self.window_s
             }
+        bursts = []
         for key in self._keys(file.path, file.pid):
             window = self.windows.setdefault(key, _Window())
             window.add(now, file.path, event.seq, self.window_s)
             if len(window.files) >= self.threshold and now >= window.alerted_until:
                 window.alerted_until = now + self.window_s
-                yield self._finding(key, window)
+                bursts.append((key, window))
+        if bursts:  # one burst seen by folder and by process is one finding
+            yield self._finding(*bursts[0])
 
     def _finding(self, key: str, window: _Window) -> Finding:
         kind, _, value = key.partition(":")

@@ -9,6 +9,7 @@ scanned again only when its size or modification time changed.
 from __future__ import annotations
 
 import os
+import stat as stat_module
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -49,8 +50,8 @@ class YaraScan(Plugin):
 
     def on_event(self, event: Event) -> Iterator[Finding]:
         file = event.file
-        if file.is_dir or file.action not in SCANNED:
-            return
+        if file.is_dir or file.action not in SCANNED or stat_module.S_ISLNK(file.mode):
+            return  # a symbolic link is not content: what it points to is scanned where it is
         path = file.dest_path if file.action == FileAction.MOVED else file.path
         try:
             # Through the host's broker: this worker's own user may not open the file itself.
@@ -92,6 +93,8 @@ class YaraScan(Plugin):
                     "path": path,
                     "size": str(stat.st_size),
                     "strings": ", ".join(s.identifier for s in match.strings)[:200],
+                    # Who wrote it, when the sensor knows: what a suppression names.
+                    **({"exe": file.exe} if file.exe else {}),
                 },
                 techniques=(str(meta["technique"]),) if "technique" in meta else (),
             )
