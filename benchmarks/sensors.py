@@ -1,153 +1,149 @@
-"""What each live sensor sustains on real activity.
+"""What the live sensors see of a storm, before (connector, inotify) and after (audit, fanotify).
 
-    python -m benchmarks.sensors [--processes 2000] [--files 5000] [--connections 500]
+    python -m benchmarks.sensors [--seconds 10] [--rate 5000] [--files 50000]
 
-- process: short-lived processes (fork + exec of `true`) started as fast as two threads can;
-  the share whose exec the sensor reported, and events per second over the burst;
-- file: files created and written in a watched folder, as fast as one thread can;
-- network: connections opened on loopback and held for two polls; the share seen, and the cost
-  of one poll of the socket tables.
+- execs: short processes (``/bin/true`` with a numbered argument) started by shell loops for
+  ``--seconds`` at up to ``--rate`` a second; the share reported with the executable and the
+  full argv, and the CPU the sensor took (this process's own CPU: the storm is its children);
+- files: ``--files`` files created and written, 100 to a folder, by another process; the share
+  of creations seen, the kernel queue overflows, and the sensor's CPU.
+
+Each sensor runs alone, the fallback first, on the same storm, in one run: compare ratios.
+Needs root (audit, fanotify); without it only the fallbacks are measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 
-from agent_host.protocol import Event, FileEvent, NetworkEvent, ProcessEvent
+from agent_host.protocol import Event, FileEvent, ProcessEvent
+from agent_host.sources.live import audit
 from agent_host.sources.live.base import Sensor
 from agent_host.sources.live.file import FileSensor
-from agent_host.sources.live.network import NetworkSensor
-from agent_host.sources.live.process import describe, process_sensor
+from agent_host.sources.live.filesystem import FanotifySensor, fanotify_unavailable
+from agent_host.sources.live.process import NetlinkProcessSensor
+from agent_host.sources.live.syscalls import SyscallSensor
 
 
 class _Run:
+    """A sensor in a thread, its events kept, and the CPU this process spent meanwhile."""
+
     def __init__(self, sensor: Sensor) -> None:
         self.sensor = sensor
-        self.events: list[tuple[float, Event]] = []
+        self.events: list[Event] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=sensor.run, args=(self._emit, self._stop), daemon=True
-        )
-
-    def _emit(self, event: Event) -> None:
-        self.events.append((time.perf_counter(), event))
+        self._thread = threading.Thread(target=sensor.run, args=(self.events.append, self._stop))
 
     def __enter__(self) -> _Run:
         self._thread.start()
         self.sensor.ready.wait(10)
+        self._cpu = time.process_time()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.cpu_s = time.process_time() - self._cpu
         self._stop.set()
         self._thread.join(10)
 
 
-def bench_processes(n: int) -> str:
-    sensor = process_sensor(0.05)
-    pids: list[int] = []
-    lock = threading.Lock()
-
-    def spawn(count: int) -> None:
-        for _ in range(count):
-            proc = subprocess.Popen(["true"])
-            proc.wait()
-            with lock:
-                pids.append(proc.pid)
-
-    with _Run(sensor) as run:
-        started = time.perf_counter()
-        threads = [threading.Thread(target=spawn, args=(n // 2,)) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        spawned = time.perf_counter() - started
-        time.sleep(1.0)
-    wanted = set(pids)
-    seen = {
-        e.process.pid
-        for _, e in run.events
-        if e.process.action == ProcessEvent.START and e.process.pid in wanted
-    }
-    last = max((t for t, e in run.events if e.process.pid in wanted), default=started)
-    own = time.perf_counter()
-    for _ in range(1000):
-        describe(os.getpid())
-    per_exec = (time.perf_counter() - own) / 1000
-    return (
-        f"process ({type(sensor).__name__}): enriching one exec from /proc takes "
-        f"{per_exec * 1e6:.0f} us (a ceiling of ~{1 / per_exec:,.0f} execs/s); "
-        f"{len(seen)}/{len(wanted)} short-lived "
-        f"processes seen ({100 * len(seen) / len(wanted):.1f}%), {len(run.events)} events "
-        f"in {last - started:.2f}s = {len(run.events) / (last - started):,.0f} events/s "
-        f"(spawning took {spawned:.2f}s)"
+def _exec_storm(seconds: float, rate: float, marker: str) -> int:
+    """Start /bin/true MARKER-N from shell loops until ``seconds`` pass; how many were run."""
+    loops = max(1, os.cpu_count() or 1)
+    per_loop = int(seconds * rate / loops)
+    script = (
+        f"i=0; end=$(( $(date +%s) + {int(seconds)} )); while [ $i -lt {per_loop} ]; do "
+        f"/bin/true {marker}-$1-$i; i=$((i+1)); "
+        f"[ $((i % 200)) -eq 0 ] && [ $(date +%s) -ge $end ] && break; done; echo $i"
     )
+    procs = [
+        subprocess.Popen(["sh", "-c", script, "sh", str(n)], stdout=subprocess.PIPE, text=True)
+        for n in range(loops)
+    ]
+    return sum(int(p.communicate()[0].strip() or 0) for p in procs)
 
 
-def bench_files(n: int) -> str:
-    with tempfile.TemporaryDirectory() as tmp, _Run(FileSensor([tmp])) as run:
-        started = time.perf_counter()
-        for i in range(n):
-            with open(os.path.join(tmp, f"f{i}"), "w") as f:
-                f.write("x")
-        wrote = time.perf_counter() - started
-        deadline = time.monotonic() + 10
-        while len(run.events) < 2 * n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        last = max(t for t, _ in run.events)
-    created = sum(1 for _, e in run.events if e.file.action == FileEvent.CREATED)
-    return (
-        f"file: {created}/{n} creations seen, {len(run.events)} events in "
-        f"{last - started:.2f}s = {len(run.events) / (last - started):,.0f} events/s "
-        f"(writing took {wrote:.2f}s)"
-    )
-
-
-def bench_network(n: int) -> str:
-    sensor = NetworkSensor(interval_s=0.5)
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(n)
-    port = server.getsockname()[1]
-    polls = []
-    for _ in range(5):
-        t = time.perf_counter()
-        sensor._snapshot()  # the cost of one poll is what we measure
-        polls.append(time.perf_counter() - t)
-    with _Run(sensor) as run:
-        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
-        accepted = [server.accept()[0] for _ in range(n)]
-        time.sleep(1.2)
-        for s in clients + accepted:
-            s.close()
-    server.close()
-    connects = sum(
+def bench_execs(name: str, make: Callable[[], Sensor], seconds: float, rate: float) -> str:
+    marker = f"storm{os.getpid()}{name}"
+    with _Run(make()) as run:
+        started = time.monotonic()
+        ran = _exec_storm(seconds, rate, marker)
+        took = time.monotonic() - started
+        time.sleep(2.0)
+    complete = sum(
         1
-        for _, e in run.events
-        if e.network.action == NetworkEvent.CONNECT and e.network.remote_port == port
+        for e in run.events
+        if e.process.action == ProcessEvent.START
+        and e.process.exe == "/usr/bin/true"
+        and len(e.process.cmdline) == 2
+        and e.process.cmdline[1].startswith(marker)
     )
     return (
-        f"network: {connects}/{n} connections seen (held 1.2 s, polled every 0.5 s); "
-        f"one poll of the socket tables takes {1000 * min(polls):.1f} ms; a connection that "
-        f"lives less than one poll interval may be missed"
+        f"execs {name}: {ran} run in {took:.1f}s ({ran / took:,.0f}/s); with exe and full argv: "
+        f"{complete} ({100 * complete / max(ran, 1):.1f}%); sensor CPU {run.cpu_s:.1f}s "
+        f"({100 * run.cpu_s / took:.0f}% of a core)"
+    )
+
+
+_WRITER = """
+import os, sys
+root, count = sys.argv[1], int(sys.argv[2])
+for i in range(count):
+    folder = os.path.join(root, f"d{i // 100}")
+    if i % 100 == 0:
+        os.mkdir(folder)
+    with open(os.path.join(folder, f"f{i}"), "w") as f:
+        f.write("x")
+    with open(os.path.join(folder, f"f{i}")) as f:
+        f.read()
+"""
+
+
+def bench_files(name: str, make: Callable[[list[str]], Sensor], count: int) -> str:
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as root:
+        sensor = make([root])
+        with _Run(sensor) as run:
+            started = time.monotonic()
+            subprocess.run([sys.executable, "-c", _WRITER, root, str(count)], check=True)
+            took = time.monotonic() - started
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                seen = len(
+                    {
+                        e.file.path
+                        for e in list(run.events)
+                        if e.file.action == FileEvent.CREATED and not e.file.is_dir
+                    }
+                )
+                if seen >= count:
+                    break
+                time.sleep(0.2)
+    counters = getattr(sensor, "counters", {})
+    return (
+        f"files {name}: {count} written in {took:.1f}s; distinct creations seen {seen} "
+        f"({100 * seen / count:.1f}%), overflows {counters.get('overflows', 0)}; "
+        f"sensor CPU {run.cpu_s:.1f}s"
     )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--processes", type=int, default=2000)
-    parser.add_argument("--files", type=int, default=5000)
-    parser.add_argument("--connections", type=int, default=500)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=5000.0)
+    parser.add_argument("--files", type=int, default=50_000)
     args = parser.parse_args()
-    print(bench_processes(args.processes))
-    print(bench_files(args.files))
-    print(bench_network(args.connections))
+    print(bench_execs("connector+/proc", NetlinkProcessSensor, args.seconds, args.rate))
+    if not audit.unavailable():
+        print(bench_execs("audit", SyscallSensor, args.seconds, args.rate))
+    print(bench_files("inotify", FileSensor, args.files))
+    if fanotify_unavailable() is None:
+        print(bench_files("fanotify", FanotifySensor, args.files))
 
 
 if __name__ == "__main__":

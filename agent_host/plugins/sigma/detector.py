@@ -28,6 +28,10 @@ class SigmaDetector(Plugin):
         missing = [str(d) for d in directories if not d.is_dir()]
         for folder in missing:
             self.content_error(f"sigma rule folder not found: {folder}")
+        for folder in map(Path, config.get("operator_rule_dirs", [])):
+            if folder.is_dir():
+                directories.append(folder)
+                self.log.info("sigma: loading the operator's rules from %s", folder)
         self.rules: RuleSet = load_rules([d for d in directories if d.is_dir()])
         for path, reason in self.rules.rejected:
             self.content_error(f"sigma rule not loaded: {path}: {reason}")
