@@ -42,13 +42,6 @@ class TestSigmaHQCorpus:
         print(f"{loaded} (of {total} files)")
         rejected = [e["event"] for e in logs if e["event"].startswith("sigma rule not loaded")]
         assert (count, rejected) == (total, [])  # every one of SigmaHQ's Linux rules
-        never = sorted(e["event"] for e in logs if "can never match" in e["event"])
-        assert never == [
-            "sigma rule can never match: net_connection_lnx_crypto_mining_indicators.yml: "
-            "DestinationHostname: the sensors do not observe DNS",
-            "sigma rule can never match: net_connection_lnx_ngrok_tunnel.yml: "
-            "DestinationHostname: the sensors do not observe DNS",
-        ]
 
     @pytest.mark.parametrize(
         ("event", "rule_file"),

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import RuleSet, load_rules, prepare
-from fields import NEVER_FILLED, sigma_fields
+from fields import sigma_fields
 from plan import Plan, rule_atoms
 
 from agent_host.sdk import Event, Finding, Plugin, Severity
@@ -39,25 +39,12 @@ class SigmaDetector(Plugin):
             category: Plan(rules, [rule_atoms(r.conditions) for r in rules])
             for category, rules in self.rules.by_category.items()
         }
-        for rule, why in self._never_matching():
-            self.log.warning("sigma rule can never match: %s: %s", Path(rule.path).name, why)
         self.log.info(
             "sigma rules loaded: %d, not loaded: %d, indexed by their literals: %d",
             len(self.rules),
             len(self.rules.rejected),
             sum(p.indexed for p in self.plans.values()),
         )
-
-    def _never_matching(self) -> Iterator[tuple[Any, str]]:
-        """Rules every one of whose literals is on a field the sensors never fill."""
-        for category, rules in self.rules.by_category.items():
-            unfilled = NEVER_FILLED.get(category, {})
-            for rule in rules:
-                atoms = rule_atoms(rule.conditions)
-                fields = {field.split("\0")[0].lower() for field, _, _ in atoms or ()}
-                needed = [f for f in unfilled if f.lower() in fields]
-                if atoms and needed and fields <= {f.lower() for f in unfilled}:
-                    yield rule, f"{needed[0]}: {unfilled[needed[0]]}"
 
     def on_event(self, event: Event) -> Iterator[Finding]:
         mapped = sigma_fields(event)

@@ -15,10 +15,6 @@ PROCESS_CREATION = "process_creation"
 FILE_EVENT = "file_event"
 NETWORK_CONNECTION = "network_connection"
 _UNSET_AUID = 2**32 - 1
-#: Fields of a category that the sensors never fill: a rule that needs one cannot match.
-NEVER_FILLED = {
-    NETWORK_CONNECTION: {"DestinationHostname": "the sensors do not observe DNS"},
-}
 
 
 def _text(value: str) -> str | None:
