@@ -39,6 +39,7 @@ from agent_host.sources.live.audit import (
     text,
 )
 from agent_host.sources.live.base import Emit
+from agent_host.sources.live.dns import DnsAnswers
 from agent_host.sources.live.execs import ExecTable
 from agent_host.sources.live.process import (
     NetlinkProcessSensor,
@@ -189,6 +190,7 @@ class SyscallSensor:
         arch = audit.machine_arch()
         self._calls = {number: name for name, number in arch.syscalls.items()} if arch else {}
         self._exits = NetlinkProcessSensor(execs=False) if process else None
+        self._dns: DnsAnswers | None = None
 
     def _emit_record(self, record: AuditEvent, emit: Emit) -> None:
         syscall = record.first(SYSCALL)
@@ -207,6 +209,8 @@ class SyscallSensor:
         elif self.network:
             network = network_event(record, self._calls)
             if network is not None:
+                if self._dns is not None and network.remote_address:
+                    network.remote_hostname = self._dns.name_of(network.remote_address)
                 event = Event(source="sensor:network", network=network)
                 event.time.FromNanoseconds(int(record.timestamp * 1e9))
                 emit(event)
@@ -244,6 +248,7 @@ class SyscallSensor:
         connection = AuditConnection(rules(self.process, self.network))
         assembler = audit.Assembler()
         exits = self._exits.open() if self._exits is not None else None
+        self._dns = self._open_dns() if self.network else None
         if self.execs is not None and self.process:
             self.execs.filled.set()
         self.ready.set()
@@ -252,7 +257,7 @@ class SyscallSensor:
         try:
             while not stop.is_set():
                 readable = [connection.fileno()] + ([exits.fileno()] if exits else [])
-                ready, _, _ = select.select(readable, [], [], 0.25)
+                ready = self._wait(readable)
                 if exits is not None and exits.fileno() in ready:
                     assert self._exits is not None
                     self._exits.receive_once(exits, emit)
@@ -271,7 +276,29 @@ class SyscallSensor:
                 self.execs.filled.clear()
             if exits is not None:
                 exits.close()
+            if self._dns is not None:
+                self._dns.close()
             connection.close()
+
+    def _wait(self, readable: list[int]) -> list[int]:
+        """What is ready to read; DNS answers read at once (an answer comes before the
+        connect it serves)."""
+        dns = self._dns
+        ready, _, _ = select.select([*readable, *([dns.fileno()] if dns else [])], [], [], 0.25)
+        if dns is not None and dns.fileno() in ready:
+            dns.read()
+        return list(ready)
+
+    @staticmethod
+    def _open_dns() -> DnsAnswers | None:
+        try:
+            return DnsAnswers()
+        except OSError as exc:
+            log.warning(
+                "syscall sensor: DNS answers unavailable; connections carry no hostname",
+                reason=exc.strerror or str(exc),
+            )
+            return None
 
     def _count_lost(self, connection: AuditConnection, started: int) -> None:
         try:
