@@ -24,6 +24,8 @@ def plugin_copy(source: Path, name: str, workdir: Path, config: str = "") -> Man
         shutil.copytree(source, target, symlinks=True)
         toml = (source / "plugin.toml").read_text()
         toml = re.sub(r'(?m)^name = ".*"$', f'name = "{name}"', toml, count=1)
+        if "[permissions]" in config:  # replaces the manifest's own grants
+            toml = re.sub(r"(?ms)^\[permissions\]\n.*?(?=^\[)", "", toml)
         if config:
             toml = re.sub(r"(?ms)^\[config\].*", "", toml) + f"\n[config]\n{config}\n"
         (target / "plugin.toml").write_text(toml)

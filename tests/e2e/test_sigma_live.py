@@ -60,8 +60,9 @@ def test_sigmahq_rules_fire_on_real_commands(tmp_path: Path) -> None:
         (sigma / name).symlink_to(REPO / "agent_host" / "plugins" / "sigma" / name)
     manifest = (REPO / "agent_host" / "plugins" / "sigma" / "plugin.toml").read_text()
     (sigma / "plugin.toml").write_text(
-        manifest.replace('rule_dirs = ["rules"]', f'rule_dirs = ["{SHARED.parent}"]')
-        + f'\n[permissions]\nread = ["{SHARED.parent}"]\n'
+        manifest.replace('rule_dirs = ["rules"]', f'rule_dirs = ["{SHARED.parent}"]').replace(
+            'read = ["/etc/agent-host/sigma"]', f'read = ["{SHARED.parent}"]'
+        )
     )
 
     standins = Path(tempfile.mkdtemp(prefix="agent-host-standins-", dir=Path.home()))

@@ -120,7 +120,7 @@ class TestFanotifySensor:
     ) -> None:
         target = tmp_path / "new" / "tool"
         script = (
-            f"mkdir {target.parent} && echo x > {target} && chmod u+s,+x {target} && "
+            f"mkdir {target.parent} && echo x > {target} && chmod u+s,+x {target} && sleep 0.5 && "
             f"mv {target} {target}.2 && rm {target}.2"
         )
         # mkdir, chmod and rm exit before their change is read: the execs the syscall sensor
@@ -141,6 +141,7 @@ class TestFanotifySensor:
             (FileEvent.DELETED, f"{target}.2", ""),
         ]
         events = [e.file for e in seen.snapshot()]
+        # The mode is read when the change is reported: the file still has it half a second on.
         assert events[3].mode & stat.S_ISUID  # the chmod u+s
         assert [e.is_dir for e in events] == [True, False, False, False, False, False]
         for event in seen.snapshot():
