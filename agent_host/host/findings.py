@@ -244,7 +244,7 @@ class FindingPipeline:
     ) -> None:
         self.sink = sink
         #: What the operator judged benign: dropped after stamping, counted per plugin.
-        self.suppressions = suppressions or Suppressions(allowlist=False)
+        self.suppressions = Suppressions(allowlist=False) if suppressions is None else suppressions
         self._hostname = hostname
         self._dedup = Deduplicator(dedup_capacity)
         #: Findings written to the sink.

@@ -15,7 +15,7 @@ import ipaddress
 import socket
 import struct
 from collections import OrderedDict
-from typing import Final
+from typing import Any, Final
 
 _ETH_P_ALL: Final = 0x0003
 _SO_ATTACH_FILTER: Final = 26
@@ -23,64 +23,63 @@ _CAPACITY: Final = 16_384
 _TYPES: Final = {1: 4, 28: 16}  # A, AAAA -> address length
 
 
+_OPCODES: Final = {
+    "ldb": 0x30,  # A = byte at k
+    "ldh": 0x28,  # A = half-word at k
+    "ldxb_msh": 0xB1,  # X = 4 * (byte at k & 0xf): the IPv4 header's length
+    "ldh_x": 0x48,  # A = half-word at X + k
+    "and": 0x54,
+    "jeq": 0x15,
+    "jset": 0x45,
+    "ret": 0x06,
+}
+#: Over a cooked (SOCK_DGRAM) packet, which starts at the IP header: accept UDP from port 53 of
+#: an unfragmented IPv4 packet or an IPv6 packet without extension headers; drop the rest in the
+#: kernel. A string is a label; a jump names the labels it goes to when true and when false.
+_FILTER: Final[tuple[str | tuple[Any, ...], ...]] = (
+    ("ldb", 0),
+    ("and", 0xF0),
+    ("jeq", 0x40, "v4", "v6"),
+    "v4",
+    ("ldb", 9),
+    ("jeq", 17, "v4 udp", "drop"),
+    "v4 udp",
+    ("ldh", 6),
+    ("jset", 0x1FFF, "drop", "v4 port"),  # a fragment
+    "v4 port",
+    ("ldxb_msh", 0),
+    ("ldh_x", 0),
+    ("jeq", 53, "accept", "drop"),
+    "v6",
+    ("jeq", 0x60, "v6 udp", "drop"),
+    "v6 udp",
+    ("ldb", 6),
+    ("jeq", 17, "v6 port", "drop"),
+    "v6 port",
+    ("ldh", 40),
+    ("jeq", 53, "accept", "drop"),
+    "accept",
+    ("ret", 0xFFFF),
+    "drop",
+    ("ret", 0),
+)
+
+
 def _program() -> tuple[bytes, int]:
-    """The kernel filter, assembled with labels: over a cooked (SOCK_DGRAM) packet, which
-    starts at the IP header, accept UDP from port 53 of an unfragmented IPv4 packet or an IPv6
-    packet without extension headers; drop everything else in the kernel."""
-    ops = [
-        # IPv4
-        ("ldb", 0),
-        ("and", 0xF0),
-        ("jeq", 0x40, "v4", "v6"),
-        ("label", "v4"),
-        ("ldb", 9),
-        ("jeq", 17, "v4udp", "drop"),
-        ("label", "v4udp"),
-        ("ldh", 6),
-        ("jset", 0x1FFF, "drop", "v4port"),
-        ("label", "v4port"),
-        ("ldxb_hdr", 0),
-        ("ldh_x", 0),
-        ("jeq", 53, "accept", "drop"),
-        # IPv6
-        ("label", "v6"),
-        ("jeq", 0x60, "v6udp0", "drop"),
-        ("label", "v6udp0"),
-        ("ldb", 6),
-        ("jeq", 17, "v6port", "drop"),
-        ("label", "v6port"),
-        ("ldh", 40),
-        ("jeq", 53, "accept", "drop"),
-        ("label", "accept"),
-        ("ret", 0xFFFF),
-        ("label", "drop"),
-        ("ret", 0),
-    ]
-    codes = {"ldb": 0x30, "ldh": 0x28, "and": 0x54, "jeq": 0x15, "jset": 0x45, "ret": 0x06}
-    positions: dict[str, int] = {}
+    """``_FILTER`` as ``struct sock_filter`` instructions, its labels turned into offsets."""
+    instructions = [op for op in _FILTER if not isinstance(op, str)]
+    at: dict[str, int] = {}  # label -> the index of the instruction after it
     count = 0
-    for op in ops:
-        if op[0] == "label":
-            positions[str(op[1])] = count
+    for op in _FILTER:
+        if isinstance(op, str):
+            at[op] = count
         else:
             count += 1
     program = []
-    index = 0
-    for op in ops:
-        name = str(op[0])
-        if name == "label":
-            continue
-        if name in ("jeq", "jset"):
-            true, false = (positions[str(op[2])] - index - 1, positions[str(op[3])] - index - 1)
-            program.append((codes[name], true, false, int(op[1])))
-        elif name == "ldxb_hdr":
-            program.append((0xB1, 0, 0, 0))
-        elif name == "ldh_x":
-            program.append((0x48, 0, 0, 0))
-        else:
-            program.append((codes[name], 0, 0, int(op[1])))
-        index += 1
-    return b"".join(struct.pack("HBBI", *insn) for insn in program), len(program)
+    for index, (name, k, *targets) in enumerate(instructions):
+        true, false = (at[label] - index - 1 for label in targets) if targets else (0, 0)
+        program.append(struct.pack("HBBI", _OPCODES[name], true, false, k))
+    return b"".join(program), len(program)
 
 
 def _name(message: bytes, offset: int, depth: int = 0) -> tuple[str, int]:
@@ -135,10 +134,9 @@ class DnsAnswers:
         self._capacity = capacity
         self.malformed = 0
         program, length = _program()
-        self._program = program  # kept alive while the socket holds a pointer to it
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(_ETH_P_ALL))
         buffer = ctypes.create_string_buffer(program)
-        self._buffer = buffer
+        self._buffer = buffer  # kept alive while the socket holds a pointer to it
         fprog = struct.pack("HL", length, ctypes.addressof(buffer))
         self.sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, fprog)
         self.sock.setblocking(False)

@@ -57,7 +57,6 @@ _FAN_MARK_FILESYSTEM: Final = 0x100
 _INFO_DFID_NAME: Final = 2
 _INFO_OLD_DFID_NAME: Final = 10
 _INFO_NEW_DFID_NAME: Final = 12
-_FAN_NOFD: Final = -1
 _O_PATH: Final = 0o10000000
 
 #: What the sensor asks for: changes only, on files and on folders.
@@ -155,7 +154,7 @@ class Fanotify:
             length, _vers, _, meta_len, mask, fd, pid = _METADATA.unpack_from(data, offset)
             if length < meta_len or offset + length > len(data):
                 return  # cannot happen with a whole read; never read past a record
-            if fd != _FAN_NOFD and fd >= 0:
+            if fd >= 0:  # FAN_NOFD (-1) in FID mode
                 os.close(fd)  # not asked for (FID mode has none), but never leak one
             if mask & FAN_Q_OVERFLOW:
                 self.overflows += 1

@@ -85,6 +85,8 @@ class ChangeFilter:
 
     def __init__(self, paths: Sequence[str], exclude: Sequence[str], coalesce_s: float) -> None:
         self.paths = [os.path.normpath(p) for p in paths]
+        # Asked of every change on a whole filesystem (fanotify): the prefixes made once.
+        self._prefixes = tuple(p.rstrip("/") + "/" for p in self.paths)
         self.exclude = list(exclude)
         self.coalesce_s = coalesce_s
         self.counters: Counter[str] = Counter()
@@ -92,7 +94,7 @@ class ChangeFilter:
         self._lock = threading.Lock()
 
     def watched(self, path: str) -> bool:
-        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self.paths)
+        return path.startswith(self._prefixes) or path in self.paths
 
     def keep(self, action: int, path: str, is_dir: bool) -> bool:
         """False for an excluded path or a repeated modification (each counted)."""

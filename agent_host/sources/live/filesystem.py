@@ -32,6 +32,7 @@ from agent_host.sources.live.fanotify import (
     Fanotify,
 )
 from agent_host.sources.live.file import ChangeFilter, file_event, mode_of
+from agent_host.sources.live.process import _link, _status
 
 log = structlog.get_logger("agent_host")
 
@@ -79,11 +80,10 @@ class _Who:
         known = self._known.get(pid)
         if known is not None and now - known[0] < _WHO_TTL_S:
             return known[1], known[2]
-        uid, exe = 0, ""
-        try:
-            exe = os.readlink(f"/proc/{pid}/exe")
-            uid = os.stat(f"/proc/{pid}").st_uid
-        except OSError:
+        # The real uid, as process events and the execs table have it.
+        exe, (_, real_uid, _) = _link(f"/proc/{pid}/exe"), _status(pid)
+        uid = real_uid or 0
+        if not exe or real_uid is None:  # gone already: its exec, if the syscall sensor saw it
             seen = self._execs.lookup(pid, _EXEC_WAIT_S) if self._execs is not None else None
             if seen is not None:
                 uid, exe = seen.uid, seen.exe

@@ -287,7 +287,7 @@ class SyscallSensor:
         ready, _, _ = select.select([*readable, *([dns.fileno()] if dns else [])], [], [], 0.25)
         if dns is not None and dns.fileno() in ready:
             dns.read()
-        return list(ready)
+        return ready
 
     @staticmethod
     def _open_dns() -> DnsAnswers | None:
