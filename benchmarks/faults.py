@@ -100,8 +100,8 @@ async def hang_overshoots(hangs: int) -> tuple[float, list[float]]:
     overshoots: list[float] = []
     for _ in range(hangs):
         await _until(lambda: handle.phase is Phase.RUNNING and not handle.inflight)
-        proc = handle.process
-        assert proc is not None
+        assert handle.worker is not None
+        proc = handle.worker.child.process
         started = time.perf_counter()
         await sup.publish(_event("/opt/HANG"))
         await proc.wait()

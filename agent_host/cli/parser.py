@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from agent_host import __version__
-from agent_host.host.config import SANDBOX_MODES, SIGNATURE_POLICIES, HostConfig
+from agent_host.host.config import HostConfig, SandboxMode, SignaturePolicy
 from agent_host.host.suppress import Suppression
 from agent_host.sources.live import OverflowPolicy
 from agent_host.sources.live.file import DEFAULT_PATHS
@@ -119,7 +119,7 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
     _add_state_dir(p)
     p.add_argument(
         "--sandbox",
-        choices=SANDBOX_MODES,
+        choices=[mode.value for mode in SandboxMode],
         default=defaults.sandbox,
         help="strict: no worker runs without every sandbox layer; warn: it runs without the "
         "layers this machine lacks, each said once (default here: %(default)s)",
@@ -197,7 +197,7 @@ def _add_trust_options(p: argparse.ArgumentParser, default: object = None) -> No
     )
     p.add_argument(
         "--signatures",
-        choices=SIGNATURE_POLICIES,
+        choices=[policy.value for policy in SignaturePolicy],
         default="warn" if default is None else default,
         help="enforce: a plugin not signed by a trusted key does not start; warn: it starts "
         "and the host says so; off (default %(default)s)",

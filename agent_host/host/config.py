@@ -6,23 +6,41 @@ checked when the object is made, so a bad one fails at start-up with the setting
 
 from __future__ import annotations
 
+import enum
+import math
 import os
 import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Final
 
 from agent_host.errors import ConfigError
 from agent_host.host.caps import Caps
 from agent_host.host.suppress import Suppression
 
-SANDBOX_MODES: Final = ("strict", "warn")
-SIGNATURE_POLICIES: Final = ("enforce", "warn", "off")
+
+class SandboxMode(enum.StrEnum):
+    """Whether a worker runs without a sandbox layer this machine lacks."""
+
+    #: No worker runs without every layer.
+    STRICT = "strict"
+    #: A worker runs without the layers this machine lacks, each said once.
+    WARN = "warn"
 
 
-def default_sandbox_mode() -> str:
+class SignaturePolicy(enum.StrEnum):
+    """What the host does with a plugin that no trusted key signed."""
+
+    #: It does not start.
+    ENFORCE = "enforce"
+    #: It starts, and the host says so.
+    WARN = "warn"
+    #: Signatures are not checked.
+    OFF = "off"
+
+
+def default_sandbox_mode() -> SandboxMode:
     """Strict where every layer can be had (as root); a warning per missing layer elsewhere."""
-    return "strict" if os.geteuid() == 0 else "warn"
+    return SandboxMode.STRICT if os.geteuid() == 0 else SandboxMode.WARN
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +83,13 @@ class HostConfig:
     zygote: bool = True
     #: "strict": a worker whose sandbox misses a layer does not run; "warn": it runs without
     #: that layer, and the host says so once per layer.
-    sandbox: str = field(default_factory=default_sandbox_mode)
+    sandbox: SandboxMode = field(default_factory=default_sandbox_mode)
     #: The size of each worker's private /tmp, in MiB (its pages count against its cgroup).
     scratch_mb: int = 64
     #: What a manifest may ask for (limits and permissions).
     caps: Caps = field(default_factory=Caps)
-    #: Plugin signatures: "enforce" (a plugin not signed by a trusted key does not start),
-    #: "warn" (it starts, and the host says so), "off".
-    signatures: str = "warn"
+    #: What becomes of a plugin no trusted key signed.
+    signatures: SignaturePolicy = SignaturePolicy.WARN
     #: Ed25519 public keys (PEM files) whose signatures on plugins are trusted.
     trusted_keys: tuple[Path, ...] = ()
     #: On a reload, run a new version (or new content) over its own cases and a hostile
@@ -100,14 +117,15 @@ class HostConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
-                raise ConfigError(f.name, f"must be positive, got {value!r}")
-        if self.sandbox not in SANDBOX_MODES:
-            raise ConfigError("sandbox", f"one of {', '.join(SANDBOX_MODES)}, got {self.sandbox!r}")
-        if self.signatures not in SIGNATURE_POLICIES:
-            raise ConfigError(
-                "signatures", f"one of {', '.join(SIGNATURE_POLICIES)}, got {self.signatures!r}"
-            )
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if number and not (math.isfinite(value) and value > 0):  # nan passes every `<=`
+                raise ConfigError(f.name, f"must be a finite positive number, got {value!r}")
+        for name, kind in (("sandbox", SandboxMode), ("signatures", SignaturePolicy)):
+            try:  # a string from an embedder becomes the enum; a wrong one is named
+                object.__setattr__(self, name, kind(getattr(self, name)))
+            except ValueError:
+                known = ", ".join(kind)
+                raise ConfigError(name, f"one of {known}, got {getattr(self, name)!r}") from None
         if self.poison_max_share > 1:
             raise ConfigError("poison_max_share", f"at most 1, got {self.poison_max_share}")
         if self.batch_size > 65_536:

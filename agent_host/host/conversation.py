@@ -12,18 +12,20 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Final
+from pathlib import Path
+from typing import Final, Protocol
 
 import grpc
 import structlog
 
 from agent_host.errors import ProtocolError
 from agent_host.host import lifecycle as lc
-from agent_host.host.untrusted import printable
+from agent_host.host.delivery import Delivery
+from agent_host.host.generation import WorkerGeneration
+from agent_host.host.manifest import Manifest
+from agent_host.host.results import Results
+from agent_host.host.untrusted import RateLimit, printable
 from agent_host.protocol import HostMessage, Start, Stop, WorkerMessage
-
-if TYPE_CHECKING:
-    from agent_host.host.runner import PluginRunner
 
 log = structlog.get_logger("agent_host")
 
@@ -33,18 +35,62 @@ SESSION_END_GRACE_S: Final = 0.5
 Context = grpc.aio.ServicerContext[WorkerMessage, bytes]
 
 
+class Peer(Protocol):
+    """What a session needs of the runner whose worker it serves."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def delivery(self) -> Delivery: ...
+
+    @property
+    def wake(self) -> asyncio.Event: ...
+
+    @property
+    def draining(self) -> bool: ...
+
+    @property
+    def log_limit(self) -> RateLimit: ...
+
+    @property
+    def start_message(self) -> bytes:
+        """The serialized Start that opens the session."""
+        ...
+
+    @property
+    def results(self) -> Results: ...
+
+    def report(self, happened: lc.Input) -> None: ...
+
+
+def start_message(manifest: Manifest, content: Path, validating: bool) -> bytes:
+    """The serialized Start that opens each session of ``manifest``'s plugin, whose content's
+    read-only copy is ``content``."""
+    return HostMessage(
+        start=Start(
+            plugin_name=manifest.name,
+            plugin_dir=str(content),
+            entrypoint=manifest.entrypoint,
+            config_json=manifest.config_json,
+            validating=validating,
+        )
+    ).SerializeToString()
+
+
 class _SessionEndedError(Exception):
     """The worker's side of the session ended without a goodbye."""
 
 
 class Conversation:
-    """The session of worker ``generation`` of ``runner``'s plugin."""
+    """The session of ``worker``, a generation of ``runner``'s plugin."""
 
-    def __init__(self, runner: PluginRunner, generation: int) -> None:
+    def __init__(self, runner: Peer, worker: WorkerGeneration) -> None:
         self._runner = runner
-        self._generation = generation
+        self._worker = worker
+        self._generation = worker.number
         self._delivery = runner.delivery
-        self._log = log.bind(plugin=runner.name, pid=runner.pid)
+        self._log = log.bind(plugin=runner.name, pid=worker.pid)
 
     async def run(self, requests: AsyncIterator[WorkerMessage], context: Context) -> None:
         """Converse until the session ends, however it ends."""
@@ -66,9 +112,7 @@ class Conversation:
             await self._exit_or_kill()
 
     async def _exit_or_kill(self) -> None:
-        proc = self._runner.process
-        if proc is None:
-            return
+        proc = self._worker.child.process
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), SESSION_END_GRACE_S)
         except TimeoutError:
@@ -77,21 +121,10 @@ class Conversation:
             self._runner.report(lc.ProtocolViolated(self._generation, verdict))
 
     async def _converse(self, requests: AsyncIterator[WorkerMessage], context: Context) -> None:
-        runner = self._runner
-        manifest = runner.manifest
-        await context.write(
-            HostMessage(
-                start=Start(
-                    plugin_name=manifest.name,
-                    plugin_dir=str(runner.content.copy),
-                    entrypoint=manifest.entrypoint,
-                    config_json=manifest.config_json,
-                    validating=runner.validating,
-                )
-            ).SerializeToString()
-        )
+        runner, worker = self._runner, self._worker
+        await context.write(runner.start_message)
         async for message in requests:
-            runner.heard()
+            worker.heard()
             body = message.WhichOneof("body")
             if body == "ready":
                 break
@@ -108,7 +141,7 @@ class Conversation:
         sender = asyncio.ensure_future(self._send(context))
         try:
             async for message in requests:
-                runner.heard()
+                worker.heard()
                 if await self._receive(message):
                     return
             if not sender.done():  # the worker hung up on us
@@ -135,9 +168,9 @@ class Conversation:
         if body == "result":
             result = message.result
             answered = self._delivery.answered(result.batch_id, result.processed, time.monotonic())
-            await self._runner.processed(answered, list(result.findings), result.errors)
+            await self._runner.results.processed(answered, list(result.findings), result.errors)
         elif body == "stopped":
-            self._runner.findings_at_stop(list(message.stopped.findings))
+            self._runner.results.at_stop(list(message.stopped.findings))
             return True
         else:
             self._side_message(message)
@@ -157,7 +190,7 @@ class Conversation:
                 level,
                 printable(record.message),
                 plugin=self._runner.name,
-                pid=self._runner.pid,
+                pid=self._worker.pid,
                 logger=printable(record.logger, 128),
                 **({"suppressed_before": suppressed} if suppressed else {}),
             )

@@ -53,6 +53,8 @@ class Delivery:
         self._highest_sent = 0
         self._highest_seq = 0  # on_stop findings may cite any event up to this one
         self._piece_ids = PIECE_ID_BASE
+        #: backlog.appended when the plugin stopped being owed events; None while it is owed.
+        self._gave_up_at: int | None = None
 
     @property
     def idle(self) -> bool:
@@ -150,3 +152,37 @@ class Delivery:
         """Start over from the backlog's end (after a quarantine served in this run)."""
         self.inflight.clear()
         self.cursor = self.group.backlog.next_id
+
+    # -- what the plugin is owed ------------------------------------------------------------
+
+    async def give_up(self) -> int:
+        """The plugin is owed nothing more for now; how many owed events it will never process
+        (they are counted undelivered)."""
+        backlog = self.group.backlog
+        missed = await backlog.unsubscribe(self.plugin) - self.poison.abandon()
+        self._gave_up_at = backlog.appended
+        self._stats.undelivered += missed
+        return missed
+
+    def count_unowed(self) -> None:
+        """Count as undelivered what the group was handed since the plugin gave up."""
+        if self._gave_up_at is not None:
+            self._stats.undelivered += self.group.backlog.appended - self._gave_up_at
+            self._gave_up_at = self.group.backlog.appended
+
+    def take_up(self) -> None:
+        """Be owed events again, from the backlog's end (after a quarantine served in this
+        run)."""
+        if self._gave_up_at is None:
+            return
+        self.count_unowed()
+        self._gave_up_at = None
+        self.group.backlog.subscribers.add(self.plugin)
+        self.resume()
+
+    def hand_over(self, successor: Delivery) -> None:
+        """Give every batch still owed to ``successor`` (another version of the plugin, in the
+        same group), which processes them instead."""
+        moved = self.group.backlog.hand_over(self.plugin, successor.plugin)
+        self._stats.handed_over += moved - self.poison.abandon()
+        successor.rewind()

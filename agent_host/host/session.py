@@ -90,3 +90,36 @@ class SessionServer:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown worker or wrong secret")
             return
         await runner.converse(requests, context)
+
+
+class PluginSessions:
+    """One plugin's session socket: opened at its first spawn, kept across its workers."""
+
+    def __init__(self, socket_path: Path, claim: Claim, secure: Callable[[], None]) -> None:
+        self.socket_path = socket_path
+        self._claim = claim
+        #: Gives the socket to the worker's uid alone, once it exists.
+        self._secure = secure
+        self._server: SessionServer | None = None
+
+    async def open(self) -> None:
+        """Serve the socket, if it is not served yet; raises OSError."""
+        if self._server is not None:
+            return
+        server = SessionServer(self.socket_path, self._claim)
+        try:
+            await server.start()
+            self._secure()
+        except (OSError, RuntimeError) as exc:
+            await server.stop(0)
+            raise OSError(f"cannot serve {self.socket_path}: {exc}") from exc
+        self._server = server
+
+    async def close(self, grace: float) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+
+    @property
+    def refused(self) -> int:
+        """Connections refused for want of a valid worker secret."""
+        return self._server.refused if self._server is not None else 0

@@ -13,37 +13,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import dataclasses
-import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable
-from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import structlog
 
 from agent_host.errors import SandboxUnavailableError
+from agent_host.host.admission import Admission
 from agent_host.host.cgroups import Cgroups
-from agent_host.host.config import HostConfig
+from agent_host.host.config import HostConfig, SandboxMode
 from agent_host.host.fanout import Group
 from agent_host.host.findings import FindingPipeline, FindingSink
 from agent_host.host.lifecycle import Phase
 from agent_host.host.limits import descendants_by_root
 from agent_host.host.manifest import Manifest
 from agent_host.host.restart import RestartPolicy
-from agent_host.host.runner import PluginRunner
+from agent_host.host.runner import Facilities, PluginRunner
+from agent_host.host.runtime import make_runtime_dir, not_dumpable
 from agent_host.host.sandbox import WorkerSandbox, for_plugin, machine_report
 from agent_host.host.spawn import ExecSpawner, Spawner, ZygoteSpawner, probe_sandbox
 from agent_host.host.store import StateStore
 from agent_host.host.suppress import Suppressions
-from agent_host.host.updates.content import Content, measure, remove_tree, snapshot
+from agent_host.host.updates.content import Admitted, measure, remove_tree
 from agent_host.host.updates.rollout import Rollout
-from agent_host.host.updates.signing import Verdict, load_public, verify
-from agent_host.host.updates.validation import validate
 from agent_host.protocol import (
     EVENT_KINDS,
     Event,
@@ -55,30 +49,6 @@ from agent_host.protocol import (
 )
 
 log = structlog.get_logger("agent_host")
-
-_PR_SET_DUMPABLE: Final = 4
-
-
-def not_dumpable() -> None:
-    """Make this process not dumpable: no core file, and /proc/PID/mem, environ and ptrace are
-    closed to processes of the same user (a worker holds no secret of the host's, but the host
-    holds every worker's session secret until it is used)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-        log.warning("host could not make itself non-dumpable", errno=ctypes.get_errno())
-
-
-def remove_stale_runtime_dirs(parent: Path | None = None) -> list[Path]:
-    """Remove the socket folders of hosts that are gone (killed with SIGKILL, say)."""
-    removed = []
-    for folder in Path(parent or tempfile.gettempdir()).glob("agent-host-*-*"):
-        pid = folder.name.split("-")[2]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists() and folder.is_dir():
-            remove_tree(folder)
-            removed.append(folder)
-    if removed:
-        log.info("removed socket folders of hosts that are gone", folders=len(removed))
-    return removed
 
 
 class Supervisor:
@@ -92,34 +62,30 @@ class Supervisor:
         restart_policy: RestartPolicy | None = None,
     ) -> None:
         self.config = config
-        self._trusted = [load_public(path) for path in config.trusted_keys]  # first: may fail
+        runtime_dir = make_runtime_dir()
+        try:
+            self.admission = Admission(config, runtime_dir / "content")  # a bad key: UsageError
+        except BaseException:
+            remove_tree(runtime_dir)
+            raise
+        self._runtime_dir = runtime_dir
         self._hostname = config.hostname
         self.findings = FindingPipeline(
             sink, config.hostname, suppressions=Suppressions(config.suppressions, config.allowlist)
         )
         self._restart_policy = restart_policy or RestartPolicy()
         self.store = StateStore(config.state_dir)
-        self._manifests = self._admitted(manifests)
-        remove_stale_runtime_dirs()
-        # Named by this host's pid so that a later host can tell it is stale.
-        self._runtime_dir = Path(tempfile.mkdtemp(prefix=f"agent-host-{os.getpid()}-"))
-        # Not listable, but a worker may pass through to its own session folder (0700, its
-        # uid's) when it is granted to read the host's /tmp, which then holds this folder.
-        self._runtime_dir.chmod(0o711)
+        self._manifests = self.admission.within_caps(manifests)
         self._slots = 0
         self.groups: dict[frozenset[EventKind], Group] = {}
         self._groups_by_kind: dict[EventKind, list[Group]] = {k: [] for k in EVENT_KINDS}
         self.plugins: dict[str, PluginRunner] = {}
         #: Runners a reload took out (replaced or removed), kept for their accounts.
         self.retired: list[PluginRunner] = []
-        #: The measurement of each plugin's running content.
-        self._digests: dict[str, str] = {}
-        #: The content policy changed: the next reload admits the running plugins again.
-        self._recheck = False
         #: Shadow trials, rejected content, last known good versions.
-        self.rollout = Rollout(self)
+        self.rollout: Rollout[PluginRunner] = Rollout(self)
         self._keys: set[str] = set()
-        self._seq = 0
+        #: Events accepted so far; the last one accepted is numbered this.
         self.accepted = 0
         #: Events with none of process, file, network: skipped, counted, reported in the summary.
         self.rejected_events = 0
@@ -132,17 +98,6 @@ class Supervisor:
         self.failed = asyncio.Event()
         self.failure = ""
 
-    def _admitted(self, manifests: Iterable[Manifest]) -> list[Manifest]:
-        """The manifests that ask for no more than the operator's caps allow."""
-        admitted = []
-        for manifest in manifests:
-            refusal = self.config.caps.check(manifest)
-            if refusal is None:
-                admitted.append(manifest)
-            else:
-                log.error("plugin refused: it asks for more than allowed", error=str(refusal))
-        return admitted
-
     def reconfigure(self, config: HostConfig) -> None:
         """Run with ``config`` from now on (a reload's settings: the content policy, shadow
         runs). Plugins started from now on get it; the next ``reload`` admits every running
@@ -151,10 +106,9 @@ class Supervisor:
         Raises:
             UsageError: a trusted key cannot be read; nothing is changed.
         """
-        trusted = [load_public(path) for path in config.trusted_keys]  # first: may fail
-        self.config, self._trusted = config, trusted
+        self.admission.reconfigure(config)  # first: may fail
+        self.config = config
         self.findings.suppressions = Suppressions(config.suppressions, config.allowlist)
-        self._recheck = True
 
     @property
     def refused_sessions(self) -> int:
@@ -171,8 +125,7 @@ class Supervisor:
             if await zygote.start():
                 self._spawner = zygote
                 probe = zygote.sandbox_probe
-        if self.config.signatures == "warn" and not self._trusted:
-            log.info("plugin signatures not checked: no trusted keys (--trusted-key)")
+        self.admission.say_policy()
         try:
             self.sandbox = self._machine_sandbox(probe or await probe_sandbox())
         except SandboxUnavailableError:
@@ -191,10 +144,10 @@ class Supervisor:
         self._background.append(self._keep(self._flush_periodically(), "flush timer"))
         for runner in self.plugins.values():
             self._log_start(runner)
-            if self._history_of(runner.name) != runner.content.measurement:
+            if self._last_recorded(runner.name) != runner.content.measurement:
                 self.record(runner, "running", "a version not seen before")
 
-    def _history_of(self, name: str) -> str:
+    def _last_recorded(self, name: str) -> str:
         """The measurement last written in the plugin's history ("" if none)."""
         try:
             return self.store.last_measurement(name)
@@ -240,7 +193,7 @@ class Supervisor:
             if not layer.active:
                 log.warning(f"sandbox layer unavailable: {layer.name}", reason=layer.reason)
                 chosen_off = layer.name == "cgroup" and not self.config.cgroups
-                if self.config.sandbox == "strict" and not chosen_off:
+                if self.config.sandbox is SandboxMode.STRICT and not chosen_off:
                     raise SandboxUnavailableError(layer.name, layer.reason)
         return report
 
@@ -266,68 +219,38 @@ class Supervisor:
                 self._groups_by_kind[kind].append(group)
         return group
 
-    def _signature_of(self, manifest: Manifest, content: Content) -> Verdict | None:
-        """Who signed the content, by the signature policy; None if the plugin is refused."""
-        if self.config.signatures == "off":
-            return Verdict("", "signatures not checked")
-        if self.config.signatures == "warn" and not self._trusted:
-            return Verdict("", "no trusted keys")  # said once, at start
-        verdict = verify(manifest.directory, content.measurement, self._trusted)
-        if verdict.signed:
-            return verdict
-        if self.config.signatures == "enforce":
-            log.error(
-                "plugin refused: not signed by a trusted key",
-                plugin=manifest.name,
-                reason=verdict.problem,
-                measurement=content.measurement,
-            )
-            return None
-        log.warning(
-            "plugin not signed by a trusted key", plugin=manifest.name, reason=verdict.problem
-        )
-        return verdict
-
-    def _still_signed(self, manifest: Manifest, runner: PluginRunner | None) -> bool:
-        """Whether the running content passes the signature policy as it is now."""
-        return runner is None or self._signature_of(manifest, runner.content) is not None
-
-    def _admit(self, manifest: Manifest) -> tuple[Content, Verdict] | None:
-        """A read-only copy of the plugin's content as measured now, and its signature; None
-        if the signature policy refuses it."""
-        content = snapshot(manifest.directory, self._runtime_dir / "content")
-        verdict = self._signature_of(manifest, content)
-        return None if verdict is None else (content, verdict)
-
     def runner_for(
-        self, manifest: Manifest, admitted: tuple[Content, Verdict] | None = None
+        self, manifest: Manifest, admitted: Admitted | None = None
     ) -> PluginRunner | None:
         """A runner over the plugin's admitted content; None if it is refused."""
-        admitted = admitted or self._admit(manifest)
+        admitted = admitted or self.admission.admit(manifest)
         if admitted is None:
             return None
-        content, verdict = admitted
         runner = PluginRunner(
             manifest,
             self._group_for(manifest.subscribe),
-            content=content,
-            signer=verdict.signer,
-            config=self.config,
-            sandbox=self._sandbox_for(manifest, content),
-            pipeline=self.findings,
-            restart_policy=self._restart_policy,
-            store=self.store,
-            spawner=self._spawner,
+            self._facilities(),
+            content=admitted.content,
+            signer=admitted.signer,
+            sandbox=self._sandbox_for(manifest, admitted),
             quarantine=self.store.quarantine_of(manifest.name, manifest.version),
-            cgroups=self._cgroups if self._cgroups and self._cgroups.available else None,
             key=self._key_for(manifest.name),
         )
         runner.on_failure = self.rollout.on_failure
         return runner
 
-    def _sandbox_for(self, manifest: Manifest, content: Content) -> WorkerSandbox:
+    def _facilities(self) -> Facilities:
+        """What the runners share, as the host is set up now (a reload may change settings)."""
+        cgroups = self._cgroups if self._cgroups and self._cgroups.available else None
+        return Facilities(
+            self.config, self.findings, self._restart_policy, self.store, self._spawner, cgroups
+        )
+
+    def _sandbox_for(self, manifest: Manifest, admitted: Admitted) -> WorkerSandbox:
         self._slots += 1
-        return WorkerSandbox(self.config, manifest, content, self._runtime_dir, self._slots)
+        return WorkerSandbox(
+            self.config, manifest, admitted.content, self._runtime_dir, self._slots
+        )
 
     def _key_for(self, name: str) -> str:
         key = name if name not in self._keys else f"{name}#{len(self._keys)}"
@@ -343,7 +266,6 @@ class Supervisor:
     def install(self, runner: PluginRunner) -> None:
         """``runner`` is now its plugin's version (started, promoted or brought back)."""
         self.plugins[runner.name] = runner
-        self._digests[runner.name] = runner.content.measurement
 
     async def _candidates(
         self,
@@ -351,7 +273,7 @@ class Supervisor:
         digests: dict[str, str],
         refused: list[str],
         revoked: list[str],
-    ) -> dict[str, tuple[Manifest, tuple[Content, Verdict]]]:
+    ) -> dict[str, tuple[Manifest, Admitted]]:
         """The plugins that are new or changed (manifest or content), admitted and, if the
         host validates updates, validated: each with the very content that will run. After a
         change of the content policy, the running plugins it now refuses go in ``revoked``."""
@@ -359,41 +281,34 @@ class Supervisor:
         for name, manifest in wanted.items():
             current = self.plugins.get(name)
             unchanged = current is not None and manifest == current.manifest
-            if unchanged and digests[name] == self._digests.get(name):
-                if self._recheck and not self._still_signed(manifest, current):
+            if unchanged and current is not None and digests[name] == current.content.measurement:
+                if self.admission.changed and not self.admission.still_admitted(
+                    manifest, current.content
+                ):
                     refused.append(name)
                     revoked.append(name)
                 continue
             if self.rollout.in_shadow(manifest, digests[name]):
                 continue
-            admitted = self._admit(manifest)
-            if admitted is None or self.rollout.still_rejected(manifest, admitted[0]):
+            admitted = self.admission.admit(manifest)
+            if admitted is None or self.rollout.still_rejected(manifest, admitted.content):
                 refused.append(name)
                 continue
-            if self.config.validate_updates and not await self._validated(manifest, admitted[0]):
+            if self.config.validate_updates and not await self._validated(manifest, admitted):
                 refused.append(name)
                 continue
             candidates[name] = (manifest, admitted)
         return candidates
 
-    async def _validated(self, manifest: Manifest, content: Content) -> bool:
-        """Whether this content passed validation."""
-        copy = dataclasses.replace(manifest, directory=content.copy)
-        rejection = await validate(copy, self.config, Supervisor)
+    async def _validated(self, manifest: Manifest, admitted: Admitted) -> bool:
+        """Whether this content passed validation (in a host of its own)."""
+        content = admitted.content
+        rejection = await self.admission.validate(manifest, content, Supervisor)
         if rejection is None:
-            log.info("plugin version validated", plugin=manifest.name, version=manifest.version)
             self.record(manifest, "validated", measurement=content.measurement)
             return True
         self.rollout.reject(manifest.name, content)
         self.record(manifest, "rejected", str(rejection), measurement=content.measurement)
-        log.error(
-            "plugin version rejected at validation; the running one stays",
-            plugin=manifest.name,
-            version=manifest.version,
-            measurement=content.measurement,
-            reason=rejection.reason,
-            breaking_event=rejection.event,
-        )
         return False
 
     async def reload(self, manifests: Iterable[Manifest]) -> dict[str, list[str]]:
@@ -406,12 +321,12 @@ class Supervisor:
         when promoted. Every group is flushed first, so that a cut between an old version and
         its successor is between two batches: each event is processed by exactly one of them.
         """
-        wanted = {m.name: m for m in self._admitted(manifests)}
+        wanted = {m.name: m for m in self.admission.within_caps(manifests)}
         digests = {name: measure(m.directory) for name, m in wanted.items()}
         refused: list[str] = []
         revoked: list[str] = []
         candidates = await self._candidates(wanted, digests, refused, revoked)
-        self._recheck = False
+        self.admission.changed = False
         # The cut: from here to the new runners' start, nothing awaits but the flush, so that
         # every event is owed to exactly one of the old and the new version.
         for group in self.groups.values():
@@ -478,7 +393,7 @@ class Supervisor:
         if kind is None:
             self.rejected_events += 1
             return False
-        self._seq = seq = self._seq + 1
+        self.accepted = seq = self.accepted + 1
         event.seq = seq
         if not event.host:
             event.host = self._hostname
@@ -492,7 +407,6 @@ class Supervisor:
         for group in self._groups_by_kind[kind]:
             if group.put(record, seq):
                 await group.flush()
-        self.accepted += 1
         return True
 
     async def publish_all(self, events: AsyncIterator[Event]) -> None:
@@ -542,7 +456,7 @@ class Supervisor:
         await self.drain()
         await asyncio.gather(*(r.stop(self.config.stop_timeout_s) for r in self.runners))
         for runner in self.runners:
-            runner.settle()
+            runner.count_unowed()
         self.rollout.stop()
         for task in self._background:
             task.cancel()

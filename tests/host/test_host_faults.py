@@ -17,8 +17,9 @@ from agent_host.host.findings import CollectingSink, JsonLinesSink
 from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import Manifest
 from agent_host.host.restart import RestartPolicy
+from agent_host.host.runtime import remove_stale_runtime_dirs
 from agent_host.host.store import DB_NAME, StateStore
-from agent_host.host.supervisor import Supervisor, remove_stale_runtime_dirs
+from agent_host.host.supervisor import Supervisor
 from benchmarks.common import HERE as BENCHMARKS
 from tests.helpers import exec_event, make_plugin
 

@@ -49,23 +49,23 @@ class TestAuthentication:
             )
             await sup.start()
             handle = sup.plugins["tally"]
-            session_dir = handle.socket_path.parent
+            session_dir = handle.sandbox.socket_path.parent
             runtime_dir = session_dir.parent
             assert stat.S_IMODE(runtime_dir.stat().st_mode) == 0o711
             assert stat.S_IMODE(session_dir.stat().st_mode) == 0o700
             if os.geteuid() == 0:
                 assert session_dir.stat().st_uid == handle.sandbox.uid
-            assert stat.S_IMODE(handle.socket_path.stat().st_mode) == 0o600
+            assert stat.S_IMODE(handle.sandbox.socket_path.stat().st_mode) == 0o600
             message = {
                 "wrong secret for a real worker id": WorkerMessage(
-                    hello=Hello(worker_id=handle.child.worker_id, token=os.urandom(32))
+                    hello=Hello(worker_id=handle.worker.child.worker_id, token=os.urandom(32))
                 ),
                 "unknown worker id": WorkerMessage(
                     hello=Hello(worker_id="x" * 32, token=os.urandom(32))
                 ),
                 "no hello at all": WorkerMessage(log=LogRecord(message="let me in")),
             }[first_message]
-            async with grpc.aio.insecure_channel(f"unix:{handle.socket_path}") as channel:
+            async with grpc.aio.insecure_channel(f"unix:{handle.sandbox.socket_path}") as channel:
                 call = WorkerSessionStub(channel).Session()
                 await call.write(message)
                 with pytest.raises(grpc.aio.AioRpcError) as refused:

@@ -32,6 +32,15 @@ class Content:
     copy: Path
 
 
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """Content a host may run (``admission.py`` decides): its copy as measured, and who signed
+    it ("" where no trusted key did and the signature policy lets it run all the same)."""
+
+    content: Content
+    signer: str = ""
+
+
 def _files(directory: Path) -> list[Path]:
     found = []
     for folder, dirs, files in os.walk(directory, followlinks=True):

@@ -13,59 +13,72 @@ Every step is a line in the plugin's history (``agent-host plugins history NAME`
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
 from agent_host.host.config import HostConfig
 from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import Manifest
-from agent_host.host.updates.content import Content
-from agent_host.host.updates.shadow import ShadowReport, ShadowTrial
-from agent_host.host.updates.signing import Verdict
-
-if TYPE_CHECKING:
-    from agent_host.host.runner import PluginRunner
+from agent_host.host.updates.content import Admitted, Content
+from agent_host.host.updates.shadow import ShadowReport, ShadowTrial, Version
 
 log = structlog.get_logger("agent_host")
 
 
-class Host(Protocol):
+class RolloutVersion(Version, Protocol):
+    """What the rollout does with a version's runner (a ``R``), beyond a trial's."""
+
+    trial: ShadowTrial[Any] | None
+    retired: str
+
+    @property
+    def signer(self) -> str: ...
+
+    def start(self) -> None: ...
+
+    def retire(self, reason: str) -> None: ...
+
+    def hand_over(self, successor: Any) -> None: ...
+
+
+R = TypeVar("R", bound=RolloutVersion)
+
+
+class RolloutHost(Protocol[R]):
     """What the rollout needs of the supervisor."""
 
-    plugins: dict[str, PluginRunner]
-    retired: list[PluginRunner]
+    plugins: dict[str, R]
+    retired: list[R]
     #: The host's settings as they are now (a reload may change the shadow run's).
     config: HostConfig
 
-    def install(self, runner: PluginRunner) -> None: ...
+    def install(self, runner: R) -> None: ...
 
     def record(
-        self, runner: PluginRunner | Manifest, what: str, detail: str = "", *, measurement: str = ""
+        self, runner: R | Manifest, what: str, detail: str = "", *, measurement: str = ""
     ) -> None: ...
 
-    def runner_for(
-        self, manifest: Manifest, admitted: tuple[Content, Verdict] | None = None
-    ) -> PluginRunner | None: ...
+    def runner_for(self, manifest: Manifest, admitted: Admitted | None = None) -> R | None: ...
 
 
-class Rollout:
+class Rollout(Generic[R]):
     """The shadow trials of one host, its rejected content and its last known good versions."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: RolloutHost[R]) -> None:
         self._host = host
         #: Candidate versions in shadow, by plugin; and promoted ones whose report is pending.
-        self.trials: dict[str, ShadowTrial[PluginRunner]] = {}
-        self._settling: list[ShadowTrial[PluginRunner]] = []
+        self.trials: dict[str, ShadowTrial[R]] = {}
+        self._settling: list[ShadowTrial[R]] = []
         #: The report of each plugin's last shadow period.
         self.reports: dict[str, ShadowReport] = {}
         #: The measurement of each plugin's content that failed validation or its shadow run.
         self._rejected: dict[str, str] = {}
         #: The version each promotion replaced.
-        self._last_good: dict[str, PluginRunner] = {}
+        self._last_good: dict[str, R] = {}
 
     @property
-    def candidates(self) -> list[PluginRunner]:
+    def candidates(self) -> list[R]:
         return [trial.candidate for trial in self.trials.values()]
 
     def reject(self, name: str, content: Content) -> None:
@@ -87,7 +100,7 @@ class Rollout:
         trial = self.trials.get(manifest.name)
         return trial is not None and trial.tries(manifest, measurement)
 
-    def shadows(self, current: PluginRunner, candidate: PluginRunner) -> bool:
+    def shadows(self, current: R, candidate: R) -> bool:
         """Whether ``candidate`` goes to shadow first: the host shadows updates, the current
         version is running (there is something to compare with), and both are owed the same
         events (one group)."""
@@ -97,7 +110,7 @@ class Rollout:
             and current.group is candidate.group
         )
 
-    def begin(self, current: PluginRunner, candidate: PluginRunner) -> None:
+    def begin(self, current: R, candidate: R) -> None:
         backlog = candidate.group.backlog
         trial = ShadowTrial(current, candidate, backlog.last_seq, time.monotonic())
         current.trial = candidate.trial = trial
@@ -118,7 +131,7 @@ class Rollout:
         if trial is not None:
             self._end(trial, "withdrawn", why)
 
-    def _end(self, trial: ShadowTrial[PluginRunner], what: str, why: str) -> None:
+    def _end(self, trial: ShadowTrial[R], what: str, why: str) -> None:
         """Take the candidate out without promoting it (its findings stay unemitted)."""
         del self.trials[trial.name]
         trial.current.trial = None
@@ -126,7 +139,7 @@ class Rollout:
         self._host.retired.append(trial.candidate)
         self._host.record(trial.candidate, what, why)
 
-    def _roll_back(self, trial: ShadowTrial[PluginRunner], why: str) -> None:
+    def _roll_back(self, trial: ShadowTrial[R], why: str) -> None:
         candidate = trial.candidate
         self.reject(trial.name, candidate.content)
         self._end(trial, "rolled back", f"fault in shadow: {why}")
@@ -150,7 +163,7 @@ class Rollout:
             self._settling.remove(trial)
             self._finish_report(trial)
 
-    def _promote(self, trial: ShadowTrial[PluginRunner]) -> None:
+    def _promote(self, trial: ShadowTrial[R]) -> None:
         """The cut, with nothing awaited: every batch kept so far is the current version's to
         finish, every later one the candidate's, whose findings are emitted from then on."""
         host, current, candidate = self._host, trial.current, trial.candidate
@@ -173,14 +186,14 @@ class Rollout:
             last_known_good=current.manifest.version,
         )
 
-    def _finish_report(self, trial: ShadowTrial[PluginRunner]) -> None:
+    def _finish_report(self, trial: ShadowTrial[R]) -> None:
         report = trial.report()
         trial.current.trial = trial.candidate.trial = None
         self.reports[trial.name] = report
         self._host.record(trial.candidate, "shadow report", str(report))
         log.info("shadow report", plugin=trial.name, report=str(report))
 
-    def on_failure(self, runner: PluginRunner, why: str) -> bool:
+    def on_failure(self, runner: R, why: str) -> bool:
         """A runner failed: a candidate in shadow is rolled back; a promoted version that is
         quarantined (or fails to load) is replaced by its last known good. Whether it was
         taken in hand (then the runner does not restart)."""
@@ -197,11 +210,11 @@ class Rollout:
         self._bring_back(runner, good, why)
         return True
 
-    def _bring_back(self, failed: PluginRunner, good: PluginRunner, why: str) -> None:
+    def _bring_back(self, failed: R, good: R, why: str) -> None:
         """Replace ``failed`` by a new runner of its last known good version, which takes over
         every batch ``failed`` still owed."""
         host = self._host
-        admitted = (good.content, Verdict(good.signer, ""))
+        admitted = Admitted(good.content, good.signer)
         runner = host.runner_for(good.manifest, admitted)
         if runner is None:  # cannot happen: the content was admitted before
             return

@@ -98,7 +98,7 @@ def sign(directory: Path, key: Ed25519PrivateKey) -> tuple[Path, str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class SignatureCheck:
     """Who signed a measurement, or why nobody trusted did."""
 
     signer: str
@@ -109,7 +109,9 @@ class Verdict:
         return not self.problem
 
 
-def verify(directory: Path, measurement: str, trusted: Iterable[Ed25519PublicKey]) -> Verdict:
+def verify(
+    directory: Path, measurement: str, trusted: Iterable[Ed25519PublicKey]
+) -> SignatureCheck:
     """Whether ``directory``'s signature file signs ``measurement`` with a trusted key."""
     path = directory / SIGNATURE_NAME
     try:
@@ -118,16 +120,16 @@ def verify(directory: Path, measurement: str, trusted: Iterable[Ed25519PublicKey
         signed = str(document["measurement"])
         keyid = str(document["keyid"])
     except FileNotFoundError:
-        return Verdict("", "unsigned")
+        return SignatureCheck("", "unsigned")
     except (OSError, ValueError, KeyError, TypeError):
-        return Verdict("", f"{SIGNATURE_NAME} is not a signature file")
+        return SignatureCheck("", f"{SIGNATURE_NAME} is not a signature file")
     if signed != measurement:
-        return Verdict("", "the content changed since it was signed")
+        return SignatureCheck("", "the content changed since it was signed")
     for key in trusted:
         if key_id(key) == keyid:
             try:
                 key.verify(signature, measurement.encode())
             except InvalidSignature:
-                return Verdict("", f"bad signature by key {keyid}")
-            return Verdict(keyid, "")
-    return Verdict("", f"signed by key {keyid}, which is not trusted")
+                return SignatureCheck("", f"bad signature by key {keyid}")
+            return SignatureCheck(keyid, "")
+    return SignatureCheck("", f"signed by key {keyid}, which is not trusted")

@@ -17,18 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
 
 from google.protobuf.descriptor import FieldDescriptor
 
-from agent_host.host.config import HostConfig
+from agent_host.host.config import HostConfig, SignaturePolicy
 from agent_host.host.findings import CollectingSink
+from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import Manifest
 from agent_host.host.restart import RestartPolicy
-from agent_host.host.runner import PluginRunner
+from agent_host.host.stats import PluginStats
 from agent_host.host.store import StateStore
 from agent_host.protocol import EVENT_KINDS, Event, message_from_json
 
@@ -129,11 +130,26 @@ class Rejection:
         return f"{self.reason} (on {self.event})" if self.event else self.reason
 
 
-class Host(Protocol):
+class ValidatedRunner(Protocol):
+    """What validation reads of the runner of the version it tries (a ``PluginRunner``)."""
+
+    @property
+    def phase(self) -> Phase: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    @property
+    def stats(self) -> PluginStats: ...
+
+
+class ValidationHost(Protocol):
     """The validation host: a supervisor of its own (the caller's class, so that this module
     needs none of the supervisor's)."""
 
-    plugins: dict[str, PluginRunner]
+    @property
+    def plugins(self) -> Mapping[str, ValidatedRunner]: ...
+
     store: StateStore
 
     async def start(self) -> None: ...
@@ -142,7 +158,7 @@ class Host(Protocol):
     async def stop(self) -> None: ...
 
 
-HostFactory = Callable[[HostConfig, list[Manifest], CollectingSink, RestartPolicy], Host]
+HostFactory = Callable[[HostConfig, list[Manifest], CollectingSink, RestartPolicy], ValidationHost]
 
 
 async def validate(manifest: Manifest, config: HostConfig, host: HostFactory) -> Rejection | None:
@@ -156,7 +172,12 @@ async def validate(manifest: Manifest, config: HostConfig, host: HostFactory) ->
     everything = [*cases, *hostile]
     sink = CollectingSink()
     settings = dataclasses.replace(
-        config, state_dir=None, batch_size=8, signatures="off", trusted_keys=(), validating=True
+        config,
+        state_dir=None,
+        batch_size=8,
+        signatures=SignaturePolicy.OFF,
+        trusted_keys=(),
+        validating=True,
     )
     sup = host(settings, [manifest], sink, _POLICY)
     await sup.start()
