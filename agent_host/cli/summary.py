@@ -38,7 +38,6 @@ def summary_rows(runners: Iterable[PluginRunner]) -> list[dict[str, Any]]:
                 "dead_lettered": s.dead_lettered,
                 "undelivered": s.undelivered,
                 "handed_over": s.handed_over,
-                "dropped": s.dropped,
                 "errors": s.errors,
                 "findings": s.findings,
                 "rejected_findings": s.rejected_findings,

@@ -59,7 +59,6 @@ def plugin_status(sup: Supervisor, runner: PluginRunner) -> PluginStatus:
         events_processed=s.processed,
         events_redelivered=s.redelivered,
         events_dead_lettered=s.dead_lettered,
-        events_dropped=s.dropped,
         events_failed=s.errors,
         events_undelivered=s.undelivered,
         findings=s.findings,

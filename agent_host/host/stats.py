@@ -27,7 +27,7 @@ class LatencyHistogram:
 @dataclass(slots=True)
 class PluginStats:
     """Counters of one plugin. An event owed to the plugin is, in the end, exactly one of
-    processed, dead_lettered, dropped, undelivered or handed_over; ``delivered`` and
+    processed, dead_lettered, undelivered or handed_over; ``delivered`` and
     ``redelivered`` count sends.
     """
 
@@ -35,7 +35,6 @@ class PluginStats:
     processed: int = 0
     redelivered: int = 0
     dead_lettered: int = 0
-    dropped: int = 0
     #: Owed but never sent, with the reason in the plugin's state (failed, quarantined, died).
     undelivered: int = 0
     #: Owed, and passed to another version of the plugin that processes them instead (its last

@@ -69,7 +69,6 @@ class PluginStatus(_message.Message):
     EVENTS_PROCESSED_FIELD_NUMBER: _builtins.int
     EVENTS_REDELIVERED_FIELD_NUMBER: _builtins.int
     EVENTS_DEAD_LETTERED_FIELD_NUMBER: _builtins.int
-    EVENTS_DROPPED_FIELD_NUMBER: _builtins.int
     EVENTS_FAILED_FIELD_NUMBER: _builtins.int
     FINDINGS_FIELD_NUMBER: _builtins.int
     RESTARTS_FIELD_NUMBER: _builtins.int
@@ -87,7 +86,6 @@ class PluginStatus(_message.Message):
     events_processed: _builtins.int
     events_redelivered: _builtins.int
     events_dead_lettered: _builtins.int
-    events_dropped: _builtins.int
     events_failed: _builtins.int
     """processed events on which on_event raised"""
     findings: _builtins.int
@@ -113,7 +111,6 @@ class PluginStatus(_message.Message):
         events_processed: _builtins.int = ...,
         events_redelivered: _builtins.int = ...,
         events_dead_lettered: _builtins.int = ...,
-        events_dropped: _builtins.int = ...,
         events_failed: _builtins.int = ...,
         findings: _builtins.int = ...,
         restarts: _builtins.int = ...,
@@ -125,7 +122,7 @@ class PluginStatus(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_dead_lettered", b"events_dead_lettered", "events_delivered", b"events_delivered", "events_dropped", b"events_dropped", "events_failed", b"events_failed", "events_processed", b"events_processed", "events_redelivered", b"events_redelivered", "events_undelivered", b"events_undelivered", "findings", b"findings", "measurement", b"measurement", "name", b"name", "reason", b"reason", "restarts", b"restarts", "restarts_by_cause", b"restarts_by_cause", "sandbox_layers", b"sandbox_layers", "shadow", b"shadow", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_dead_lettered", b"events_dead_lettered", "events_delivered", b"events_delivered", "events_failed", b"events_failed", "events_processed", b"events_processed", "events_redelivered", b"events_redelivered", "events_undelivered", b"events_undelivered", "findings", b"findings", "measurement", b"measurement", "name", b"name", "reason", b"reason", "restarts", b"restarts", "restarts_by_cause", b"restarts_by_cause", "sandbox_layers", b"sandbox_layers", "shadow", b"shadow", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
