@@ -26,8 +26,8 @@ from collections.abc import Callable
 from agent_host.protocol import Event, FileEvent, ProcessEvent
 from agent_host.sources.live import audit
 from agent_host.sources.live.base import Sensor
-from agent_host.sources.live.file import FileSensor
-from agent_host.sources.live.filesystem import FanotifySensor, fanotify_unavailable
+from agent_host.sources.live.fanotify_sensor import FanotifySensor, fanotify_unavailable
+from agent_host.sources.live.inotify_sensor import InotifySensor
 from agent_host.sources.live.process import NetlinkProcessSensor
 from agent_host.sources.live.syscalls import SyscallSensor
 
@@ -141,7 +141,7 @@ def main() -> None:
     print(bench_execs("connector+/proc", NetlinkProcessSensor, args.seconds, args.rate))
     if not audit.unavailable():
         print(bench_execs("audit", SyscallSensor, args.seconds, args.rate))
-    print(bench_files("inotify", FileSensor, args.files))
+    print(bench_files("inotify", InotifySensor, args.files))
     if fanotify_unavailable() is None:
         print(bench_files("fanotify", FanotifySensor, args.files))
 

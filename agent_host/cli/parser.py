@@ -16,7 +16,7 @@ from agent_host import __version__
 from agent_host.host.config import HostConfig, SandboxMode, SignaturePolicy
 from agent_host.host.suppress import Suppression
 from agent_host.sources.live import OverflowPolicy
-from agent_host.sources.live.file import DEFAULT_PATHS
+from agent_host.sources.live.file_changes import DEFAULT_PATHS
 
 EXIT_USAGE = 2
 

@@ -38,7 +38,7 @@ from agent_host.host.store import default_state_dir
 from agent_host.host.supervisor import Supervisor
 from agent_host.protocol import Event
 from agent_host.sources.live import OverflowPolicy, SensorHub, build_hub
-from agent_host.sources.live.file import DEFAULT_PATHS
+from agent_host.sources.live.file_changes import DEFAULT_PATHS
 from agent_host.sources.recording import RecordingWriter
 from agent_host.sources.replay import ReplaySource
 from agent_host.sources.synthetic import SyntheticSource

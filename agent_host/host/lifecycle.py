@@ -325,31 +325,31 @@ class Lifecycle:
         """Why the current worker ended: what the host decided, else its exit status."""
         return self.death or exit_verdict(returncode)
 
-    def handle(self, event: Input, now: float) -> list[Action]:
+    def handle(self, happened: Input, now: float) -> list[Action]:
         """Take one input; return the actions to carry out, in order.
 
         Raises:
             IllegalTransition: if the table has no row for the phase and the input.
         """
-        if event.generation != self.generation:
+        if happened.generation != self.generation:
             return []  # about a worker that is already gone
-        key = (self.phase, type(event))
+        key = (self.phase, type(happened))
         allowed = TRANSITIONS.get(key)
         if allowed is None:
-            if self.phase.final and type(event) in _LATE:
+            if self.phase.final and type(happened) in _LATE:
                 return []
-            raise IllegalTransition(f"{type(event).__name__} while {self.phase.value}")
+            raise IllegalTransition(f"{type(happened).__name__} while {self.phase.value}")
         before = self.phase
-        actions = self._decide(event, now)
+        actions = self._decide(happened, now)
         if self.phase not in allowed:  # the table and the code must agree; a test checks
             raise IllegalTransition(
-                f"{type(event).__name__} took {before.value} to {self.phase.value}"
+                f"{type(happened).__name__} took {before.value} to {self.phase.value}"
             )
         return actions
 
-    def _decide(self, event: Input, now: float) -> list[Action]:  # noqa: PLR0912
+    def _decide(self, happened: Input, now: float) -> list[Action]:  # noqa: PLR0912
         # One case per kind of row of the table: split up, the table would be harder to see.
-        match event:
+        match happened:
             case Spawned():
                 self.phase = Phase.STARTING
                 return []
@@ -414,7 +414,7 @@ class Lifecycle:
                 self.on_probation = False
                 self.quarantine_level = 0
                 return [Release()]
-        raise IllegalTransition(f"no decision for {type(event).__name__}")  # pragma: no cover
+        raise IllegalTransition(f"no decision for {type(happened).__name__}")  # pragma: no cover
 
     def _doom(self, verdict: Verdict, action: Terminate | Kill) -> list[Action]:
         """Stop the current worker for ``verdict``, once: later verdicts do not change the cause."""

@@ -17,7 +17,7 @@ import pytest
 
 from agent_host.protocol import Finding
 from agent_host.sources.live import audit
-from agent_host.sources.live.filesystem import fanotify_unavailable
+from agent_host.sources.live.fanotify_sensor import fanotify_unavailable
 from tests.helpers import BackgroundHost, read_findings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import structlog
+
 from agent_host.sources.live.base import Sensor
+from agent_host.sources.live.file_changes import DEFAULT_PATHS
 from agent_host.sources.live.hub import OverflowPolicy, SensorHub
 
-__all__ = ["OverflowPolicy", "Sensor", "SensorHub", "build_hub"]
+if TYPE_CHECKING:
+    from agent_host.sources.live.execs import ExecTable
+
+__all__ = ["DEFAULT_PATHS", "OverflowPolicy", "Sensor", "SensorHub", "build_hub", "file_sensor"]
+
+log = structlog.get_logger("agent_host")
 
 
 def build_hub(
@@ -25,7 +36,6 @@ def build_hub(
     and why.
     """
     from agent_host.sources.live.execs import ExecTable
-    from agent_host.sources.live.file import file_sensor
     from agent_host.sources.live.network import NetworkSensor
     from agent_host.sources.live.process import process_sensor
     from agent_host.sources.live.syscalls import syscall_sensor
@@ -48,3 +58,25 @@ def build_hub(
         elif name == "network" and not (audited and audited.network):
             built.append(NetworkSensor(poll_interval_s))
     return SensorHub(built, capacity, policy)
+
+
+def file_sensor(
+    paths: Sequence[str] = DEFAULT_PATHS,
+    exclude: Sequence[str] = (),
+    coalesce_s: float = 1.0,
+    execs: ExecTable | None = None,
+) -> Sensor:
+    """fanotify where this process may use it (root), else inotify; logged either way.
+    ``execs`` names writers that have exited by the time their change is read."""
+    from agent_host.sources.live.fanotify_sensor import FanotifySensor, fanotify_unavailable
+    from agent_host.sources.live.inotify_sensor import InotifySensor
+
+    why = fanotify_unavailable()
+    if why is None:
+        return FanotifySensor(paths, exclude, coalesce_s, execs)
+    log.warning(
+        "file sensor: fanotify unavailable, using inotify (changes only, without the pid, "
+        "uid or executable that made them)",
+        reason=why,
+    )
+    return InotifySensor(paths, exclude, coalesce_s)

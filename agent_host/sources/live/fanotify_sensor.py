@@ -31,7 +31,7 @@ from agent_host.sources.live.fanotify import (
     Change,
     Fanotify,
 )
-from agent_host.sources.live.file import ChangeFilter, file_event, mode_of
+from agent_host.sources.live.file_changes import ChangeFilter, file_event, mode_of
 from agent_host.sources.live.process import _link, _status
 
 log = structlog.get_logger("agent_host")

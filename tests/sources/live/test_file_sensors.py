@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from agent_host.protocol import Event, FileEvent
-from agent_host.sources.live import audit
+from agent_host.sources.live import audit, file_sensor
 from agent_host.sources.live.execs import ExecTable
-from agent_host.sources.live.file import FileSensor, file_sensor
-from agent_host.sources.live.filesystem import FanotifySensor, fanotify_unavailable
+from agent_host.sources.live.fanotify_sensor import FanotifySensor, fanotify_unavailable
+from agent_host.sources.live.inotify_sensor import InotifySensor
 from agent_host.sources.live.syscalls import SyscallSensor
 from tests.sources.live.conftest import running
 
@@ -23,11 +23,11 @@ def under(root: Path):  # type: ignore[no-untyped-def]
     return lambda e: e.file.path.startswith(str(root))
 
 
-class TestFileSensor:
+class TestInotifySensor:
     """Created, modified, moved and deleted files, with exclusions and coalescing."""
 
     def test_create_modify_move_delete(self, tmp_path: Path) -> None:
-        with running(FileSensor([str(tmp_path)])) as seen:
+        with running(InotifySensor([str(tmp_path)])) as seen:
             target = tmp_path / "sub" / "notes.txt"
             target.parent.mkdir()
             # inotify watches a new folder only once it has seen it created: until then, a
@@ -58,7 +58,7 @@ class TestFileSensor:
         assert all(e.source == "sensor:file" and e.HasField("time") for e in seen.events)
 
     def test_modify_storm_is_coalesced(self, tmp_path: Path) -> None:
-        sensor = FileSensor([str(tmp_path)], coalesce_s=30)
+        sensor = InotifySensor([str(tmp_path)], coalesce_s=30)
         log = tmp_path / "busy.log"
         with running(sensor) as seen:
             with log.open("w") as f:
@@ -74,7 +74,7 @@ class TestFileSensor:
         assert sensor.counters["coalesced"] > 0
 
     def test_exclusions(self, tmp_path: Path) -> None:
-        sensor = FileSensor([str(tmp_path)], exclude=["*.swp", f"{tmp_path}/cache/*"])
+        sensor = InotifySensor([str(tmp_path)], exclude=["*.swp", f"{tmp_path}/cache/*"])
         with running(sensor) as seen:
             (tmp_path / "cache").mkdir()
             (tmp_path / "cache" / "blob").write_bytes(b"x")
@@ -87,7 +87,7 @@ class TestFileSensor:
         assert sensor.counters["excluded"] >= 2
 
     def test_missing_path_is_reported_not_fatal(self, tmp_path: Path) -> None:
-        sensor = FileSensor([str(tmp_path / "nope"), str(tmp_path)])
+        sensor = InotifySensor([str(tmp_path / "nope"), str(tmp_path)])
         with running(sensor) as seen:
             (tmp_path / "a").write_bytes(b"x")
             assert seen.wait_for(lambda e: isinstance(e, Event) and e.file.path.endswith("/a"))
@@ -96,7 +96,7 @@ class TestFileSensor:
     def test_watched_folder_removed_while_running(self, tmp_path: Path) -> None:
         watched = tmp_path / "w"
         watched.mkdir()
-        sensor = FileSensor([str(watched), str(tmp_path)])
+        sensor = InotifySensor([str(watched), str(tmp_path)])
         with running(sensor) as seen:
             (watched / "f").write_bytes(b"x")
             (watched / "f").unlink()
