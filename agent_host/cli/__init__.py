@@ -24,13 +24,13 @@ from agent_host.cli import (
     status,
     systemd,
 )
+from agent_host.cli.options import RUN_DEFAULTS, RecordOptions, RunOptions
 from agent_host.cli.parser import EXIT_USAGE, build_parser, command_parser
 from agent_host.errors import AgentHostError, UsageError
+from agent_host.host.config import SignaturePolicy
 from agent_host.host.store import default_state_dir
 
 __all__ = ["main"]
-
-EXIT_ABORTED = 130
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -53,15 +53,18 @@ def _plugins(args: argparse.Namespace) -> int:
     store = paths.open_state("--state-dir", state_dir)
     if command == "release":
         code = admin.release(store, args.name)
-        control = status.socket_path(getattr(args, "control_socket", None), state_dir)
+        control = status.socket_path(args.control_socket, state_dir)
         said = status.release_running(control, args.name)
         if said is not None:
             print(f"the running host: {said}")
         return code
     if command == "history":
         return admin.history(store, args.name)
-    # `plugins` alone lists, without the list command's own options.
-    trusted, policy = getattr(args, "trusted_key", []), getattr(args, "signatures", "warn")
+    # `plugins` alone lists, without the list command's own options: their defaults.
+    if args.plugins_command == "list":
+        trusted, policy = args.trusted_key, SignaturePolicy(args.signatures)
+    else:
+        trusted, policy = list(RUN_DEFAULTS.trusted_key), RUN_DEFAULTS.signatures
     return admin.list_plugins(paths.plugin_dirs(args.plugins), store, trusted, policy)
 
 
@@ -96,9 +99,6 @@ def _check_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 def _dispatch(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "run":
-        given = sys.argv[1:] if argv is None else argv
-        args = reconfigure.first_read(given, config_file.chosen(args.config))
     logs.configure(args.log_format, args.log_level)
     if args.command == "config":
         return _check_config(args, parser)
@@ -124,8 +124,18 @@ def _dispatch(argv: list[str] | None) -> int:
         store = paths.open_state("--state-dir", args.state_dir or default_state_dir())
         return admin.dead_letters(store, args.plugin, args.json, args.export, args.purge)
     if args.command == "record":
-        return asyncio.run(run.record(args))
-    return asyncio.run(run.host(args))
+        return asyncio.run(run.record(RecordOptions.from_args(args)))
+    return asyncio.run(run.host(_run_options(args, argv)))
+
+
+def _run_options(args: argparse.Namespace, argv: list[str] | None) -> RunOptions:
+    """``run``'s options from its flags over the config file; ``replay``'s from its flags."""
+    if args.command != "run":
+        return RunOptions.from_args(args)
+    given = sys.argv[1:] if argv is None else argv
+    options = reconfigure.first_read(given, config_file.chosen(args.config))
+    logs.configure(options.log_format, options.log_level)  # as the config file may say
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agent-host: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_ABORTED
+        return run.EXIT_ABORTED
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from agent_host.cli import paths
 from agent_host.errors import UsageError
 from agent_host.host.caps import Caps
 from agent_host.host.cgroups import Cgroups
+from agent_host.host.config import SignaturePolicy
 from agent_host.host.manifest import Discovery, Manifest, discover
 from agent_host.host.sandbox import describe, for_plugin, machine_report
 from agent_host.host.spawn import probe_sandbox
@@ -113,10 +114,10 @@ class PluginView:
 
 
 def _signature(
-    manifest: Manifest, measurement: str, trusted: list[Ed25519PublicKey], policy: str
+    manifest: Manifest, measurement: str, trusted: list[Ed25519PublicKey], policy: SignaturePolicy
 ) -> tuple[str, str]:
     """(signer, how the signature reads) by the policy."""
-    if policy == "off":
+    if policy is SignaturePolicy.OFF:
         return "", "signatures not checked"
     verdict = signing.verify(manifest.directory, measurement, trusted)
     if verdict.signed:
@@ -128,7 +129,7 @@ def plugin_views(
     discovery: Discovery,
     store: StateStore,
     trusted_keys: list[Path],
-    policy: str,
+    policy: SignaturePolicy,
     machine: SandboxReport,
 ) -> list[PluginView]:
     """Each usable plugin: its state by the quarantines, the caps and the signature policy,
@@ -153,7 +154,7 @@ def plugin_views(
         refusal = Caps().check(m)
         if refusal is not None:
             state, why = "refused", f"(raise the cap to run it): {refusal.key}: {refusal.message}"
-        elif policy == "enforce" and not signer:
+        elif policy is SignaturePolicy.ENFORCE and not signer:
             state, why = "refused", f"(--signatures enforce): {signature}"
         views.append(
             PluginView(m, state, why, measurement, signer, signature, for_plugin(machine, m))
@@ -162,7 +163,7 @@ def plugin_views(
 
 
 def list_plugins(
-    plugins_dir: list[Path], store: StateStore, trusted_keys: list[Path], policy: str
+    plugins_dir: list[Path], store: StateStore, trusted_keys: list[Path], policy: SignaturePolicy
 ) -> int:
     """``plugins list``: each plugin found with its state, its measurement and signer, what it
     is granted and which sandbox layers it gets here, and each manifest error."""

@@ -13,6 +13,7 @@ from agent_host import __version__
 from agent_host.cli import admin
 from agent_host.cli.paths import open_state, writable_file
 from agent_host.errors import UsageError
+from agent_host.host.config import SignaturePolicy
 from agent_host.host.manifest import discover
 from agent_host.host.updates import attestation, signing
 
@@ -38,7 +39,11 @@ def report(args: argparse.Namespace, plugins_dir: list[Path], state_dir: Path) -
     store = open_state("--state-dir", state_dir)
     key = signing.load_private(_host_key(args.key, state_dir))
     views = admin.plugin_views(
-        discover(plugins_dir), store, args.trusted_key, args.signatures, admin.machine_sandbox()
+        discover(plugins_dir),
+        store,
+        args.trusted_key,
+        SignaturePolicy(args.signatures),
+        admin.machine_sandbox(),
     )
     predicate = {
         "agent_version": __version__,

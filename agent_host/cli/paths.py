@@ -8,6 +8,7 @@ traceback halfway through a run.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -27,9 +28,9 @@ def default_plugin_dirs() -> list[Path]:
     return [BUNDLED_PLUGINS, *([SYSTEM_PLUGINS] if SYSTEM_PLUGINS.is_dir() else [])]
 
 
-def plugin_dirs(given: list[Path] | None) -> list[Path]:
+def plugin_dirs(given: Sequence[Path] | None) -> list[Path]:
     """The plugin folders given (``--plugins``, repeatable), else the defaults."""
-    folders = given or default_plugin_dirs()
+    folders = list(given or default_plugin_dirs())
     for folder in folders:
         if not folder.is_dir():
             raise UsageError("--plugins", f"not a folder: {folder}")

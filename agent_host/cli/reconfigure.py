@@ -19,6 +19,7 @@ from typing import Any, Final
 import structlog
 
 from agent_host.cli import config_file
+from agent_host.cli.options import RunOptions
 from agent_host.cli.parser import build_parser, command_parser
 from agent_host.errors import ConfigFileError
 
@@ -49,7 +50,7 @@ POLICY: Final = frozenset({"signatures", "trusted_key", "allow_network", "allow_
 class Reread:
     #: The settings the host now runs with: the live ones as the file and flags say now, the
     #: others as they were at start.
-    args: argparse.Namespace
+    options: RunOptions
     #: Live settings that changed.
     applied: frozenset[str]
     #: Settings that changed but wait for the next start.
@@ -75,11 +76,10 @@ def layered(argv: list[str], settings: dict[str, Any]) -> argparse.Namespace:
     for dest, value in settings.items():
         if dest not in given:
             setattr(args, dest, value)
-    args.argv = argv
     return args
 
 
-def first_read(argv: list[str], path: Path | None) -> argparse.Namespace:
+def first_read(argv: list[str], path: Path | None) -> RunOptions:
     """The arguments of ``run`` at start: the config file at ``path`` (if any) under the flags.
 
     Raises:
@@ -87,20 +87,18 @@ def first_read(argv: list[str], path: Path | None) -> argparse.Namespace:
     """
     if path is None:
         args = build_parser().parse_args(argv)
-        args.argv, args.config_file = argv, None
-        return args
-    settings, mistakes = config_file.read(path, command_parser(build_parser(), "run"))
-    if mistakes:
-        raise ConfigFileError(mistakes)
-    args = layered(argv, settings)
-    args.config_file = path
-    return args
+    else:
+        settings, mistakes = config_file.read(path, command_parser(build_parser(), "run"))
+        if mistakes:
+            raise ConfigFileError(mistakes)
+        args = layered(argv, settings)
+    return RunOptions.from_args(args).replace(argv=tuple(argv), config_file=path)
 
 
-def reread(args: argparse.Namespace) -> Reread | None:
-    """The config file read again under the flags of ``args.argv``; None when there is no file
-    or it has mistakes (each logged; the host keeps every setting as it was)."""
-    path = getattr(args, "config_file", None)
+def reread(options: RunOptions) -> Reread | None:
+    """The config file read again under the flags of ``options.argv``; None when there is no
+    file or it has mistakes (each logged; the host keeps every setting as it was)."""
+    path = options.config_file
     if path is None:
         return None
     run_parser = command_parser(build_parser(), "run")
@@ -109,17 +107,17 @@ def reread(args: argparse.Namespace) -> Reread | None:
         log.error("config file not reloaded", mistake=str(mistake))
     if mistakes:
         return None
-    now = layered(args.argv, settings)
-    merged = argparse.Namespace(**vars(args))
-    applied, deferred = set(), set()
+    now = RunOptions.from_args(layered(list(options.argv), settings))
+    changes: dict[str, Any] = {}
+    deferred = set()
     for dest in config_file.settings_of(run_parser):
-        if getattr(now, dest, None) == getattr(args, dest, None):
+        if getattr(now, dest) == getattr(options, dest):
             continue
         if dest in LIVE:
-            setattr(merged, dest, getattr(now, dest))
-            applied.add(dest)
+            changes[dest] = getattr(now, dest)
         else:
             deferred.add(dest)
+    applied = set(changes)
     if deferred:
         log.warning(
             "config file settings changed that take effect at the next start",
@@ -127,4 +125,4 @@ def reread(args: argparse.Namespace) -> Reread | None:
         )
     if applied:
         log.info("config file settings applied", settings=" ".join(sorted(applied)))
-    return Reread(merged, frozenset(applied), frozenset(deferred))
+    return Reread(options.replace(**changes), frozenset(applied), frozenset(deferred))

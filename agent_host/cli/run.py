@@ -6,7 +6,6 @@ written; a second signal stops it at once.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -23,12 +22,11 @@ import structlog
 
 from agent_host import logs
 from agent_host.cli import metrics, paths, reconfigure, status
+from agent_host.cli.options import LiveOptions, RecordOptions, RunOptions
 from agent_host.cli.summary import render_table, summary_rows
 from agent_host.cli.systemd import Notifier
 from agent_host.cli.watch import FolderWatch
 from agent_host.errors import UsageError
-from agent_host.host.caps import Caps
-from agent_host.host.config import HostConfig
 from agent_host.host.control import ControlServer, ControlService
 from agent_host.host.export import NatsExport
 from agent_host.host.findings import JsonLinesSink
@@ -37,7 +35,7 @@ from agent_host.host.manifest import discover
 from agent_host.host.store import default_state_dir
 from agent_host.host.supervisor import Supervisor
 from agent_host.protocol import Event
-from agent_host.sources.live import OverflowPolicy, SensorHub, build_hub
+from agent_host.sources.live import SensorHub, build_hub
 from agent_host.sources.live.file_changes import DEFAULT_PATHS
 from agent_host.sources.recording import RecordingWriter
 from agent_host.sources.replay import ReplaySource
@@ -56,38 +54,38 @@ EXIT_HOST_FAILED = 3
 _MAX_SOCKET_PATH = 107
 
 
-def _hub(args: argparse.Namespace, exclude: list[str]) -> SensorHub:
+def _hub(options: LiveOptions, exclude: list[str]) -> SensorHub:
     """The live sensors, never watching the agent's own files (that way lies a feedback loop)."""
     # This host's runtime folder (worker sockets) only: a glob on every agent-host-* folder
     # would be a place for anyone to hide files from the sensor.
     own = [f"{tempfile.gettempdir()}/agent-host-{os.getpid()}-*", *exclude]
     return build_hub(
-        [s.strip() for s in args.sensors.split(",") if s.strip()],
-        watch=args.watch or list(DEFAULT_PATHS),
-        exclude=[*args.exclude, *own],
-        poll_interval_s=args.poll_interval,
-        capacity=args.queue_size,
-        policy=OverflowPolicy(args.overflow),
+        options.sensor_names,
+        watch=list(options.watch or DEFAULT_PATHS),
+        exclude=[*options.exclude, *own],
+        poll_interval_s=options.poll_interval,
+        capacity=options.queue_size,
+        policy=options.overflow,
     )
 
 
-def _open_source(args: argparse.Namespace, exclude: list[str]) -> AsyncIterable[Event]:
+def _open_source(options: RunOptions, exclude: list[str]) -> AsyncIterable[Event]:
     """The event source the command asks for.
 
     Raises:
         UsageError: naming the recording or the flag.
     """
-    if args.command == "replay":
-        spec, what = f"replay:{args.recording}", str(args.recording)
+    if options.command == "replay":
+        spec, what = f"replay:{options.recording}", str(options.recording)
     else:
-        spec, what = args.source, "--source"
+        spec, what = options.source, "--source"
     try:
         if spec == "live":
-            return _hub(args, exclude)
+            return _hub(options, exclude)
     except ValueError as exc:
         raise UsageError("--sensors", str(exc)) from None
     if spec == "synthetic":
-        return SyntheticSource(rate=args.rate)
+        return SyntheticSource(rate=options.rate)
     if spec.startswith("replay:"):
         source = ReplaySource(Path(spec.removeprefix("replay:")))
         if not source.path.is_file():
@@ -152,7 +150,7 @@ async def _run_source(
 
 async def _reload_on_hup(
     sup: Supervisor,
-    args: argparse.Namespace,
+    options: RunOptions,
     plugins_dir: list[Path],
     sink: JsonLinesSink,
     signals: _Signals,
@@ -165,9 +163,9 @@ async def _reload_on_hup(
         signals.reloading.clear()
         log.info("reloading the config, the plugins and the findings file")
         try:
-            args = _reconfigured(sup, args)
-            _reopen(sink, args.findings)
-            plugins_dir = paths.plugin_dirs(args.plugins)
+            options = _reconfigured(sup, options)
+            _reopen(sink, options.findings)
+            plugins_dir = paths.plugin_dirs(options.plugins)
             discovery = discover(plugins_dir)
             for error in discovery.errors:
                 log.error("plugin skipped: bad manifest", error=str(error))
@@ -178,16 +176,16 @@ async def _reload_on_hup(
             log.exception("reload failed; the running plugins stay")
 
 
-def _reconfigured(sup: Supervisor, args: argparse.Namespace) -> argparse.Namespace:
+def _reconfigured(sup: Supervisor, options: RunOptions) -> RunOptions:
     """The settings after the config file was read again, the live ones applied."""
-    reread = reconfigure.reread(args)
+    reread = reconfigure.reread(options)
     if reread is None or not reread.applied:
-        return args
-    new = reread.args
+        return options
+    new = reread.options
     if "log_level" in reread.applied:
         logs.configure(new.log_format, new.log_level)
     if reread.applied - {"plugins", "findings", "log_level"}:
-        sup.reconfigure(host_config(new, sup.config.state_dir))  # a bad key: nothing changes
+        sup.reconfigure(new.host_config(sup.config.state_dir))  # a bad key: nothing changes
     return new
 
 
@@ -202,48 +200,30 @@ def _reopen(sink: JsonLinesSink, findings: Path | None) -> None:
         )
 
 
-def host_config(args: argparse.Namespace, state_dir: Path | None) -> HostConfig:
-    """The host's settings from the command's."""
-    return HostConfig(
-        batch_size=args.batch_size,
-        flush_interval_s=args.flush_ms / 1000,
-        state_dir=state_dir,
-        sandbox=args.sandbox,
-        caps=Caps(network=args.allow_network, exec=args.allow_exec),
-        signatures=args.signatures,
-        trusted_keys=tuple(args.trusted_key),
-        shadow=args.shadow,
-        shadow_events=args.shadow_events,
-        shadow_s=args.shadow_seconds,
-        suppressions=tuple(args.suppress),
-        allowlist=args.allowlist,
-    )
-
-
-def state_dir_for(args: argparse.Namespace) -> Path:
+def state_dir_for(options: RunOptions) -> Path:
     """The state folder: as given; by default the daemon's, or for ``replay`` one of its own, so
     that replaying a poison recording on a workstation cannot quarantine the daemon's plugin."""
-    if args.state_dir is not None:
-        return Path(args.state_dir)
+    if options.state_dir is not None:
+        return Path(options.state_dir)
     default = default_state_dir()
-    return default / "replay" if args.command == "replay" else default
+    return default / "replay" if options.command == "replay" else default
 
 
-async def host(args: argparse.Namespace) -> int:
+async def host(options: RunOptions) -> int:
     """``agent-host run`` and ``replay``: the host over a source, then the summary."""
     notifier = Notifier()  # first: no worker may inherit systemd's socket
-    plugins_dir = paths.plugin_dirs(args.plugins)
-    state_dir = state_dir_for(args)
-    own_files = [str(p) for p in (args.findings, state_dir) if p is not None]
-    source = _open_source(args, [*own_files, f"{state_dir}/*"])
-    if args.summary_json is not None:
-        paths.writable_file("--summary-json", args.summary_json)
-    given_socket = getattr(args, "control_socket", None)
+    plugins_dir = paths.plugin_dirs(options.plugins)
+    state_dir = state_dir_for(options)
+    own_files = [str(p) for p in (options.findings, state_dir) if p is not None]
+    source = _open_source(options, [*own_files, f"{state_dir}/*"])
+    if options.summary_json is not None:
+        paths.writable_file("--summary-json", options.summary_json)
+    given_socket = options.control_socket
     if given_socket is not None:  # asked for by name: unusable is an error, not a log line
         paths.writable_file("--control-socket", given_socket)
         if len(os.fsencode(given_socket)) > _MAX_SOCKET_PATH:
             raise UsageError("--control-socket", f"longer than {_MAX_SOCKET_PATH} bytes")
-    config = host_config(args, state_dir)
+    config = options.host_config(state_dir)
     paths.open_state("--state-dir", state_dir).close()
     discovery = discover(plugins_dir)
     for error in discovery.errors:
@@ -253,8 +233,8 @@ async def host(args: argparse.Namespace) -> int:
         return EXIT_NOTHING_RAN
 
     sink = JsonLinesSink(
-        paths.appendable("--findings", args.findings),
-        terminal=None if args.quiet else sys.stdout,
+        paths.appendable("--findings", options.findings),
+        terminal=None if options.quiet else sys.stdout,
     )
     sup = Supervisor(config, discovery.manifests, sink)
     signals = _Signals(reload=True)
@@ -262,7 +242,7 @@ async def host(args: argparse.Namespace) -> int:
     try:
         code = await _serve(
             sup,
-            args,
+            options,
             source=source,
             plugins_dir=plugins_dir,
             sink=sink,
@@ -274,7 +254,7 @@ async def host(args: argparse.Namespace) -> int:
         notifier.close()
     if code == EXIT_NOTHING_RAN:
         return code
-    _report(args, sup, source, time.monotonic() - started)
+    _report(options, sup, source, time.monotonic() - started)
     return code
 
 
@@ -287,7 +267,7 @@ def status_line(sup: Supervisor) -> str:
 
 async def _serve(
     sup: Supervisor,
-    args: argparse.Namespace,
+    options: RunOptions,
     *,
     source: AsyncIterable[Event],
     plugins_dir: list[Path],
@@ -301,24 +281,24 @@ async def _serve(
         log.error("no plugin could start")
         await sup.stop()
         return EXIT_NOTHING_RAN
-    port = getattr(args, "metrics_port", 0)
+    port = options.metrics_port
     if port:
         hub = source if isinstance(source, SensorHub) else None
         try:
-            metrics.serve(sup, hub, args.metrics_address, port)
+            metrics.serve(sup, hub, options.metrics_address, port)
         except OSError as exc:
             await sup.stop()
             raise UsageError("--metrics-port", f"cannot listen on {port}: {exc.strerror}") from None
-    control = await _serve_control(sup, args, source)
-    export = _start_export(sup, args)
+    control = await _serve_control(sup, options, source)
+    export = _start_export(sup, options)
     started = time.monotonic()
     notifier.ready(status_line(sup))  # every plugin has started or been set aside
-    signals.stop_after(getattr(args, "duration", 0.0))
+    signals.stop_after(options.duration)
     tasks = [
-        asyncio.ensure_future(_reload_on_hup(sup, args, plugins_dir, sink, signals)),
+        asyncio.ensure_future(_reload_on_hup(sup, options, plugins_dir, sink, signals)),
         asyncio.ensure_future(notifier.keep_alive(lambda: status_line(sup))),
     ]
-    if args.watch_plugins and args.command == "run":
+    if options.watch_plugins and options.command == "run":
         watch = FolderWatch(plugins_dir, signals.reloading)
         watch.start()
         tasks.append(asyncio.ensure_future(watch.run()))
@@ -355,24 +335,26 @@ async def _stop_on_failure(sup: Supervisor, signals: _Signals) -> None:
     signals.stopping.set()
 
 
-def _start_export(sup: Supervisor, args: argparse.Namespace) -> NatsExport | None:
+def _start_export(sup: Supervisor, options: RunOptions) -> NatsExport | None:
     """The export of findings to a fleet's NATS JetStream server (``--export``), if asked."""
-    url = getattr(args, "export", None)
+    url = options.export
     if not url:
         return None
-    export = NatsExport(url, args.export_subject, state_dir_for(args), args.export_spool_mb)
+    export = NatsExport(
+        url, options.export_subject, state_dir_for(options), options.export_spool_mb
+    )
     sup.findings.listeners.append(export.findings_written)
     export.start()
     return export
 
 
 async def _serve_control(
-    sup: Supervisor, args: argparse.Namespace, source: AsyncIterable[Event]
+    sup: Supervisor, options: RunOptions, source: AsyncIterable[Event]
 ) -> ControlServer | None:
     """The control socket (``agent-host status``, ``tail``), for ``run`` only."""
-    if args.command != "run":
+    if options.command != "run":
         return None
-    path = status.socket_path(args.control_socket, state_dir_for(args))
+    path = status.socket_path(options.control_socket, state_dir_for(options))
     if len(os.fsencode(path)) > _MAX_SOCKET_PATH:
         log.error("control socket not served: its path is too long", path=str(path))
         return None
@@ -409,7 +391,7 @@ def summary_of(sup: Supervisor, source: AsyncIterable[Event], elapsed: float) ->
 
 
 def _report(
-    args: argparse.Namespace, sup: Supervisor, source: AsyncIterable[Event], elapsed: float
+    options: RunOptions, sup: Supervisor, source: AsyncIterable[Event], elapsed: float
 ) -> None:
     summary = summary_of(sup, source, elapsed)
     rows = summary_rows(sup.runners)
@@ -419,32 +401,32 @@ def _report(
         f"{bad_lines} bad lines skipped, {sup.findings.written} findings"
     )
     print(render_table(rows))
-    if args.summary_json:
+    if options.summary_json:
         try:
-            args.summary_json.write_text(json.dumps(summary, indent=2))
+            options.summary_json.write_text(json.dumps(summary, indent=2))
         except OSError as exc:
-            why = f"cannot write {args.summary_json}: {exc.strerror}"
+            why = f"cannot write {options.summary_json}: {exc.strerror}"
             raise UsageError("--summary-json", why) from None
     dead = sum(r["dead_lettered"] for r in rows)
-    if dead and args.command == "replay":
+    if dead and options.command == "replay":
         where = sup.store.directory
         print(f"{dead} events dead-lettered; see: agent-host deadletters --state-dir {where}")
 
 
-async def record(args: argparse.Namespace) -> int:
+async def record(options: RecordOptions) -> int:
     """``agent-host record``: live events into a recording, until the duration or a signal."""
     try:
-        hub = _hub(args, [str(args.output.resolve())])
+        hub = _hub(options, [str(options.output.resolve())])
     except ValueError as exc:
         raise UsageError("--sensors", str(exc)) from None
-    out = paths.open_write("--output", args.output)
+    out = paths.open_write("--output", options.output)
     hostname = socket.gethostname()
     signals = _Signals()
-    signals.stop_after(args.duration)
+    signals.stop_after(options.duration)
     started = time.monotonic()
     count = 0
     with out:
-        writer = RecordingWriter(out, binary=args.format == "binary")
+        writer = RecordingWriter(out, binary=options.format == "binary")
 
         async def write(event: Event) -> None:
             nonlocal count
@@ -454,5 +436,5 @@ async def record(args: argparse.Namespace) -> int:
             count += 1
 
         await _run_source(hub, write, signals)
-    print(f"recorded {count} events in {time.monotonic() - started:.1f}s to {args.output}")
+    print(f"recorded {count} events in {time.monotonic() - started:.1f}s to {options.output}")
     return EXIT_OK

@@ -1,0 +1,131 @@
+"""The flags several commands share, each declared once with its check, and the parser whose
+errors are one line.
+
+argparse's own errors (an unknown flag, a missing argument, a value that fails its check) come
+out in the same one-line form as every other user error: ``agent-host: <what>: <why>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from agent_host.cli.options import RUN_DEFAULTS as DEFAULTS
+from agent_host.host.config import SignaturePolicy
+from agent_host.host.suppress import Suppression
+
+EXIT_USAGE = 2
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"agent-host: {message.removeprefix('argument ')}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+class _SuppressionArgument:
+    """``--suppress``'s type: ``KEY=GLOB,...`` on the command line, a table in the file."""
+
+    __name__ = "suppression"  # argparse names the type in its errors
+
+    def __call__(self, text: str) -> Suppression:
+        try:
+            return Suppression.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    @staticmethod
+    def from_table(table: dict[str, object]) -> Suppression:
+        return Suppression.from_table(table)  # ValueError: the file's key and line are named
+
+
+suppression = _SuppressionArgument()
+
+
+def _number(kind: type[float] | type[int], check: str) -> Callable[[str], float]:
+    """A converter that accepts ``kind`` values that are positive (``>0``) or not negative."""
+
+    def convert(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if check == ">0" and value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if check == ">=0" and value < 0:
+            raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+        return value
+
+    return convert
+
+
+positive_float = _number(float, ">0")
+positive_int = _number(int, ">0")
+non_negative_float = _number(float, ">=0")
+non_negative_int = _number(int, ">=0")
+
+
+def add_state_dir(p: argparse.ArgumentParser, default: object = None) -> None:
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=default,
+        metavar="DIR",
+        help="where quarantines and dead letters are kept (default: ~/.local/state/agent-host)",
+    )
+
+
+def add_plugins_dir(p: argparse.ArgumentParser, default: object = None) -> None:
+    p.add_argument(
+        "--plugins",
+        type=Path,
+        action="append",
+        default=default,
+        metavar="DIR",
+        help="a folder of plugin folders; repeatable (default: the bundled plugins and "
+        "/etc/agent-host/plugins, if it exists)",
+    )
+
+
+def add_trust_options(p: argparse.ArgumentParser, default: object = None) -> None:
+    p.add_argument(
+        "--trusted-key",
+        action="append",
+        type=Path,
+        default=[] if default is None else default,
+        metavar="PUB",
+        help="an Ed25519 public key (PEM) whose plugin signatures are trusted; repeatable",
+    )
+    p.add_argument(
+        "--signatures",
+        choices=[policy.value for policy in SignaturePolicy],
+        default=DEFAULTS.signatures.value if default is None else default,
+        help="enforce: a plugin not signed by a trusted key does not start; warn: it starts "
+        "and the host says so; off (default %(default)s)",
+    )
+
+
+def add_control_socket(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--control-socket",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the running host's control socket (default: control.sock in the state folder)",
+    )
+
+
+def add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="settings of agent-host run in TOML, flags overriding them (default: "
+        "/etc/agent-host/agent-host.toml, if it exists)",
+    )
