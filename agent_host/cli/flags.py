@@ -8,6 +8,7 @@ out in the same one-line form as every other user error: ``agent-host: <what>: <
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -55,6 +56,8 @@ def _number(kind: type[float] | type[int], check: str) -> Callable[[str], float]
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):  # nan passes every comparison below
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if check == ">0" and value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         if check == ">=0" and value < 0:
@@ -68,6 +71,14 @@ positive_float = _number(float, ">0")
 positive_int = _number(int, ">0")
 non_negative_float = _number(float, ">=0")
 non_negative_int = _number(int, ">=0")
+
+
+def port(text: str) -> int:
+    """A TCP port, or 0 for none."""
+    value = int(non_negative_int(text))
+    if value > 65_535:
+        raise argparse.ArgumentTypeError(f"must be a port, 0 to 65535, got {text}")
+    return value
 
 
 def add_state_dir(p: argparse.ArgumentParser, default: object = None) -> None:

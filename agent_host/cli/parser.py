@@ -28,7 +28,7 @@ from agent_host.cli.flags import (
     add_state_dir,
     add_trust_options,
     non_negative_float,
-    non_negative_int,
+    port,
     positive_float,
     positive_int,
     suppression,
@@ -237,7 +237,7 @@ def build_parser() -> Parser:
     )
     run.add_argument(
         "--metrics-port",
-        type=non_negative_int,
+        type=port,
         default=DEFAULTS.metrics_port,
         metavar="PORT",
         help="serve Prometheus metrics on this port (default: off)",

@@ -6,10 +6,10 @@
   number as a string, a bad value) falls back to ``json_format.Parse``, which either accepts it
   exactly as the protobuf JSON mapping says or gives the error, so both paths accept the same
   lines and build the same events (a test compares them).
-- **binary**: an 8-byte magic with the format version, then each event as a varint length and
+- **binary**: a 9-byte magic with the format version, then each event as a varint length and
   the serialized ``Event``. No per-field walk at all: decoding is ``Event.FromString``.
 
-    magic    b"\\x93AHREC" + version (2 bytes, big-endian) + b"\\n"    (8 bytes)
+    magic    b"\\x93AHREC" + version (2 bytes, big-endian) + b"\\n"    (9 bytes)
     record   varint(len) + Event bytes                               (len <= MAX_EVENT_BYTES)
 
 Both readers yield ``(position, event)`` and raise ``RecordingError`` naming the file and the

@@ -38,6 +38,9 @@ def workdir(tmp_path: Path) -> Path:
 REPLAY = ["replay", "rec.jsonl", "--plugins", "plugins", "--quiet"]
 CASES = [
     (["run", "--duration", "-1"], "--duration: must not be negative, got -1"),
+    (["run", "--duration", "nan"], "--duration: must be a finite number, got nan"),
+    ([*REPLAY, "--flush-ms", "inf"], "--flush-ms: must be a finite number, got inf"),
+    (["run", "--metrics-port", "70000"], "--metrics-port: must be a port, 0 to 65535, got 70000"),
     ([*REPLAY, "--flush-ms", "0"], "--flush-ms: must be positive, got 0"),
     ([*REPLAY, "--batch-size", "many"], "--batch-size: not a number: 'many'"),
     (
