@@ -192,7 +192,8 @@ HOST_LAYERS: list[tuple[str, set[str]]] = [
     (
         "parts",
         {
-            "broker", "caps", "cgroups", "config", "delivery", "export", "fanout", "findings",
+            "broker", "caps", "cgroups", "config", "delivery", "export", "facilities", "fanout",
+            "findings",
             "lifecycle", "limits", "manifest", "output", "poison", "restart", "session", "spawn",
             "stats", "store", "suppress", "untrusted", "updates.attestation", "updates.content",
             "updates.signing",
@@ -201,7 +202,7 @@ HOST_LAYERS: list[tuple[str, set[str]]] = [
     ("sandboxes, trials", {"sandbox", "updates.rollout", "updates.shadow", "updates.validation"}),
     ("one worker", {"child", "conversation", "generation", "postmortem", "records", "results"}),
     ("the runner", {"runner"}),
-    ("the host", {"admission", "runtime", "supervisor"}),
+    ("the host", {"admission", "reload", "runtime", "supervisor"}),
     ("its control socket", {"control"}),
 ]  # fmt: skip
 

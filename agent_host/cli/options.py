@@ -98,6 +98,8 @@ class RunOptions(LiveOptions):
     sandbox: SandboxMode = _HOST.sandbox
     summary_json: Path | None = None
     watch_plugins: bool = True
+    #: How long a stop waits for what was accepted to be delivered.
+    drain_timeout: float = _HOST.drain_timeout_s
     # The content policy.
     trusted_key: tuple[Path, ...] = ()
     signatures: SignaturePolicy = _HOST.signatures
@@ -126,6 +128,7 @@ class RunOptions(LiveOptions):
         return HostConfig(
             batch_size=self.batch_size,
             flush_interval_s=self.flush_ms / 1000,
+            drain_timeout_s=self.drain_timeout,
             state_dir=state_dir,
             sandbox=self.sandbox,
             caps=Caps(network=self.allow_network, exec=self.allow_exec),

@@ -123,6 +123,14 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
         help="do not reload when the plugins folder changes (SIGHUP still does)",
     )
     p.add_argument(
+        "--drain-timeout",
+        type=positive_float,
+        default=DEFAULTS.drain_timeout,
+        metavar="S",
+        help="on SIGTERM, SIGINT or the end of the source, wait at most S seconds for every "
+        "accepted event to be delivered; the rest is counted undelivered (default %(default)s)",
+    )
+    p.add_argument(
         "--summary-json",
         type=Path,
         default=None,

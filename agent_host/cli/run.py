@@ -7,6 +7,7 @@ written; a second signal stops it at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -50,6 +51,8 @@ EXIT_ABORTED = 130
 _EXPORT_DRAIN_S = 5.0
 #: A task of the host's own failed (the log says which): the host stopped.
 EXIT_HOST_FAILED = 3
+#: How long a stop waits for the source's last event to be taken.
+_FEED_STOP_S = 1.0
 #: What a Unix socket path may hold (sun_path, less its terminating NUL).
 _MAX_SOCKET_PATH = 107
 
@@ -145,7 +148,15 @@ async def _run_source(
     if hub is not None:
         await asyncio.to_thread(hub.stop)
         hub.report()
-    await feeding
+    # The source ends between two events; but an event can wait for room in a full backlog
+    # (a plugin far behind): then the stop does not wait for it. Taking an event is
+    # cancel-safe: it is owed to all its plugins or to none.
+    _, late = await asyncio.wait({feeding}, timeout=_FEED_STOP_S)
+    if late:
+        log.warning("a backlog is full: stopping without waiting for room", limit_s=_FEED_STOP_S)
+        feeding.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await feeding
 
 
 async def _reload_on_hup(

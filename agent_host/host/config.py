@@ -58,6 +58,10 @@ class HostConfig:
     backlog_batches: int = 256
     #: How long a worker has to connect, import its plugin and run on_start.
     start_timeout_s: float = 20.0
+    #: How long a stop waits for every accepted event to be delivered; past it, what is not
+    #: is counted undelivered (a stop is bounded in every state: a slow plugin far behind, a
+    #: plugin that cannot start).
+    drain_timeout_s: float = 30.0
     #: How long a worker has to run on_stop and exit before it is killed.
     stop_timeout_s: float = 5.0
     #: An idle worker that sends nothing (not even a heartbeat) for this long is hung.

@@ -180,6 +180,19 @@ class Delivery:
         self.group.backlog.subscribers.add(self.plugin)
         self.resume()
 
+    def cut_off(self) -> None:
+        """Send nothing beyond what is in flight (the host stops without waiting for the rest,
+        which the plugin's settling counts undelivered)."""
+        self.cursor = max(self.cursor, self.group.backlog.next_id)
+
+    def owed_now(self) -> int:
+        """What the plugin is owed and has not processed: kept batches and events waiting to
+        be batched (once it gave up, nothing)."""
+        backlog = self.group.backlog
+        if self.plugin not in backlog.subscribers:
+            return 0
+        return backlog.owed(self.plugin) + self.group.waiting
+
     def hand_over(self, successor: Delivery) -> None:
         """Give every batch still owed to ``successor`` (another version of the plugin, in the
         same group), which processes them instead."""

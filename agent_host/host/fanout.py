@@ -68,8 +68,17 @@ class Backlog:
         """Call ``listener`` whenever a batch is appended (workers use it to wake up)."""
         self._listeners.append(listener)
 
-    async def append(self, records: list[bytes], seqs: list[int]) -> Batch | None:
-        """Frame the events as a batch and keep it; wait while the backlog is full.
+    async def wait_for_room(self) -> None:
+        """Return once a batch can be kept (at once when no plugin subscribes any more)."""
+        if not self.subscribers or len(self._batches) < self._capacity:
+            return
+        async with self._space:
+            await self._space.wait_for(
+                lambda: not self.subscribers or len(self._batches) < self._capacity
+            )
+
+    def keep(self, records: list[bytes], seqs: list[int]) -> Batch | None:
+        """Frame the events as a batch and keep it, room or not (``wait_for_room`` first).
 
         Returns None without keeping anything when no plugin subscribes any more.
         """
@@ -77,8 +86,6 @@ class Backlog:
         self.last_seq = seqs[-1]
         if not self.subscribers:
             return None
-        async with self._space:
-            await self._space.wait_for(lambda: len(self._batches) < self._capacity)
         batch_id = self._next_id
         self._next_id += 1
         frame = batch_frame(batch_payload(batch_id, records))
@@ -86,9 +93,6 @@ class Backlog:
         self._batches.append(batch)
         for listener in self._listeners:
             listener()
-        # Give the workers' senders a turn now: a fast source would otherwise fill the whole
-        # backlog before any batch went out.
-        await asyncio.sleep(0)
         return batch
 
     def get(self, batch_id: int) -> Batch | None:
@@ -133,7 +137,14 @@ class Backlog:
                 batch.pending.discard(plugin)
                 missed += len(batch)
         await self._trim()
+        if not self.subscribers:  # a source waiting for room must not wait for nobody
+            async with self._space:
+                self._space.notify_all()
         return missed
+
+    def owed(self, plugin: str) -> int:
+        """The kept events ``plugin`` has not processed."""
+        return sum(len(batch) for batch in self._batches if plugin in batch.pending)
 
     async def _trim(self) -> None:
         freed = False
@@ -195,11 +206,34 @@ class Group:
         """How long the oldest unsent event has waited (0 if none)."""
         return now - self._oldest if self._records else 0.0
 
+    @property
+    def waiting(self) -> int:
+        """Events put and not yet kept as a batch."""
+        return len(self._records)
+
     async def flush(self) -> None:
-        """Send what is waiting as a batch, however few."""
+        """Send what is waiting as a batch, however few; wait while the backlog is full.
+
+        Cancel-safe: the events stay waiting here until the moment they are kept, with nothing
+        awaited in between, so a flush cancelled (a stop that cannot wait) loses no event
+        without a count.
+        """
         async with self._flushing:
             if not self._records:
                 return
+            await self.backlog.wait_for_room()
+            if not self._records:  # dropped while it waited
+                return
             records, seqs = self._records, self._seqs
             self._records, self._seqs = [], []
-            await self.backlog.append(records, seqs)
+            self.backlog.keep(records, seqs)
+        # Give the workers' senders a turn now: a fast source would otherwise fill the whole
+        # backlog before any batch went out.
+        await asyncio.sleep(0)
+
+    def drop_waiting(self) -> int:
+        """Forget the events put and not yet kept (the host stops without them); how many."""
+        dropped = len(self._records)
+        self._records, self._seqs = [], []
+        self.backlog.appended += dropped  # owed all the same: counted undelivered
+        return dropped

@@ -33,6 +33,7 @@ class Phase(enum.StrEnum):
     DRAINING = "draining"  # a stop was asked: finishing what it holds, then on_stop and exit
     BACKING_OFF = "backing_off"  # it failed; a restart is scheduled
     QUARANTINED = "quarantined"  # failed too often; retried on probation after a period
+    SET_ASIDE = "set_aside"  # its worker cannot be started; tried again after a period
     FAILED = "failed"  # could not load (import error, on_start raised): not retried
     STOPPED = "stopped"  # stopped on request
 
@@ -42,7 +43,7 @@ class Phase(enum.StrEnum):
         return self in _SETTLED
 
 
-_SETTLED: Final = frozenset({Phase.QUARANTINED, Phase.FAILED, Phase.STOPPED})
+_SETTLED: Final = frozenset({Phase.QUARANTINED, Phase.SET_ASIDE, Phase.FAILED, Phase.STOPPED})
 
 
 #: The cause of a restart the operator asked for.
@@ -215,6 +216,14 @@ class Quarantine:
 
 
 @dataclass(frozen=True, slots=True)
+class SetAside:
+    """Say the plugin cannot be started, and feed BackoffElapsed after ``retry_in_s``."""
+
+    reason: str
+    retry_in_s: float
+
+
+@dataclass(frozen=True, slots=True)
 class Release:
     """Lift the persisted quarantine: the probation was passed."""
 
@@ -224,7 +233,9 @@ class Settle:
     """The plugin is owed nothing more in this run: count what it will never process."""
 
 
-Action = Spawn | Terminate | Kill | Drain | ScheduleRestart | Quarantine | Release | Settle
+Action = (
+    Spawn | Terminate | Kill | Drain | ScheduleRestart | Quarantine | SetAside | Release | Settle
+)
 
 
 # -- the table ------------------------------------------------------------------------------
@@ -236,7 +247,7 @@ _WORKING: Final = (Phase.STARTING, Phase.RUNNING, Phase.DRAINING)
 #: A pair that is not here is ignored and logged as a host bug.
 TRANSITIONS: Final[Mapping[tuple[Phase, type[Input]], frozenset[Phase]]] = {
     (Phase.SPAWNING, Spawned): frozenset({Phase.STARTING}),
-    (Phase.SPAWNING, SpawnFailed): frozenset({Phase.BACKING_OFF}),
+    (Phase.SPAWNING, SpawnFailed): frozenset({Phase.BACKING_OFF, Phase.SET_ASIDE}),
     (Phase.STARTING, Ready): frozenset({Phase.RUNNING}),
     (Phase.DRAINING, Ready): frozenset({Phase.DRAINING}),
     (Phase.STARTING, LoadFailed): frozenset({Phase.FAILED}),
@@ -255,13 +266,16 @@ TRANSITIONS: Final[Mapping[tuple[Phase, type[Input]], frozenset[Phase]]] = {
     (Phase.DRAINING, StopRequested): frozenset({Phase.DRAINING}),
     (Phase.BACKING_OFF, StopRequested): frozenset({Phase.STOPPED}),
     (Phase.QUARANTINED, StopRequested): frozenset({Phase.QUARANTINED}),
+    (Phase.SET_ASIDE, StopRequested): frozenset({Phase.SET_ASIDE}),
     (Phase.FAILED, StopRequested): frozenset({Phase.FAILED}),
     (Phase.STOPPED, StopRequested): frozenset({Phase.STOPPED}),
     (Phase.STARTING, RestartRequested): frozenset({Phase.STARTING}),
     (Phase.RUNNING, RestartRequested): frozenset({Phase.RUNNING}),
     (Phase.BACKING_OFF, RestartRequested): frozenset({Phase.SPAWNING}),
+    (Phase.SET_ASIDE, RestartRequested): frozenset({Phase.SPAWNING}),
     (Phase.BACKING_OFF, BackoffElapsed): frozenset({Phase.SPAWNING}),
     (Phase.QUARANTINED, BackoffElapsed): frozenset({Phase.SPAWNING}),
+    (Phase.SET_ASIDE, BackoffElapsed): frozenset({Phase.SPAWNING}),
     (Phase.RUNNING, ProbationPassed): frozenset({Phase.RUNNING}),
 }
 
@@ -304,6 +318,9 @@ class Lifecycle:
     death: Verdict | None = None
     running_since: float | None = None
     _restarts: RestartTracker = field(init=False)
+    #: Starts that failed in a row (no process could be had), and times set aside for it.
+    _failed_starts: int = 0
+    _set_asides: int = 0
     #: When each generation's failure was counted, so that it can be forgiven.
     _counted: dict[int, float] = field(default_factory=dict)
 
@@ -354,10 +371,15 @@ class Lifecycle:
                 self.phase = Phase.STARTING
                 return []
             case SpawnFailed(reason=reason):
-                # The host could not fork: not the plugin's doing, so it never quarantines it.
+                # The host could not fork: not the plugin's doing, so it never quarantines it;
+                # but a plugin that cannot start must not hold its group's backlog for ever.
+                self._failed_starts += 1
+                if self._failed_starts >= self.policy.start_attempts:
+                    return self._set_aside(reason)
                 verdict = Verdict("exit", f"could not start: {reason}")
                 return self._failed(verdict, now, Blame.OUTSIDE)
             case Ready():
+                self._failed_starts = self._set_asides = 0
                 if self.phase is Phase.STARTING:
                     self.phase = Phase.RUNNING
                 self.running_since = now
@@ -399,7 +421,7 @@ class Lifecycle:
                 return [Settle()]
             case StopRequested():
                 return []
-            case RestartRequested() if self.phase is not Phase.BACKING_OFF:
+            case RestartRequested() if self.phase not in (Phase.BACKING_OFF, Phase.SET_ASIDE):
                 verdict = Verdict(OPERATOR, "restarted by the operator")
                 return self._doom(verdict, Terminate(verdict))
             case BackoffElapsed() | RestartRequested():
@@ -446,6 +468,17 @@ class Lifecycle:
         self.phase = Phase.BACKING_OFF
         self.reason = verdict.detail
         return [ScheduleRestart(delay, verdict.cause)]
+
+    def _set_aside(self, last_error: str) -> list[Action]:
+        policy = self.policy
+        retry_in = min(policy.max_set_aside_s, policy.set_aside_s * 2.0**self._set_asides)
+        self._set_asides += 1
+        self.phase = Phase.SET_ASIDE
+        self.reason = (
+            f"its worker could not be started {self._failed_starts} times in a row, "
+            f"last: {last_error}"
+        )
+        return [Settle(), SetAside(self.reason, retry_in)]
 
     def _quarantine(self, reason: str, now: float) -> list[Action]:
         del now

@@ -32,6 +32,13 @@ class RestartPolicy:
     quarantine_periods_s: tuple[float, ...] = (600.0, 3600.0, 86400.0)
     #: A plugin on probation that runs this long without failing is released.
     probation_s: float = 600.0
+    #: A plugin whose worker cannot be started (no process could be had: out of file
+    #: descriptors, processes, memory) this many times in a row is set aside: it is owed no
+    #: events (they are counted undelivered) and is tried again after set_aside_s, doubling
+    #: up to max_set_aside_s. Not the plugin's fault, so never a quarantine.
+    start_attempts: int = 5
+    set_aside_s: float = 30.0
+    max_set_aside_s: float = 600.0
 
 
 @dataclass(slots=True)

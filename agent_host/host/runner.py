@@ -21,7 +21,6 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Final
 
 import grpc
@@ -29,26 +28,23 @@ import psutil
 import structlog
 
 from agent_host.host import lifecycle as lc
-from agent_host.host.cgroups import Cgroups
 from agent_host.host.child import Child, Exit
-from agent_host.host.config import HostConfig
 from agent_host.host.conversation import Conversation, start_message
 from agent_host.host.delivery import Delivery
+from agent_host.host.facilities import Facilities
 from agent_host.host.fanout import Group
-from agent_host.host.findings import FindingPipeline, Source
+from agent_host.host.findings import Source
 from agent_host.host.generation import WorkerGeneration
 from agent_host.host.limits import DATA_HEADROOM_MIB, Deadlines
 from agent_host.host.manifest import Manifest
 from agent_host.host.poison import PoisonBudget
 from agent_host.host.postmortem import Postmortem
 from agent_host.host.records import PluginRecords
-from agent_host.host.restart import RestartPolicy
 from agent_host.host.results import Results
 from agent_host.host.sandbox import WorkerSandbox
 from agent_host.host.session import PluginSessions
-from agent_host.host.spawn import Spawner
 from agent_host.host.stats import PluginStats
-from agent_host.host.store import Quarantine, StateStore
+from agent_host.host.store import Quarantine
 from agent_host.host.untrusted import RateLimit
 from agent_host.host.updates.content import Content
 from agent_host.host.updates.shadow import ShadowTrial
@@ -61,19 +57,6 @@ log = structlog.get_logger("agent_host")
 _INBOX_SIZE: Final = 256
 #: Log records of one plugin per second, on average, that reach the host's log.
 LOG_RECORDS_PER_S: Final = 200.0
-
-
-@dataclass(frozen=True, slots=True)
-class Facilities:
-    """What every runner of one host shares: its settings, and where workers come from and
-    findings and records go."""
-
-    config: HostConfig
-    pipeline: FindingPipeline
-    restart_policy: RestartPolicy
-    store: StateStore
-    spawner: Spawner
-    cgroups: Cgroups | None = None
 
 
 class PluginRunner:
@@ -268,11 +251,13 @@ class PluginRunner:
                 self._draining = True
                 self._wake.set()
             case lc.ScheduleRestart(delay_s=delay, cause=cause):
-                self.stats.restarts[cause] += 1
-                if not self._taken_in_hand(f"{cause}: {self.life.reason}"):
-                    self._schedule(delay)
+                self._restart_later(delay, cause)
             case lc.Quarantine(reason=reason, level=level, retry_in_s=retry):
                 self._quarantined(reason, level, retry)
+            case lc.SetAside(reason=reason, retry_in_s=retry):
+                self._log.error("plugin set aside", reason=reason, retry_in_s=round(retry, 1))
+                if not self.retired:
+                    self._schedule(retry)
             case lc.Release():
                 self._records.release()
                 self._log.info("probation passed; quarantine lifted")
@@ -281,6 +266,11 @@ class PluginRunner:
                     self._taken_in_hand(self.life.reason)
                 await self._give_up()
         return None
+
+    def _restart_later(self, delay: float, cause: str) -> None:
+        self.stats.restarts[cause] += 1
+        if not self._taken_in_hand(f"{cause}: {self.life.reason}"):
+            self._schedule(delay)
 
     def _quarantined(self, reason: str, level: int, retry: float) -> None:
         if self._quarantine is None or self.life.generation != 0:  # else: kept in a past run
@@ -442,7 +432,7 @@ class PluginRunner:
         """The operator asked for a fresh worker on the same content: the current one is
         stopped, and what it held goes to the next, which starts at once. Not a failure: it
         is counted among the restarts (cause "operator") but never toward a quarantine."""
-        if self.phase is lc.Phase.BACKING_OFF:
+        if self.phase in (lc.Phase.BACKING_OFF, lc.Phase.SET_ASIDE):
             self._cancel_timer()  # the restart it waits for is now
         self.report(lc.RestartRequested(self.life.generation))
 

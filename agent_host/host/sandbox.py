@@ -17,8 +17,9 @@ from typing import Final
 
 import structlog
 
+from agent_host.errors import SandboxUnavailableError
 from agent_host.host.cgroups import Cgroups
-from agent_host.host.config import HostConfig
+from agent_host.host.config import HostConfig, SandboxMode
 from agent_host.host.manifest import Manifest
 from agent_host.host.updates.content import Content
 from agent_host.protocol import SANDBOX_LAYERS, SandboxLayer, SandboxPolicy, SandboxReport
@@ -126,3 +127,22 @@ def describe(layers: list[SandboxLayer]) -> str:
     missing = [f"{layer.name} ({layer.reason})" for layer in layers if not layer.active]
     text = " ".join(active) or "none"
     return f"{text}; missing: {', '.join(missing)}" if missing else text
+
+
+def checked_machine(probe: str, cgroups: Cgroups | None, config: HostConfig) -> SandboxReport:
+    """What every worker's sandbox holds on this machine, each missing layer said once.
+
+    Raises:
+        SandboxUnavailableError: a layer is missing and the sandbox is strict (a cgroup the
+            operator turned off is not missing).
+    """
+    report = machine_report(probe, cgroups)
+    active = [layer.name for layer in report.layers if layer.active]
+    log.info("sandbox layers active", layers=" ".join(active), mode=config.sandbox)
+    for layer in report.layers:
+        if not layer.active:
+            log.warning(f"sandbox layer unavailable: {layer.name}", reason=layer.reason)
+            chosen_off = layer.name == "cgroup" and not config.cgroups
+            if config.sandbox is SandboxMode.STRICT and not chosen_off:
+                raise SandboxUnavailableError(layer.name, layer.reason)
+    return report

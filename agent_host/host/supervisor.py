@@ -23,20 +23,22 @@ import structlog
 from agent_host.errors import SandboxUnavailableError
 from agent_host.host.admission import Admission
 from agent_host.host.cgroups import Cgroups
-from agent_host.host.config import HostConfig, SandboxMode
+from agent_host.host.config import HostConfig
+from agent_host.host.facilities import Facilities
 from agent_host.host.fanout import Group
 from agent_host.host.findings import FindingPipeline, FindingSink
 from agent_host.host.lifecycle import Phase
 from agent_host.host.limits import descendants_by_root
 from agent_host.host.manifest import Manifest
+from agent_host.host.reload import Reload, log_start
 from agent_host.host.restart import RestartPolicy
-from agent_host.host.runner import Facilities, PluginRunner
+from agent_host.host.runner import PluginRunner
 from agent_host.host.runtime import make_runtime_dir, not_dumpable
-from agent_host.host.sandbox import WorkerSandbox, for_plugin, machine_report
+from agent_host.host.sandbox import WorkerSandbox, checked_machine, for_plugin
 from agent_host.host.spawn import ExecSpawner, Spawner, ZygoteSpawner, probe_sandbox
 from agent_host.host.store import StateStore
 from agent_host.host.suppress import Suppressions
-from agent_host.host.updates.content import Admitted, measure, remove_tree
+from agent_host.host.updates.content import Admitted, remove_tree
 from agent_host.host.updates.rollout import Rollout
 from agent_host.protocol import (
     EVENT_KINDS,
@@ -60,7 +62,13 @@ class Supervisor:
         manifests: Iterable[Manifest],
         sink: FindingSink,
         restart_policy: RestartPolicy | None = None,
+        spawner: Spawner | None = None,
     ) -> None:
+        """
+        Args:
+            spawner: Where workers come from; by default the zygote (``config.zygote``), else
+                a fresh interpreter each. An embedder's own is used as it is.
+        """
         self.config = config
         runtime_dir = make_runtime_dir()
         try:
@@ -90,7 +98,8 @@ class Supervisor:
         #: Events with none of process, file, network: skipped, counted, reported in the summary.
         self.rejected_events = 0
         self._background: list[asyncio.Task[None]] = []
-        self._spawner: Spawner = ExecSpawner()
+        self._spawner: Spawner = spawner or ExecSpawner()
+        self._own_spawner = spawner is None
         self._cgroups: Cgroups | None = None
         #: What every worker's sandbox holds on this machine (known once started).
         self.sandbox = SandboxReport()
@@ -120,14 +129,16 @@ class Supervisor:
         if self.config.cgroups:
             self._cgroups = Cgroups()
         probe = ""
-        if self.config.zygote:
+        if self.config.zygote and self._own_spawner:
             zygote = ZygoteSpawner()
             if await zygote.start():
                 self._spawner = zygote
                 probe = zygote.sandbox_probe
         self.admission.say_policy()
         try:
-            self.sandbox = self._machine_sandbox(probe or await probe_sandbox())
+            self.sandbox = checked_machine(
+                probe or await probe_sandbox(), self._cgroups, self.config
+            )
         except SandboxUnavailableError:
             await self._spawner.close()
             remove_tree(self._runtime_dir)
@@ -143,7 +154,7 @@ class Supervisor:
         await asyncio.gather(*(r.wait_started() for r in self.plugins.values()))
         self._background.append(self._keep(self._flush_periodically(), "flush timer"))
         for runner in self.plugins.values():
-            self._log_start(runner)
+            log_start(runner)
             if self._last_recorded(runner.name) != runner.content.measurement:
                 self.record(runner, "running", "a version not seen before")
 
@@ -183,32 +194,8 @@ class Supervisor:
 
         return asyncio.create_task(guarded())
 
-    def _machine_sandbox(self, probe: str) -> SandboxReport:
-        """What every worker's sandbox holds on this machine; each missing layer said once,
-        and under a strict sandbox, an error."""
-        report = machine_report(probe, self._cgroups)
-        active = [layer.name for layer in report.layers if layer.active]
-        log.info("sandbox layers active", layers=" ".join(active), mode=self.config.sandbox)
-        for layer in report.layers:
-            if not layer.active:
-                log.warning(f"sandbox layer unavailable: {layer.name}", reason=layer.reason)
-                chosen_off = layer.name == "cgroup" and not self.config.cgroups
-                if self.config.sandbox is SandboxMode.STRICT and not chosen_off:
-                    raise SandboxUnavailableError(layer.name, layer.reason)
-        return report
-
     def layers_of(self, runner: PluginRunner) -> list[SandboxLayer]:
         return for_plugin(self.sandbox, runner.manifest)
-
-    def _log_start(self, runner: PluginRunner) -> None:
-        log.info(
-            "plugin started" if runner.phase is Phase.RUNNING else "plugin not started",
-            plugin=runner.name,
-            version=runner.manifest.version,
-            pid=runner.pid,
-            state=runner.phase.value,
-            subscribe=sorted(runner.manifest.subscribe),
-        )
 
     def _group_for(self, kinds: frozenset[EventKind]) -> Group:
         group = self.groups.get(kinds)
@@ -267,40 +254,7 @@ class Supervisor:
         """``runner`` is now its plugin's version (started, promoted or brought back)."""
         self.plugins[runner.name] = runner
 
-    async def _candidates(
-        self,
-        wanted: dict[str, Manifest],
-        digests: dict[str, str],
-        refused: list[str],
-        revoked: list[str],
-    ) -> dict[str, tuple[Manifest, Admitted]]:
-        """The plugins that are new or changed (manifest or content), admitted and, if the
-        host validates updates, validated: each with the very content that will run. After a
-        change of the content policy, the running plugins it now refuses go in ``revoked``."""
-        candidates = {}
-        for name, manifest in wanted.items():
-            current = self.plugins.get(name)
-            unchanged = current is not None and manifest == current.manifest
-            if unchanged and current is not None and digests[name] == current.content.measurement:
-                if self.admission.changed and not self.admission.still_admitted(
-                    manifest, current.content
-                ):
-                    refused.append(name)
-                    revoked.append(name)
-                continue
-            if self.rollout.in_shadow(manifest, digests[name]):
-                continue
-            admitted = self.admission.admit(manifest)
-            if admitted is None or self.rollout.still_rejected(manifest, admitted.content):
-                refused.append(name)
-                continue
-            if self.config.validate_updates and not await self._validated(manifest, admitted):
-                refused.append(name)
-                continue
-            candidates[name] = (manifest, admitted)
-        return candidates
-
-    async def _validated(self, manifest: Manifest, admitted: Admitted) -> bool:
+    async def validated(self, manifest: Manifest, admitted: Admitted) -> bool:
         """Whether this content passed validation (in a host of its own)."""
         content = admitted.content
         rejection = await self.admission.validate(manifest, content, Supervisor)
@@ -312,77 +266,9 @@ class Supervisor:
         return False
 
     async def reload(self, manifests: Iterable[Manifest]) -> dict[str, list[str]]:
-        """Take in a new plugin set: start the new plugins, replace the changed ones (a new
-        version, manifest or any file of the folder), retire the removed ones. The others keep
-        running and lose nothing.
-
-        A changed plugin that is running is not replaced at once when the host shadows
-        updates: its new version starts in shadow beside it (``rollout.py``) and replaces it
-        when promoted. Every group is flushed first, so that a cut between an old version and
-        its successor is between two batches: each event is processed by exactly one of them.
-        """
-        wanted = {m.name: m for m in self.admission.within_caps(manifests)}
-        digests = {name: measure(m.directory) for name, m in wanted.items()}
-        refused: list[str] = []
-        revoked: list[str] = []
-        candidates = await self._candidates(wanted, digests, refused, revoked)
-        self.admission.changed = False
-        # The cut: from here to the new runners' start, nothing awaits but the flush, so that
-        # every event is owed to exactly one of the old and the new version.
-        for group in self.groups.values():
-            await group.flush()
-        report: dict[str, list[str]] = {
-            "added": [],
-            "changed": [],
-            "shadow": [],
-            "removed": [],
-            "kept": [],
-            "refused": refused,
-        }
-        successors = {
-            name: runner
-            for name, (manifest, admitted) in candidates.items()
-            if (runner := self.runner_for(manifest, admitted)) is not None
-        }
-        for name in list(self.rollout.trials):
-            if name in successors or name not in wanted:
-                self.rollout.withdraw(name, "superseded by a reload")
-        for name, runner in list(self.plugins.items()):
-            fate = self._fate(runner, successors.get(name), name in wanted, name in revoked)
-            report[fate].append(name)
-            if fate in ("changed", "removed"):
-                self.retired.append(runner)
-                del self.plugins[name]
-        for name, runner in successors.items():
-            if name not in self.plugins and name not in report["changed"]:
-                report["added"].append(name)
-            if name not in report["shadow"]:
-                self.install(runner)
-            runner.start()
-        await asyncio.gather(*(r.wait_started() for r in successors.values()))
-        for runner in successors.values():
-            self._log_start(runner)
-        log.info("plugins reloaded", **{k: sorted(v) for k, v in report.items()})
-        return report
-
-    def _fate(
-        self, runner: PluginRunner, successor: PluginRunner | None, wanted: bool, revoked: bool
-    ) -> str:
-        """What a reload does with a running plugin: "shadow" (its successor starts beside
-        it), "changed" or "removed" (retired), or "kept"."""
-        if successor is not None and self.rollout.shadows(runner, successor):
-            self.rollout.begin(runner, successor)
-            return "shadow"
-        if successor is not None:
-            runner.retire(f"replaced by version {successor.manifest.version} in a reload")
-            return "changed"
-        if not wanted:
-            runner.retire("removed by a reload")
-            return "removed"
-        if revoked:
-            runner.retire("refused by the content policy of a reload")
-            return "removed"
-        return "kept"
+        """Take in a new plugin set (``reload.py``): start the new plugins, replace the changed
+        ones, retire the removed ones; the others keep running and lose nothing."""
+        return await Reload(self).run(manifests)
 
     async def publish(self, event: Event) -> bool:
         """Accept one event: number it, stamp it, queue it for every group that wants its kind.
@@ -403,10 +289,12 @@ class Supervisor:
             stamp = event.time
             stamp.seconds, stamp.nanos = divmod(now, 1_000_000_000)
         record = event_record(event.SerializeToString())
+        # Into every group before any await, so that a publish cancelled while a backlog is
+        # full (a stop that cannot wait) leaves the event owed to all of its groups or none.
         # One await per full batch, not one per event: put() never waits.
-        for group in self._groups_by_kind[kind]:
-            if group.put(record, seq):
-                await group.flush()
+        full = [group for group in self._groups_by_kind[kind] if group.put(record, seq)]
+        for group in full:
+            await group.flush()
         return True
 
     async def publish_all(self, events: AsyncIterator[Event]) -> None:
@@ -452,8 +340,13 @@ class Supervisor:
         await asyncio.gather(*(g.backlog.wait_empty() for g in self.groups.values()))
 
     async def stop(self) -> None:
-        """Drain, then let every worker run on_stop and exit; close the socket."""
-        await self.drain()
+        """Drain, for ``drain_timeout_s`` at most; then let every worker run on_stop and exit
+        (``stop_timeout_s`` at most, then it is killed); close the sockets. What could not be
+        delivered in time is counted undelivered, plugin by plugin."""
+        try:
+            await asyncio.wait_for(self.drain(), self.config.drain_timeout_s)
+        except TimeoutError:
+            self._cut_off()
         await asyncio.gather(*(r.stop(self.config.stop_timeout_s) for r in self.runners))
         for runner in self.runners:
             runner.count_unowed()
@@ -470,8 +363,29 @@ class Supervisor:
         remove_tree(self._runtime_dir)
         self.store.close()
 
+    def _cut_off(self) -> None:
+        """Deliver nothing more than what is in flight: the stop cannot wait for the rest."""
+        owed = {runner.name: runner.delivery.owed_now() for runner in self.runners}
+        log.warning(
+            "not every accepted event could be delivered in time; stopping without the rest",
+            drain_timeout_s=self.config.drain_timeout_s,
+            undelivered={name: n for name, n in owed.items() if n},
+        )
+        for group in self.groups.values():
+            waiting = group.drop_waiting()
+            for runner in self.runners:
+                if runner.group is group and runner.key in group.backlog.subscribers:
+                    runner.stats.undelivered += waiting
+        for runner in self.runners:
+            runner.delivery.cut_off()
+            runner.wake.set()
+
     async def abort(self) -> None:
-        """Stop at once: kill every worker without draining (a second SIGINT)."""
+        """Stop at once: kill every worker without draining (a second SIGINT). What each
+        plugin was still owed is counted undelivered."""
+        for runner in self.runners:
+            runner.stats.undelivered += runner.delivery.owed_now()
+            runner.count_unowed()
         for runner in self.runners:
             runner.kill_now()
             await runner.close()

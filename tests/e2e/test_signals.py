@@ -117,6 +117,55 @@ def test_a_second_signal_stops_at_once_and_still_writes_the_summary(tmp_path: Pa
     assert time.monotonic() - started < 30  # at once, not after the minute of work
     assert agent.returncode == 130
     assert "second signal: stopping without draining" in stderr
-    row = json.loads(summary.read_text())["plugins"][0]
+    report = json.loads(summary.read_text())
+    row = report["plugins"][0]
     assert row["plugin"] == "slow"
     assert 0 < row["delivered"] < 60
+    # What it did not get to is not forgotten: every event accepted is processed or counted.
+    assert row["undelivered"] > 0
+    assert row["processed"] + row["undelivered"] == report["events"]
+
+
+def test_sigterm_stops_within_its_bound_when_a_plugin_is_far_behind(tmp_path: Path) -> None:
+    """A plugin at one event a second, with a recording that fills the whole backlog (256
+    batches): a drain would take minutes and the source waits for room. SIGTERM stops the host
+    within 1 s (the source) + --drain-timeout + stop_timeout_s (5 s) + the last batches in
+    flight; what was not delivered is counted."""
+    make_plugin(tmp_path / "plugins", "slow", SLOW, extra_toml="[limits]\nbatch_deadline_s = 60\n")
+    make_plugin(
+        tmp_path / "plugins",
+        "quick",
+        "from agent_host.sdk import Plugin\nclass Detector(Plugin): pass\n",
+    )
+    events = 400
+    recording(
+        tmp_path / "rec.jsonl", [exec_event("/usr/bin/id", pid=i) for i in range(1, events + 1)]
+    )
+    summary = tmp_path / "summary.json"
+    agent = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "agent_host", "--log-format", "json", "replay", "rec.jsonl"),
+            *("--plugins", "plugins", "--quiet", "--batch-size", "1", "--drain-timeout", "1"),
+            *("--summary-json", str(summary), "--state-dir", str(tmp_path / "state")),
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    time.sleep(4)  # started; the backlog full, minutes of work ahead
+    started = time.monotonic()
+    agent.send_signal(signal.SIGTERM)
+    _, stderr = agent.communicate(timeout=120)
+    assert time.monotonic() - started < 90  # about 9 s; without a bound, 400 s
+    assert agent.returncode == 0, stderr[-3000:]
+    assert "not every accepted event could be delivered in time" in stderr
+    report = json.loads(summary.read_text())
+    rows = {r["plugin"]: r for r in report["plugins"]}
+    assert 256 <= report["events"] < events  # the source stopped while waiting for room
+    assert rows["quick"]["processed"] == report["events"]
+    slow = rows["slow"]
+    assert slow["undelivered"] > 200
+    assert slow["processed"] + slow["undelivered"] == report["events"]
+    assert slow["state"] == "stopped"

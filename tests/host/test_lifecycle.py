@@ -189,11 +189,42 @@ class TestFailures:
     def test_a_spawn_failure_is_not_the_plugins(self) -> None:
         life = Lifecycle(POLICY)
         life.begin()
-        for _ in range(10):
+        for _ in range(POLICY.start_attempts - 1):
             actions = life.handle(lc.SpawnFailed(life.generation, "fork failed"), 0.0)
             assert isinstance(actions[0], lc.ScheduleRestart)
             life.handle(lc.BackoffElapsed(life.generation), 0.0)
         assert life.phase is Phase.SPAWNING
+
+    def test_a_plugin_that_cannot_start_is_set_aside_and_tried_again_later(self) -> None:
+        life = Lifecycle(POLICY)
+        life.begin()
+        delays = []
+        for _ in range(3):
+            for _ in range(POLICY.start_attempts):
+                actions = life.handle(lc.SpawnFailed(life.generation, "EMFILE"), 0.0)
+                if life.phase is not Phase.SET_ASIDE:
+                    life.handle(lc.BackoffElapsed(life.generation), 0.0)
+                    continue
+                assert actions[0] == lc.Settle()
+                assert isinstance(actions[1], lc.SetAside)
+                delays.append(actions[1].retry_in_s)
+                life.handle(lc.BackoffElapsed(life.generation), 0.0)
+                break
+        assert delays == [POLICY.set_aside_s, 2 * POLICY.set_aside_s, 4 * POLICY.set_aside_s]
+        assert life.quarantine_level == 0  # never the plugin's fault
+
+    def test_a_start_clears_the_count_of_failed_starts(self) -> None:
+        life = Lifecycle(POLICY)
+        life.begin()
+        for _ in range(POLICY.start_attempts - 1):
+            life.handle(lc.SpawnFailed(life.generation, "EMFILE"), 0.0)
+            life.handle(lc.BackoffElapsed(life.generation), 0.0)
+        life.handle(lc.Spawned(life.generation, 5), 0.0)
+        life.handle(lc.Ready(life.generation), 0.0)
+        life.handle(lc.Exited(life.generation, -9, lc.Blame.OUTSIDE), 0.0)
+        life.handle(lc.BackoffElapsed(life.generation), 0.0)
+        life.handle(lc.SpawnFailed(life.generation, "EMFILE"), 0.0)
+        assert life.phase is Phase.BACKING_OFF  # one failed start, not five
 
 
 class TestProbation:

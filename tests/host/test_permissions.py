@@ -12,9 +12,8 @@ import structlog
 from agent_host.errors import ManifestError, SandboxUnavailableError
 from agent_host.host.caps import Caps
 from agent_host.host.config import HostConfig
-from agent_host.host.findings import CollectingSink
 from agent_host.host.manifest import Limits, Manifest
-from agent_host.host.supervisor import Supervisor
+from agent_host.host.sandbox import checked_machine
 from agent_host.protocol import SandboxReport
 from tests.helpers import agent_host, exec_event, make_plugin, recording
 
@@ -105,15 +104,15 @@ class TestHonestAboutMissingLayers:
     """The decision, given a machine whose probe found a layer missing."""
 
     def test_strict_refuses_to_start(self, tmp_path: Path) -> None:
-        sup = Supervisor(HostConfig(sandbox="strict", state_dir=None), [], CollectingSink())
+        config = HostConfig(sandbox="strict", state_dir=None)
         with pytest.raises(SandboxUnavailableError) as refused:
-            sup._machine_sandbox(probe_missing("landlock"))
+            checked_machine(probe_missing("landlock"), None, config)
         assert str(refused.value).startswith("sandbox layer unavailable: landlock: not on")
 
     def test_warn_says_so_once_per_layer_and_goes_on(self, tmp_path: Path) -> None:
-        sup = Supervisor(HostConfig(sandbox="warn", state_dir=None), [], CollectingSink())
+        config = HostConfig(sandbox="warn", state_dir=None)
         with structlog.testing.capture_logs() as logs:
-            report = sup._machine_sandbox(probe_missing("landlock"))
+            report = checked_machine(probe_missing("landlock"), None, config)
         said = [e["event"] for e in logs if e["event"].startswith("sandbox layer unavailable")]
         assert said.count("sandbox layer unavailable: landlock") == 1
         assert {layer.name: layer.active for layer in report.layers}["landlock"] is False

@@ -10,12 +10,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from agent_host.host.config import HostConfig
+from agent_host.host.facilities import Facilities
 from agent_host.host.fanout import Group
 from agent_host.host.findings import CollectingSink, FindingPipeline
 from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import Manifest
 from agent_host.host.restart import RestartPolicy
-from agent_host.host.runner import Facilities, PluginRunner
+from agent_host.host.runner import PluginRunner
 from agent_host.host.sandbox import WorkerSandbox
 from agent_host.host.spawn import WorkerProcess
 from agent_host.host.store import StateStore
@@ -27,7 +28,15 @@ from tests.helpers import make_plugin
 #: signals to it reach nothing.
 NO_SUCH_PID = 4_194_305 + 1_000
 Scenario = Callable[[PluginRunner], Awaitable[None]]
-FAST = RestartPolicy(backoff_s=0.001, max_backoff_s=0.001, jitter=0.0, burst=3, window_s=60.0)
+FAST = RestartPolicy(
+    backoff_s=0.001,
+    max_backoff_s=0.001,
+    jitter=0.0,
+    burst=3,
+    window_s=60.0,
+    start_attempts=4,
+    set_aside_s=0.05,
+)
 
 
 class _Stdin:
@@ -164,15 +173,19 @@ class TestRunner:
 
         run_with(tmp_path, spawner, scenario)
 
-    def test_a_spawn_that_fails_is_the_outsides_fault_never_a_quarantine(
-        self, tmp_path: Path
-    ) -> None:
+    def test_a_plugin_that_cannot_start_is_set_aside_not_quarantined(self, tmp_path: Path) -> None:
         spawner = FakeSpawner(error=errno.EMFILE)
 
         async def scenario(runner: PluginRunner) -> None:
             runner.start()
-            await until(lambda: len(spawner.args) > FAST.burst * 2)
-            assert runner.phase is not Phase.QUARANTINED
+            await until(lambda: runner.phase is Phase.SET_ASIDE)
+            assert len(spawner.args) == FAST.start_attempts
+            assert "could not be started 4 times in a row" in runner.reason
+            assert "Too many open files" in runner.reason
+            assert runner.group.backlog.subscribers == set()  # owed nothing while set aside
+            # Tried again after the set-aside period, and set aside again at once.
+            await until(lambda: len(spawner.args) == FAST.start_attempts + 1)
+            await until(lambda: runner.phase is Phase.SET_ASIDE)
             assert runner.worker is None
             assert runner._facilities.store.quarantine_of("p", "1.0") is None
 
