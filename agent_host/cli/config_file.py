@@ -92,6 +92,8 @@ def read(path: Path, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], l
         return {}, [Mistake(path, 0, "", "is not UTF-8 text")]
     try:
         table = tomllib.loads(text)
+    except RecursionError:
+        return {}, [Mistake(path, 0, "", "not TOML: nested too deeply")]
     except tomllib.TOMLDecodeError as exc:
         where = re.search(r"\(at line (\d+), column \d+\)$", str(exc))
         line = int(where.group(1)) if where else 0

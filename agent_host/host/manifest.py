@@ -46,15 +46,31 @@ class Limits:
                 raise ManifestError(
                     path, f"unknown limit; known: {', '.join(sorted(known))}", key=f"limits.{key}"
                 )
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ManifestError(path, f"must be a number, got {value!r}", key=f"limits.{key}")
+            if not 0 < value <= _LIMIT_MAX[key]:  # nan and inf fail here too
                 raise ManifestError(
-                    path, f"must be a positive number, got {value!r}", key=f"limits.{key}"
+                    path,
+                    f"must be a positive number, at most {_LIMIT_MAX[key]}, got {value!r}",
+                    key=f"limits.{key}",
                 )
             # Keep each limit's own type: a count stays an int, a duration becomes a float.
             default = cls.__dataclass_fields__[key].default
             values[key] = float(value) if isinstance(default, float) else int(value)
         return cls(**values)
 
+
+#: The largest value each limit may take: beyond it a limit means nothing (and a number the
+#: kernel's interfaces cannot hold would fail the worker's start, not the manifest's check).
+_LIMIT_MAX: Final = {
+    "batch_deadline_s": 86_400,
+    "memory_mb": 1 << 20,
+    "cpu_percent": 100_000,
+    "cpu_window_s": 86_400,
+    "open_files": 1 << 20,
+    "processes": 1 << 22,
+    "max_findings_per_event": 1_000_000,
+}
 
 #: Never grantable: the whole filesystem, and the kernel's own interfaces.
 _UNGRANTABLE: Final = frozenset({"/", "/proc", "/sys", "/dev", "/run"})
@@ -136,6 +152,10 @@ class Manifest:
             raise ManifestError(path, f"cannot read: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ManifestError(path, f"not valid TOML: {exc}") from exc
+        except UnicodeDecodeError:
+            raise ManifestError(path, "not valid TOML: not UTF-8 text") from None
+        except RecursionError:
+            raise ManifestError(path, "not valid TOML: nested too deeply") from None
         return cls.from_dict(path, data)
 
     @classmethod
@@ -184,6 +204,12 @@ class Manifest:
             raise ManifestError(path, "must be a table", key="permissions")
         if not isinstance(config, dict):
             raise ManifestError(path, "must be a table", key="config")
+        try:  # what each worker is handed: it must be expressible
+            json.dumps(config, default=str)
+        except (RecursionError, ValueError) as exc:
+            raise ManifestError(
+                path, f"cannot be handed to the plugin: {exc}", key="config"
+            ) from None
         description = plugin.get("description", "")
         return cls(
             name=name,
@@ -209,8 +235,11 @@ def _module_file(directory: Path, module: str) -> Path | None:
     """Where ``module`` would be found in the plugin directory, without importing it."""
     base = directory.joinpath(*module.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError:  # a name longer than the file system allows, say: not there
+            continue
     return None
 
 

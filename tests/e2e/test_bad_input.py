@@ -56,6 +56,18 @@ class TestBadInput:
         make_plugin(plugins, "not_a_plugin", NOT_A_PLUGIN)
         make_plugin(plugins, "syntax_error", SYNTAX_ERROR)
         make_plugin(plugins, "exits_at_import", EXITS_AT_IMPORT)
+        # What once took the whole host down at start, with a traceback.
+        for name, bad in (
+            ("not_utf8", b'description = "\xff\xfe"\n'),
+            ("nested", b"x = " + b"[" * 100_000 + b"\n"),
+            ("infinite", b"[limits]\nmemory_mb = inf\n"),
+        ):
+            folder = make_plugin(plugins, name, NOT_A_PLUGIN)
+            toml = folder / "plugin.toml"
+            toml.write_bytes(toml.read_bytes() + bad)
+        long_name = make_plugin(plugins, "long_name", NOT_A_PLUGIN)
+        text = (long_name / "plugin.toml").read_text()
+        (long_name / "plugin.toml").write_text(text.replace("detector:", "d" * 5000 + ":"))
         good = write_recording_with_bad_lines(tmp_path / "rec.jsonl")
 
         run = agent_host(["replay", "rec.jsonl", "--plugins", str(plugins)], cwd=tmp_path)
@@ -63,12 +75,20 @@ class TestBadInput:
         assert run.returncode == 0, run.stderr
         assert "Traceback" not in run.stderr
         manifest_errors = [e["error"] for e in run.logs_with("plugin skipped: bad manifest")]
-        assert len(manifest_errors) == 2
-        assert f"{plugins}/bad_toml/plugin.toml: not valid TOML" in manifest_errors[0]
-        assert manifest_errors[1] == (
+        assert len(manifest_errors) == 6
+        by_file = {e.split(": ")[0]: e for e in manifest_errors}
+        assert "not valid TOML" in by_file[f"{plugins}/bad_toml/plugin.toml"]
+        assert by_file[f"{plugins}/no_entrypoint/plugin.toml"] == (
             f"{plugins}/no_entrypoint/plugin.toml: plugin.entrypoint: module 'missing' not "
             f"found in {plugins}/no_entrypoint"
         )
+        assert "not UTF-8 text" in by_file[f"{plugins}/not_utf8/plugin.toml"]
+        assert "nested too deeply" in by_file[f"{plugins}/nested/plugin.toml"]
+        assert (
+            "limits.memory_mb: must be a positive number, at most 1048576, got inf"
+            in by_file[f"{plugins}/infinite/plugin.toml"]
+        )
+        assert "not found in" in by_file[f"{plugins}/long_name/plugin.toml"]
         load_errors = {e["plugin"]: e["reason"] for e in run.logs_with("plugin failed to load")}
         assert load_errors == {
             "import_fails": "RuntimeError: cannot reach the rule server (at detector.py:3)",
