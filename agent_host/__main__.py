@@ -2,6 +2,6 @@
 
 import sys
 
-from agent_host.cli import main
+from agent_host.entry import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import sys
 
-from agent_host import logs
+from agent_host import early, logs
 from agent_host.cli import (
     admin,
     attestation,
@@ -99,7 +99,21 @@ def _check_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 def _dispatch(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "record":
+        logs.configure(args.log_format, args.log_level)
+        return asyncio.run(run.record(RecordOptions.from_args(args)))
+    if args.command in ("run", "replay"):
+        logs.configure(args.log_format, args.log_level)
+        return asyncio.run(run.host(_run_options(args, argv)))
+    noted = early.release()  # the other commands take no signal of their own
+    if noted is not None:
+        return 128 + noted
     logs.configure(args.log_format, args.log_level)
+    return _admin(args, parser)
+
+
+def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The commands that do not run the host."""
     if args.command == "config":
         return _check_config(args, parser)
     if args.command == "plugins":
@@ -123,9 +137,7 @@ def _dispatch(argv: list[str] | None) -> int:
     if args.command == "deadletters":
         store = paths.open_state("--state-dir", args.state_dir or default_state_dir())
         return admin.dead_letters(store, args.plugin, args.json, args.export, args.purge)
-    if args.command == "record":
-        return asyncio.run(run.record(RecordOptions.from_args(args)))
-    return asyncio.run(run.host(_run_options(args, argv)))
+    raise AssertionError(f"no command {args.command!r}")  # argparse allows only the above
 
 
 def _run_options(args: argparse.Namespace, argv: list[str] | None) -> RunOptions:

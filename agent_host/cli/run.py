@@ -21,7 +21,7 @@ from pathlib import Path
 
 import structlog
 
-from agent_host import logs
+from agent_host import early, logs
 from agent_host.cli import metrics, paths, reconfigure, status
 from agent_host.cli.options import LiveOptions, RecordOptions, RunOptions
 from agent_host.cli.summary import render_table, summary_rows
@@ -110,6 +110,11 @@ class _Signals:
             loop.add_signal_handler(signum, self._handle)
         if reload:
             loop.add_signal_handler(signal.SIGHUP, self.reloading.set)
+        for signum in early.take():  # those that came before this loop could take them
+            if signum == signal.SIGHUP:
+                self.reloading.set()  # without a reload to do (record), nothing
+            else:
+                self._handle()
 
     def _handle(self) -> None:
         # Only note it; the main flow acts.

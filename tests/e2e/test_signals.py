@@ -169,3 +169,54 @@ def test_sigterm_stops_within_its_bound_when_a_plugin_is_far_behind(tmp_path: Pa
     assert slow["undelivered"] > 200
     assert slow["processed"] + slow["undelivered"] == report["events"]
     assert slow["state"] == "stopped"
+
+
+EARLY = """\
+import os, signal, sys
+from agent_host import early
+early.catch()
+os.kill(os.getpid(), signal.SIGTERM)  # while the rest is still to be imported
+from agent_host.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_sigterm_before_the_host_runs_is_a_graceful_stop(tmp_path: Path) -> None:
+    """A signal in the first instants (a service manager stopping what it just started) is
+    noted from the command's first instruction on: the host starts, stops at once, and writes
+    its summary; not the default action's silent end."""
+    make_plugin(
+        tmp_path / "plugins",
+        "quick",
+        "from agent_host.sdk import Plugin\nclass Detector(Plugin): pass\n",
+    )
+    summary = tmp_path / "summary.json"
+    run = subprocess.run(
+        [
+            *(sys.executable, "-c", EARLY, "--log-format", "json", "run"),
+            *("--source", "synthetic", "--duration", "60", "--plugins", "plugins", "--quiet"),
+            *("--summary-json", str(summary), "--state-dir", str(tmp_path / "state")),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,  # without the note, 60 s of synthetic events, or the default action
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(summary.read_text())
+    assert report["plugins"][0]["state"] == "stopped"
+    assert report["elapsed_s"] < 30
+
+
+def test_other_commands_end_on_an_early_signal_as_the_signal_would(tmp_path: Path) -> None:
+    code = EARLY.replace("SIGTERM", "SIGINT")
+    run = subprocess.run(
+        [sys.executable, "-c", code, "status", "--state-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert run.returncode == 128 + signal.SIGINT, run.stderr
+    assert run.stdout == ""  # ended before it asked any host anything
