@@ -9,9 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # 35 s: a benchmark's smoke run; .ci/run runs it after the test command
 def test_quick_run(tmp_path: Path) -> None:
     started = time.monotonic()
     proc = subprocess.run(

@@ -260,6 +260,7 @@ class TestCrashes:
 class TestPoisonCannotSwitchDetectionOff:
     """Crashes pinned on single events are the events' fault: they do not quarantine."""
 
+    @pytest.mark.slow  # 18 s: twenty bisections; .ci/run runs it after the test command
     def test_twenty_poison_events_in_ten_thousand(self, tmp_path: Path) -> None:
         poison = frozenset(range(250, 10_001, 500))
         fr = run_fault(tmp_path, "segfault", n=10_000, poison=poison)
