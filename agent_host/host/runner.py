@@ -388,6 +388,13 @@ class PluginRunner:
             if found is not None:
                 self.report(found)
 
+    def excuse(self, paused_s: float, now: float) -> None:
+        """The host was not running for ``paused_s`` before ``now``: that time counts toward
+        no deadline (what was heard since, the host heard in time)."""
+        if self.worker is not None:
+            self.worker.last_heard = min(now, self.worker.last_heard + paused_s)
+        self.delivery.head_since = min(now, self.delivery.head_since + paused_s)
+
     def sample_resources(self, now: float, descendants: list[psutil.Process]) -> None:
         """Measure the worker against its limits (the supervisor calls this periodically)."""
         if self.worker is not None:

@@ -52,6 +52,9 @@ from agent_host.protocol import (
 
 log = structlog.get_logger("agent_host")
 
+#: A watchdog tick later than this past its time means the host itself was not running.
+_PAUSE_TOLERANCE_S = 0.5
+
 
 class Supervisor:
     """Hosts one worker per plugin and delivers every accepted event to every subscriber."""
@@ -315,10 +318,21 @@ class Supervisor:
         interval = self.config.watchdog_interval_s
         every = max(1, round(self.config.sample_interval_s / interval))
         tick = 0
+        last = time.monotonic()
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
             runners = self.runners
+            # A tick far later than asked: the host was not running (SIGSTOP, a frozen VM, a
+            # starved machine) and could neither read what workers sent nor look at the clock.
+            # That time is no worker's: every deadline is moved on by it before it is judged.
+            paused, last = now - last - interval, now
+            if paused > _PAUSE_TOLERANCE_S:
+                log.warning(
+                    "the host was not running; deadlines moved on", seconds=round(paused, 2)
+                )
+                for runner in runners:
+                    runner.excuse(paused, now)
             for runner in runners:
                 runner.check(now)
             self.rollout.advance(now)
