@@ -81,11 +81,14 @@ class Child:
         broker.handed_over()
         log = log.bind(pid=proc.pid)
         monitor = None
-        try:
+        try:  # the worker sets them itself before it drops its privileges ("rlimits" layer)
             apply_hard_limits(proc.pid, manifest.limits, own_user=os.geteuid() == 0)
+        except psutil.Error as exc:
+            log.debug("limits left to the worker to set", error=str(exc))
+        try:
             monitor = ResourceMonitor(proc.pid, manifest.limits)
         except psutil.Error as exc:
-            log.warning("could not set worker limits", error=str(exc))
+            log.warning("worker not watched for its resources", error=str(exc))
         cgroup = None
         if cgroups is not None:
             try:

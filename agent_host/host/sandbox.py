@@ -20,6 +20,7 @@ import structlog
 from agent_host.errors import SandboxUnavailableError
 from agent_host.host.cgroups import Cgroups
 from agent_host.host.config import HostConfig, SandboxMode
+from agent_host.host.limits import DATA_HEADROOM_MIB, MIB, THREAD_HEADROOM
 from agent_host.host.manifest import Manifest
 from agent_host.host.updates.content import Content
 from agent_host.protocol import SANDBOX_LAYERS, SandboxLayer, SandboxPolicy, SandboxReport
@@ -68,7 +69,12 @@ class WorkerSandbox:
 
     def policy(self) -> SandboxPolicy:
         grants = self.manifest.permissions
+        limits = self.manifest.limits
+        own_user = os.geteuid() == 0  # the identity layer gives it a uid of its own
         return SandboxPolicy(
+            rlimit_data=(limits.memory_mb + DATA_HEADROOM_MIB) * MIB,
+            rlimit_nofile=limits.open_files,
+            rlimit_nproc=limits.processes + THREAD_HEADROOM if own_user else 0,
             uid=self.uid,
             gid=self.uid,
             plugin_dir=str(self.content.copy),

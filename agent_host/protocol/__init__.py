@@ -134,6 +134,7 @@ SANDBOX_LAYERS: Final = (
     "identity",
     "capabilities",
     "no_new_privs",
+    "rlimits",
     "landlock",
     "seccomp",
 )

@@ -68,6 +68,7 @@ class TestDefaultPolicy:
             "identity": True,
             "capabilities": True,
             "no_new_privs": True,
+            "rlimits": True,
             "landlock": True,
             "seccomp": True,
         }

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agent_host/protocol/v1/sandbox.proto\x12\x16\x61gent_host.protocol.v1\"\xa4\x01\n\rSandboxPolicy\x12\x0b\n\x03uid\x18\x01 \x01(\r\x12\x0b\n\x03gid\x18\x02 \x01(\r\x12\x12\n\nplugin_dir\x18\x03 \x01(\t\x12\x12\n\nsocket_dir\x18\x04 \x01(\t\x12\x12\n\nread_paths\x18\x05 \x03(\t\x12\x0f\n\x07network\x18\x06 \x01(\x08\x12\x0c\n\x04\x65xec\x18\x07 \x01(\x08\x12\x0e\n\x06tmp_mb\x18\x08 \x01(\r\x12\x0e\n\x06strict\x18\t \x01(\x08\"<\n\x0cSandboxLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"E\n\rSandboxReport\x12\x34\n\x06layers\x18\x01 \x03(\x0b\x32$.agent_host.protocol.v1.SandboxLayerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agent_host/protocol/v1/sandbox.proto\x12\x16\x61gent_host.protocol.v1\"\xe6\x01\n\rSandboxPolicy\x12\x0b\n\x03uid\x18\x01 \x01(\r\x12\x0b\n\x03gid\x18\x02 \x01(\r\x12\x12\n\nplugin_dir\x18\x03 \x01(\t\x12\x12\n\nsocket_dir\x18\x04 \x01(\t\x12\x12\n\nread_paths\x18\x05 \x03(\t\x12\x0f\n\x07network\x18\x06 \x01(\x08\x12\x0c\n\x04\x65xec\x18\x07 \x01(\x08\x12\x0e\n\x06tmp_mb\x18\x08 \x01(\r\x12\x0e\n\x06strict\x18\t \x01(\x08\x12\x13\n\x0brlimit_data\x18\n \x01(\x04\x12\x15\n\rrlimit_nofile\x18\x0b \x01(\x04\x12\x14\n\x0crlimit_nproc\x18\x0c \x01(\x04\"<\n\x0cSandboxLayer\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\"E\n\rSandboxReport\x12\x34\n\x06layers\x18\x01 \x03(\x0b\x32$.agent_host.protocol.v1.SandboxLayerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agent_host.protocol.v1.sand
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SANDBOXPOLICY']._serialized_start=65
-  _globals['_SANDBOXPOLICY']._serialized_end=229
-  _globals['_SANDBOXLAYER']._serialized_start=231
-  _globals['_SANDBOXLAYER']._serialized_end=291
-  _globals['_SANDBOXREPORT']._serialized_start=293
-  _globals['_SANDBOXREPORT']._serialized_end=362
+  _globals['_SANDBOXPOLICY']._serialized_end=295
+  _globals['_SANDBOXLAYER']._serialized_start=297
+  _globals['_SANDBOXLAYER']._serialized_end=357
+  _globals['_SANDBOXREPORT']._serialized_start=359
+  _globals['_SANDBOXREPORT']._serialized_end=428
 # @@protoc_insertion_point(module_scope)

@@ -47,6 +47,9 @@ class SandboxPolicy(_message.Message):
     EXEC_FIELD_NUMBER: _builtins.int
     TMP_MB_FIELD_NUMBER: _builtins.int
     STRICT_FIELD_NUMBER: _builtins.int
+    RLIMIT_DATA_FIELD_NUMBER: _builtins.int
+    RLIMIT_NOFILE_FIELD_NUMBER: _builtins.int
+    RLIMIT_NPROC_FIELD_NUMBER: _builtins.int
     uid: _builtins.int
     gid: _builtins.int
     plugin_dir: _builtins.str
@@ -59,6 +62,13 @@ class SandboxPolicy(_message.Message):
     """The size of the private /tmp, in MiB (tmpfs pages count against the worker's cgroup)."""
     strict: _builtins.bool
     """Fail the spawn if a layer cannot be applied (otherwise apply the rest and say so)."""
+    rlimit_data: _builtins.int
+    """The kernel's backstops, which the worker sets on itself before it gives up its privileges
+    (afterwards only a host with CAP_SYS_RESOURCE could): RLIMIT_DATA in bytes, RLIMIT_NOFILE,
+    and RLIMIT_NPROC (0: not set, the worker shares the host's user, whose processes it counts).
+    """
+    rlimit_nofile: _builtins.int
+    rlimit_nproc: _builtins.int
     @_builtins.property
     def read_paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Granted by the manifest (and allowed by the operator): more folders or files to read."""
@@ -75,10 +85,13 @@ class SandboxPolicy(_message.Message):
         exec: _builtins.bool = ...,
         tmp_mb: _builtins.int = ...,
         strict: _builtins.bool = ...,
+        rlimit_data: _builtins.int = ...,
+        rlimit_nofile: _builtins.int = ...,
+        rlimit_nproc: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["exec", b"exec", "gid", b"gid", "network", b"network", "plugin_dir", b"plugin_dir", "read_paths", b"read_paths", "socket_dir", b"socket_dir", "strict", b"strict", "tmp_mb", b"tmp_mb", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["exec", b"exec", "gid", b"gid", "network", b"network", "plugin_dir", b"plugin_dir", "read_paths", b"read_paths", "rlimit_data", b"rlimit_data", "rlimit_nofile", b"rlimit_nofile", "rlimit_nproc", b"rlimit_nproc", "socket_dir", b"socket_dir", "strict", b"strict", "tmp_mb", b"tmp_mb", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

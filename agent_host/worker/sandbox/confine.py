@@ -158,6 +158,25 @@ def _landlock(policy: SandboxPolicy, scratch: str, report: _Report) -> None:
     report.applied("landlock")
 
 
+def _rlimits(policy: SandboxPolicy, report: _Report) -> None:
+    """The kernel's backstops on this process, set while it still may (the host sets them too,
+    from outside, where it can: whichever comes second finds them set)."""
+    wanted = [
+        (resource.RLIMIT_DATA, policy.rlimit_data),
+        (resource.RLIMIT_NOFILE, policy.rlimit_nofile),
+        (resource.RLIMIT_NPROC, policy.rlimit_nproc),
+        (resource.RLIMIT_CORE, 0),
+    ]
+    try:
+        for which, value in wanted:
+            if value or which == resource.RLIMIT_CORE:
+                resource.setrlimit(which, (value, value))
+    except (OSError, ValueError) as exc:
+        report.missing("rlimits", f"could not be set: {exc}")
+        return
+    report.applied("rlimits")
+
+
 def apply(policy: SandboxPolicy, parent: int | None) -> SandboxReport:
     """Confine this process by ``policy``; ``parent`` is a pidfd of the process that forked it
     (None: not in a pid namespace of its own). Raises SandboxRefusedError."""
@@ -174,6 +193,7 @@ def apply(policy: SandboxPolicy, parent: int | None) -> SandboxReport:
         _view(policy)
         scratch = _scratch(policy)
         os.chdir(policy.plugin_dir)
+    _rlimits(policy, report)  # before the identity: an unprivileged process could lower them
     _identity(policy, report)
     # A credential change clears PDEATHSIG: arm it again, then check the parent did not go in
     # between (its pid namespace hides it from getppid).
