@@ -51,6 +51,8 @@ EXIT_ABORTED = 130
 _EXPORT_DRAIN_S = 5.0
 #: A task of the host's own failed (the log says which): the host stopped.
 EXIT_HOST_FAILED = 3
+#: Findings were accepted but could not be written (a full disk): the summary says how many.
+EXIT_FINDINGS_LOST = 4
 #: How long a stop waits for the source's last event to be taken.
 _FEED_STOP_S = 1.0
 #: What a Unix socket path may hold (sun_path, less its terminating NUL).
@@ -271,6 +273,8 @@ async def host(options: RunOptions) -> int:
     if code == EXIT_NOTHING_RAN:
         return code
     _report(options, sup, source, time.monotonic() - started)
+    if sup.findings.lost and code == EXIT_OK:
+        return EXIT_FINDINGS_LOST
     return code
 
 
@@ -417,6 +421,13 @@ def _report(
         f"{bad_lines} bad lines skipped, {sup.findings.written} findings"
     )
     print(render_table(rows))
+    findings = sup.findings
+    if findings.lost:
+        where = findings.sink.path if isinstance(findings.sink, JsonLinesSink) else None
+        print(
+            f"{findings.lost} findings LOST: they could not be written to "
+            f"{where or 'the findings sink'} ({findings.last_error})"
+        )
     if options.summary_json:
         try:
             options.summary_json.write_text(json.dumps(summary, indent=2))

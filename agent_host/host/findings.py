@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import sys
 import time
 from collections import Counter, OrderedDict
@@ -99,6 +100,11 @@ class JsonLinesSink:
     def _open(path: Path) -> int:
         return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
+    @property
+    def path(self) -> Path | None:
+        """The findings file (None: the terminal only)."""
+        return self._path
+
     def reopen(self, path: Path | None = None) -> None:
         """Open the file by its name again (logrotate has moved the old one away), or the file
         at ``path`` from now on (the config file names another)."""
@@ -154,11 +160,13 @@ class CollectingSink:
         return None
 
 
-def finding_id(finding: Finding) -> str:
-    """A digest of what makes a detection the same detection: plugin, rule, events, message."""
+def finding_id(finding: Finding, run: str = "") -> str:
+    """A digest of what makes a detection the same detection: plugin, rule, events, message,
+    within one run of one host (``run``: events are numbered afresh by each run, so the same
+    numbers in another run, or on another host, are other events)."""
     ids = ",".join(map(str, finding.event_ids))
-    text = "\0".join((finding.plugin, finding.rule, ids, finding.message)) + "\0"
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+    text = "\0".join((run, finding.host, finding.plugin, finding.rule, ids, finding.message))
+    return hashlib.blake2b(f"{text}\0".encode(), digest_size=16).hexdigest()
 
 
 def check(finding: Finding, was_given: Callable[[int], bool]) -> str | None:
@@ -243,6 +251,9 @@ class FindingPipeline:
         suppressions: Suppressions | None = None,
     ) -> None:
         self.sink = sink
+        #: This run of this host, in every finding's id: ids are unique across runs and hosts
+        #: (a fleet's store, JetStream's duplicate window, would drop a repeated one).
+        self.run_id: Final = secrets.token_hex(8)
         #: What the operator judged benign: dropped after stamping, counted per plugin.
         self.suppressions = Suppressions(allowlist=False) if suppressions is None else suppressions
         self._hostname = hostname
@@ -251,6 +262,8 @@ class FindingPipeline:
         self.written = 0
         #: Findings accepted but lost because the sink failed (the host's fault, counted here).
         self.lost = 0
+        #: Why the last findings were lost ("" while none are).
+        self.last_error = ""
         self._last_sink_error = ""
         #: Told of every batch of findings once written (``agent-host tail``); each must
         #: return at once and never raise.
@@ -281,7 +294,7 @@ class FindingPipeline:
             finding.host = self._hostname
             stamp = finding.time
             stamp.seconds, stamp.nanos = seconds, nanos
-            finding.id = finding_id(finding)
+            finding.id = finding_id(finding, self.run_id)
             if self.suppressions and self.suppressions.suppressed(finding):
                 stats.suppressed_findings += 1
                 continue
@@ -320,12 +333,14 @@ class FindingPipeline:
         except OSError as exc:
             self.lost += len(findings)
             error = f"{exc.strerror or exc}"
+            self.last_error = error
             if error != self._last_sink_error:  # once per kind of failure, not per batch
                 self._last_sink_error = error
+                path = getattr(self.sink, "path", None) or getattr(exc, "filename", None)
                 log.error(
                     "findings could not be written; counting them as lost",
                     error=error,
-                    path=getattr(exc, "filename", None),
+                    path=str(path) if path else None,
                 )
             return
         self._last_sink_error = ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -193,3 +194,41 @@ class TestShutdown:
         assert len(attacks) == summary["events"] // 50  # the synthetic source: 1 in 50
         errors = [e for e in parse_logs(log_path.read_text()) if e.get("level") == "error"]
         assert errors == []
+
+
+def test_finding_ids_are_unique_across_runs(tmp_path: Path) -> None:
+    """The same recording replayed twice: the same detections, each run's ids its own (a
+    fleet's store or JetStream's duplicate window would silently drop a repeated id)."""
+    use_plugin(tmp_path / "plugins", "exec_from_tmp")
+    recording(tmp_path / "rec.jsonl", [exec_event(f"/tmp/x{i}", pid=i) for i in range(1, 6)])
+    runs = [agent_host(["replay", "rec.jsonl", "--plugins", "plugins"], tmp_path) for _ in "ab"]
+    assert all(run.returncode == 0 for run in runs)
+    first, second = (run.findings for run in runs)
+    assert [f.rule for f in first] == [f.rule for f in second] and len(first) == 5
+    assert len({f.id for f in first}) == 5
+    assert not {f.id for f in first} & {f.id for f in second}
+
+
+def test_findings_lost_to_a_full_disk_are_said_and_fail_the_run(tmp_path: Path) -> None:
+    """/dev/full takes no byte: every finding is lost. The terminal summary says so, naming
+    the file and why, and the exit status is not 0 (a run that lost findings did not do its
+    job, whatever else went well)."""
+    use_plugin(tmp_path / "plugins", "exec_from_tmp")
+    recording(tmp_path / "rec.jsonl", [exec_event(f"/tmp/x{i}", pid=i) for i in range(1, 8)])
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "agent_host", "--log-format", "json", "replay", "rec.jsonl"),
+            *("--plugins", "plugins", "--quiet", "--findings", "/dev/full"),
+            *("--summary-json", "summary.json", "--state-dir", "state"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert run.returncode == 4, run.stderr[-2000:]
+    assert "7 findings LOST: they could not be written to /dev/full (No space left" in run.stdout
+    assert json.loads((tmp_path / "summary.json").read_text())["findings_lost"] == 7
+    (said,) = [e for e in parse_logs(run.stderr) if e["event"].startswith("findings could not")]
+    assert said["path"] == "/dev/full"
