@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from agent_host.host.export import NatsExport
 from agent_host.host.lifecycle import Phase
 from agent_host.host.stats import LATENCY_BUCKETS_S
 from agent_host.host.supervisor import Supervisor
@@ -33,9 +34,12 @@ _PLUGIN = ["plugin", "version"]
 class HostCollector(Collector):
     """Every metric of one host, read at scrape time."""
 
-    def __init__(self, sup: Supervisor, hub: SensorHub | None) -> None:
+    def __init__(
+        self, sup: Supervisor, hub: SensorHub | None, export: NatsExport | None = None
+    ) -> None:
         self._sup = sup
         self._hub = hub
+        self._export = export
 
     def collect(self) -> Iterator[Metric]:
         sup = self._sup
@@ -43,6 +47,14 @@ class HostCollector(Collector):
         yield _counter("events_without_kind", "Events skipped: no kind.", sup.rejected_events)
         yield _counter("findings_written", "Findings written to the sink.", sup.findings.written)
         yield _counter("findings_lost", "Findings the sink could not take.", sup.findings.lost)
+        if self._export is not None:
+            counts = self._export.counts()
+            yield _counter(
+                "export_sent", "Findings the export server acknowledged.", counts["sent"]
+            )
+            yield _counter(
+                "export_dropped", "Findings dropped from the export: spool full.", counts["dropped"]
+            )
         yield from self._plugins()
         backlog = GaugeMetricFamily(
             "agent_host_backlog_batches", "Batches kept for a group's plugins.", labels=["group"]
@@ -121,9 +133,11 @@ def _counter(name: str, text: str, value: int) -> CounterMetricFamily:
     return CounterMetricFamily(f"agent_host_{name}", text, value=value)
 
 
-def serve(sup: Supervisor, hub: SensorHub | None, address: str, port: int) -> None:
+def serve(
+    sup: Supervisor, hub: SensorHub | None, export: NatsExport | None, address: str, port: int
+) -> None:
     """Serve /metrics on ``address:port`` (a thread of prometheus-client's) for this host."""
     registry = CollectorRegistry()
-    registry.register(HostCollector(sup, hub))
+    registry.register(HostCollector(sup, hub, export))
     start_http_server(port, addr=address, registry=registry)
     log.info("metrics served", address=address, port=port, path="/metrics")

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterable, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -97,6 +98,13 @@ def _open_source(options: RunOptions, exclude: list[str]) -> AsyncIterable[Event
             raise UsageError(what, "recording not found")
         return source
     raise UsageError(what, f"unknown source {spec!r}; known: live, synthetic, replay:FILE")
+
+
+@dataclass(slots=True)
+class _Outputs:
+    """Where findings went besides the file, once the host has started them."""
+
+    export: NatsExport | None = None
 
 
 class _Signals:
@@ -256,6 +264,7 @@ async def host(options: RunOptions) -> int:
     )
     sup = Supervisor(config, discovery.manifests, sink)
     signals = _Signals(reload=True)
+    outputs = _Outputs()
     started = time.monotonic()
     try:
         code = await _serve(
@@ -266,14 +275,16 @@ async def host(options: RunOptions) -> int:
             sink=sink,
             signals=signals,
             notifier=notifier,
+            outputs=outputs,
         )
     finally:
         sink.close()
         notifier.close()
     if code == EXIT_NOTHING_RAN:
         return code
-    _report(options, sup, source, time.monotonic() - started)
-    if sup.findings.lost and code == EXIT_OK:
+    _report(options, sup, source, time.monotonic() - started, outputs.export)
+    dropped = outputs.export.spool.dropped if outputs.export is not None else 0
+    if (sup.findings.lost or dropped) and code == EXIT_OK:
         return EXIT_FINDINGS_LOST
     return code
 
@@ -294,6 +305,7 @@ async def _serve(
     sink: JsonLinesSink,
     signals: _Signals,
     notifier: Notifier,
+    outputs: _Outputs,
 ) -> int:
     """Start the host, feed it until the source ends or a stop is asked, and stop it."""
     await sup.start()
@@ -301,16 +313,16 @@ async def _serve(
         log.error("no plugin could start")
         await sup.stop()
         return EXIT_NOTHING_RAN
+    export = outputs.export = _start_export(sup, options)
     port = options.metrics_port
     if port:
         hub = source if isinstance(source, SensorHub) else None
         try:
-            metrics.serve(sup, hub, options.metrics_address, port)
+            metrics.serve(sup, hub, export, options.metrics_address, port)
         except OSError as exc:
             await sup.stop()
             raise UsageError("--metrics-port", f"cannot listen on {port}: {exc.strerror}") from None
     control = await _serve_control(sup, options, source)
-    export = _start_export(sup, options)
     started = time.monotonic()
     notifier.ready(status_line(sup))  # every plugin has started or been set aside
     signals.stop_after(options.duration)
@@ -341,7 +353,7 @@ async def _serve(
     if control is not None:
         await control.stop()
     if export is not None:
-        export.summary(summary_of(sup, source, time.monotonic() - started))
+        export.summary(summary_of(sup, source, time.monotonic() - started), sup.findings.run_id)
         await export.close(_EXPORT_DRAIN_S)
     if sup.failure:
         log.error("the host stopped because of its own fault", failure=sup.failure)
@@ -388,7 +400,12 @@ async def _serve_control(
     return server
 
 
-def summary_of(sup: Supervisor, source: AsyncIterable[Event], elapsed: float) -> dict[str, object]:
+def summary_of(
+    sup: Supervisor,
+    source: AsyncIterable[Event],
+    elapsed: float,
+    export: NatsExport | None = None,
+) -> dict[str, object]:
     """The end-of-run summary: the host's totals and every plugin's row."""
     bad_lines = source.bad_lines if isinstance(source, ReplaySource) else 0
     summary: dict[str, object] = {
@@ -401,6 +418,8 @@ def summary_of(sup: Supervisor, source: AsyncIterable[Event], elapsed: float) ->
         "refused_sessions": sup.refused_sessions,
         "plugins": summary_rows(sup.runners),
     }
+    if export is not None:
+        summary["export"] = export.counts()
     if isinstance(source, SensorHub):
         summary["sensors"] = {
             "emitted": dict(source.emitted),
@@ -411,9 +430,13 @@ def summary_of(sup: Supervisor, source: AsyncIterable[Event], elapsed: float) ->
 
 
 def _report(
-    options: RunOptions, sup: Supervisor, source: AsyncIterable[Event], elapsed: float
+    options: RunOptions,
+    sup: Supervisor,
+    source: AsyncIterable[Event],
+    elapsed: float,
+    export: NatsExport | None,
 ) -> None:
-    summary = summary_of(sup, source, elapsed)
+    summary = summary_of(sup, source, elapsed, export)
     rows = summary_rows(sup.runners)
     bad_lines = summary["bad_lines"]
     print(
@@ -427,6 +450,11 @@ def _report(
         print(
             f"{findings.lost} findings LOST: they could not be written to "
             f"{where or 'the findings sink'} ({findings.last_error})"
+        )
+    if export is not None and export.spool.dropped:
+        print(
+            f"{export.spool.dropped} findings DROPPED from the export: its spool "
+            f"(--export-spool-mb {options.export_spool_mb}) was full"
         )
     if options.summary_json:
         try:

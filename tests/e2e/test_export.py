@@ -19,9 +19,14 @@ from typing import Any
 import nats
 import pytest
 
-from agent_host.host.export import Spool
+from agent_host.cli.metrics import HostCollector
+from agent_host.host.config import HostConfig
+from agent_host.host.export import NatsExport, Spool
+from agent_host.host.findings import CollectingSink
+from agent_host.host.supervisor import Supervisor
 from tests.e2e.test_metrics import free_port
 from tests.e2e.test_signals import REPO, copy_plugin
+from tests.helpers import exec_event, recording
 
 SERVER = shutil.which("nats-server")
 
@@ -120,11 +125,57 @@ def test_the_spool_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
     spool.append([b"x" * 40, b"y" * 40, b"z" * 40])  # the third would pass the bound
     assert (spool.size, spool.dropped) == (82, 1)
     first = spool.peek()
-    assert first == b"x" * 40
+    assert first == [b"x" * 40]
     spool.advance(first)
     spool.close()
     reopened = Spool(tmp_path, max_bytes=100)  # a later run goes on where this one stopped
-    assert reopened.peek() == b"y" * 40
-    reopened.advance(b"y" * 40)
+    assert reopened.peek(10) == [b"y" * 40]
+    reopened.advance([b"y" * 40])
     assert (reopened.size, reopened.pending) == (0, False)  # emptied once all was sent
     reopened.close()
+
+
+def test_findings_dropped_from_the_export_are_said_everywhere(tmp_path: Path) -> None:
+    """No server for the whole run and a spool of 1 MiB: what passes the bound is dropped, and
+    that is in the terminal summary, the summary file, the log at error level and the exit
+    status, never only in an info line."""
+    copy_plugin("exec_from_tmp", tmp_path / "plugins", "catcher")
+    events = [exec_event(f"/tmp/payload-{i}", pid=i) for i in range(1, 8001)]
+    recording(tmp_path / "rec.jsonl", events)  # 8,000 findings of about 400 bytes: 3 MiB
+    summary = tmp_path / "summary.json"
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "agent_host", "--log-format", "json", "run"),
+            *("--source", "replay:rec.jsonl", "--quiet", "--plugins", "plugins"),
+            *("--state-dir", "state", "--summary-json", str(summary)),
+            *("--export", f"nats://127.0.0.1:{free_port()}", "--export-spool-mb", "1"),
+            "--no-watch-plugins",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert run.returncode == 4, run.stderr[-2000:]
+    counts = json.loads(summary.read_text())["export"]
+    assert counts["sent"] == 0 and counts["dropped"] > 4000
+    assert f"{counts['dropped']} findings DROPPED from the export" in run.stdout
+    errors = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    (said,) = [e for e in errors if e["event"].startswith("findings dropped from the export")]
+    assert said["level"] == "error" and said["dropped"] == counts["dropped"]
+
+
+def test_the_metrics_count_what_the_export_sent_and_dropped(tmp_path: Path) -> None:
+    export = NatsExport("nats://127.0.0.1:1", "agent-host", tmp_path, max_spool_mib=1)
+    export.spool.append([b"x" * 600_000, b"y" * 600_000])  # the second passes 1 MiB
+    sup = Supervisor(HostConfig(state_dir=None), [], CollectingSink())
+    samples = {
+        sample.name: sample.value
+        for metric in HostCollector(sup, None, export).collect()
+        for sample in metric.samples
+    }
+    export.spool.close()
+    sup.store.close()
+    assert samples["agent_host_export_dropped_total"] == 1
+    assert samples["agent_host_export_sent_total"] == 0
