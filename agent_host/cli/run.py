@@ -463,9 +463,18 @@ def _report(
             why = f"cannot write {options.summary_json}: {exc.strerror}"
             raise UsageError("--summary-json", why) from None
     dead = sum(r["dead_lettered"] for r in rows)
-    if dead and options.command == "replay":
+    unkept = sum(r["dead_letters_unkept"] for r in rows)
+    if dead - unkept and options.command == "replay":
         where = sup.store.directory
-        print(f"{dead} events dead-lettered; see: agent-host deadletters --state-dir {where}")
+        print(
+            f"{dead - unkept} events dead-lettered; "
+            f"see: agent-host deadletters --state-dir {where}"
+        )
+    if unkept:
+        print(
+            f"{unkept} dead-lettered events could not be kept: the state folder "
+            f"{sup.store.directory} could not be written (the log says why)"
+        )
 
 
 async def record(options: RecordOptions) -> int:

@@ -43,6 +43,7 @@ def summary_rows(runners: Iterable[PluginRunner]) -> list[dict[str, Any]]:
                 "rejected_findings": s.rejected_findings,
                 "suppressed_findings": s.suppressed_findings,
                 "state_errors": s.state_errors,
+                "dead_letters_unkept": s.dead_letters_unkept,
                 "restarts": dict(sorted(s.restarts.items())),
                 "measurement": h.content.measurement,
                 "signer": h.signer,

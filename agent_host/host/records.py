@@ -52,16 +52,20 @@ class PluginRecords:
 
     def dead_letter(self, seq: int, failure: str, event: bytes) -> None:
         """Set aside the event numbered ``seq``, which made the plugin fail with ``failure``."""
-        self._write(
+        kept = self._write(
             "dead letter",
             lambda: self._store.add_dead_letter(self._name, self._version, seq, failure, event),
         )
         self._stats.dead_lettered += 1
+        self._stats.dead_letters_unkept += not kept
         self._log.error("event dead-lettered", seq=seq, failure=failure)
 
-    def _write(self, what: str, write: Callable[[], object]) -> None:
+    def _write(self, what: str, write: Callable[[], object]) -> bool:
+        """Whether it was written."""
         try:
             write()
         except (sqlite3.Error, OSError) as exc:
             self._stats.state_errors += 1
             self._log.error("could not write state", what=what, error=str(exc))
+            return False
+        return True

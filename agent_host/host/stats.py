@@ -49,6 +49,8 @@ class PluginStats:
     suppressed_findings: int = 0
     #: Writes of this plugin's state (quarantine, dead letters) that failed: the host's fault.
     state_errors: int = 0
+    #: Of the dead letters, those the state folder could not keep.
+    dead_letters_unkept: int = 0
     restarts: Counter[str] = field(default_factory=Counter)
     peak_rss_mib: float = 0.0
     #: From a batch's framing to its answer (queueing in the backlog included).

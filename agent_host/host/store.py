@@ -59,6 +59,13 @@ CREATE TABLE IF NOT EXISTS history (
 """
 
 
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
 def default_state_dir() -> Path:
     """$XDG_STATE_HOME/agent-host, else ~/.local/state/agent-host."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -106,29 +113,36 @@ class StateStore:
         else:
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             target = str(directory / DB_NAME)
+        if directory is not None and _is_empty(directory / DB_NAME):
+            # A database cut to nothing (a crash, a full disk): whatever quarantines it held
+            # are gone. SQLite would take it for a new one and say nothing.
+            self._set_aside(directory / DB_NAME, "empty (0 bytes)")
         self._db = sqlite3.connect(target, isolation_level=None)
         try:
             self._db.executescript(_SCHEMA)
             self._db.execute("SELECT COUNT(*) FROM quarantines").fetchone()
+            problem = self._db.execute("PRAGMA quick_check").fetchone()[0]
+            if problem != "ok":  # damage a first read does not reach (the last pages, say)
+                raise sqlite3.DatabaseError(problem)
         except sqlite3.DatabaseError as exc:
             if directory is None or isinstance(exc, sqlite3.OperationalError):
                 raise  # not a damaged file: a folder it cannot write, a locked database
             self._db.close()
-            self._db = sqlite3.connect(self._set_aside(directory / DB_NAME), isolation_level=None)
+            self._set_aside(directory / DB_NAME, f"damaged ({exc})")
+            self._db = sqlite3.connect(target, isolation_level=None)
             self._db.executescript(_SCHEMA)
 
     @staticmethod
-    def _set_aside(path: Path) -> str:
+    def _set_aside(path: Path, why: str) -> None:
         """Move a damaged database out of the way, keeping it for a post-mortem."""
         aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
         path.rename(aside)
         log.error(
-            "state database is damaged; set aside and started afresh "
+            f"state database is {why}; set aside and started afresh "
             "(quarantines and dead letters in it are not used)",
             path=str(path),
             moved_to=str(aside),
         )
-        return str(path)
 
     def close(self) -> None:
         self._db.close()

@@ -21,7 +21,7 @@ from agent_host.host.runtime import remove_stale_runtime_dirs
 from agent_host.host.store import DB_NAME, StateStore
 from agent_host.host.supervisor import Supervisor
 from benchmarks.common import HERE as BENCHMARKS
-from tests.helpers import exec_event, make_plugin
+from tests.helpers import agent_host, exec_event, make_plugin, recording
 
 
 class TestStateDatabase:
@@ -39,6 +39,31 @@ class TestStateDatabase:
         (event,) = [e for e in logs if e["event"].startswith("state database is damaged")]
         assert event["path"] == str(tmp_path / DB_NAME)
         assert event["moved_to"].endswith(aside[0])
+
+    def test_garbage_in_its_last_page_is_found_at_start(self, tmp_path: Path) -> None:
+        store = StateStore(tmp_path)
+        for i in range(300):  # a few pages of history; the first read touches none of them
+            store.record("p", "1", "sha256:00", "started", "x" * 200 + str(i))
+        store.close()
+        path = tmp_path / DB_NAME
+        size = path.stat().st_size
+        with path.open("r+b") as f:
+            f.seek(size - 4096)
+            f.write(b"\xff" * 4096)
+        with structlog.testing.capture_logs() as logs:
+            store = StateStore(tmp_path)
+        store.record("p", "1", "sha256:00", "started")  # writes work again
+        store.close()
+        (event,) = [e for e in logs if e["event"].startswith("state database is damaged")]
+        assert event["moved_to"].split(".corrupt-")[0] == str(path)
+
+    def test_an_empty_database_is_said_not_silently_forgotten(self, tmp_path: Path) -> None:
+        (tmp_path / DB_NAME).write_bytes(b"")  # cut to nothing: its quarantines are gone
+        with structlog.testing.capture_logs() as logs:
+            StateStore(tmp_path).close()
+        (event,) = [e for e in logs if e["event"].startswith("state database is empty")]
+        assert event["log_level"] == "error"
+        assert [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
 
     def test_an_unwritable_folder_is_not_taken_for_damage(self, tmp_path: Path) -> None:
         (tmp_path / DB_NAME).mkdir()  # a folder where the file should be
@@ -167,3 +192,43 @@ def test_a_failed_host_task_is_said_and_raises_the_flag() -> None:
     assert sup.failure == "host task probe failed: ValueError: a host bug"
     (said,) = [e for e in logs if e["event"] == "host task failed; the host must stop"]
     assert said["task"] == "probe"
+
+
+POISONED = """\
+import os
+from agent_host.sdk import Plugin
+
+class Detector(Plugin):
+    def on_event(self, event):
+        if event.process.pid == 5:
+            os._exit(3)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root")
+def test_dead_letters_that_could_not_be_kept_are_not_pointed_to(tmp_path: Path) -> None:
+    """A replay whose state folder is read-only: the poison event is isolated all the same,
+    and the summary says it could not be kept, not "see: agent-host deadletters" (which would
+    show nothing)."""
+    state = tmp_path / "state"
+    StateStore(state).close()
+    for command in (
+        ["mount", "--bind", str(state), str(state)],
+        ["mount", "-o", "remount,bind,ro", str(state)],
+    ):
+        if subprocess.run(command).returncode:
+            subprocess.run(["umount", str(state)], check=False)
+            pytest.skip("a read-only bind mount could not be made")
+    try:
+        make_plugin(tmp_path / "plugins", "poisoned", POISONED)
+        recording(tmp_path / "rec.jsonl", [exec_event("/usr/bin/id", pid=i) for i in range(1, 11)])
+        run = agent_host(
+            ["replay", "rec.jsonl", "--plugins", "plugins", "--state-dir", str(state)], tmp_path
+        )
+    finally:
+        subprocess.run(["umount", str(state)], check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.plugin("poisoned")["dead_lettered"] == 1
+    assert run.plugin("poisoned")["processed"] == 9
+    assert "1 dead-lettered events could not be kept: the state folder" in run.stdout
+    assert "see: agent-host deadletters" not in run.stdout
