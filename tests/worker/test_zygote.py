@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -96,3 +99,19 @@ class TestZygote:
         for handle in sup.plugins.values():
             assert handle.stats.restarts.total() >= 1
             assert handle.stats.processed == 1000
+
+
+def test_a_namespace_init_waits_on_its_parent_and_no_longer() -> None:
+    """The init's wait ends when its parent exits, whether or not PDEATHSIG came (a credential
+    change clears it; a parent that died just then sent none)."""
+    from agent_host.worker.sandbox.pidns import parent_alive_after
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        started = time.monotonic()
+        assert parent_alive_after(pidfd) is False  # blocks until the process has exited
+        assert time.monotonic() - started < 30
+    finally:
+        os.close(pidfd)
+        child.wait()

@@ -33,12 +33,23 @@ def parent_alive(parent: int) -> bool:
     return not readable
 
 
+def parent_alive_after(parent: int) -> bool:
+    """Block until the process of the pidfd ``parent`` exits (False), or a signal interrupts
+    the wait (True: wait again)."""
+    try:
+        readable, _, _ = select.select([parent], [], [])
+    except InterruptedError:
+        return True
+    return not readable
+
+
 def _init(parent: int) -> NoReturn:
     try:
         kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
         if not parent_alive(parent):
             os._exit(0)
-        os.closerange(0, 1 << 16)
+        os.closerange(0, parent)  # all but the parent's pidfd, which it waits on below
+        os.closerange(parent + 1, 1 << 16)
         signal.set_wakeup_fd(-1)
         for signum in range(1, signal.NSIG):
             with contextlib.suppress(OSError, ValueError):
@@ -47,8 +58,11 @@ def _init(parent: int) -> NoReturn:
         identity.become(_NOBODY, _NOBODY)
         kernel.prctl(kernel.PR_SET_PDEATHSIG, signal.SIGKILL)
         kernel.prctl(kernel.PR_SET_DUMPABLE, 0)
-        while True:
-            signal.pause()
+        # The credential change cleared PDEATHSIG until it was armed again: a parent that died
+        # in between sent nothing (an init left in pause() for good, once in 52 host kills).
+        # So the init waits on the parent's pidfd itself, which is readable once it has gone.
+        while parent_alive_after(parent):
+            pass
     finally:
         os._exit(0)
 
