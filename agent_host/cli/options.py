@@ -82,6 +82,8 @@ class RunOptions(LiveOptions):
     #: live, synthetic, or replay:FILE (``replay``'s recording is ``recording``).
     source: str = "live"
     recording: Path | None = None
+    #: ``replay --resume``: go on where a stopped replay of the same recording got to.
+    resume: bool = False
     rate: float = 200.0
     log_format: LogFormat = "auto"
     log_level: str = "info"

@@ -263,6 +263,12 @@ def build_parser() -> Parser:
         "are kept apart from the daemon's unless --state-dir says otherwise)",
     )
     replay.add_argument("recording", type=Path, help="a recording: JSON Lines or binary")
+    replay.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on where a stopped replay of this recording got to (every finding before it "
+        "written), not from the top",
+    )
     _add_host_options(replay)
 
     record = sub.add_parser("record", help="write live events to a recording")

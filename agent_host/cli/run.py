@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +21,9 @@ from pathlib import Path
 import structlog
 
 from agent_host import early, logs
-from agent_host.cli import metrics, paths, reconfigure, status
+from agent_host.cli import metrics, paths, reconfigure, resume, status
 from agent_host.cli.options import LiveOptions, RecordOptions, RunOptions
-from agent_host.cli.summary import render_table, summary_rows
+from agent_host.cli.summary import report, status_line, summary_of
 from agent_host.cli.systemd import Notifier
 from agent_host.cli.watch import FolderWatch
 from agent_host.errors import UsageError
@@ -93,10 +91,11 @@ def _open_source(options: RunOptions, exclude: list[str]) -> AsyncIterable[Event
     if spec == "synthetic":
         return SyntheticSource(rate=options.rate)
     if spec.startswith("replay:"):
-        source = ReplaySource(Path(spec.removeprefix("replay:")))
-        if not source.path.is_file():
+        path = Path(spec.removeprefix("replay:"))
+        if not path.is_file():
             raise UsageError(what, "recording not found")
-        return source
+        skip = resume.resume_point(state_dir_for(options), path) if options.resume else 0
+        return ReplaySource(path, skip)
     raise UsageError(what, f"unknown source {spec!r}; known: live, synthetic, replay:FILE")
 
 
@@ -282,18 +281,11 @@ async def host(options: RunOptions) -> int:
         notifier.close()
     if code == EXIT_NOTHING_RAN:
         return code
-    _report(options, sup, source, time.monotonic() - started, outputs.export)
+    report(options, sup, source, time.monotonic() - started, outputs.export)
     dropped = outputs.export.spool.dropped if outputs.export is not None else 0
     if (sup.findings.lost or dropped) and code == EXIT_OK:
         return EXIT_FINDINGS_LOST
     return code
-
-
-def status_line(sup: Supervisor) -> str:
-    """One line for systemd's STATUS=: plugins by state, events and findings so far."""
-    states = Counter(r.phase.value for r in sup.plugins.values())
-    plugins = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
-    return f"plugins: {plugins}; {sup.accepted} events, {sup.findings.written} findings"
 
 
 async def _serve(
@@ -335,21 +327,21 @@ async def _serve(
         watch.start()
         tasks.append(asyncio.ensure_future(watch.run()))
     tasks.append(asyncio.ensure_future(_stop_on_failure(sup, signals)))
-    await _run_source(source, sup.publish, signals)
+    checkpoints = keeping = None
+    if options.command == "replay" and isinstance(source, ReplaySource):
+        checkpoints = resume.Checkpoints(state_dir_for(options), source, sup)
+        keeping = asyncio.ensure_future(checkpoints.keep())  # through the drain too
+    await _run_source(source, checkpoints.take if checkpoints else sup.publish, signals)
     notifier.stopping(f"draining; {status_line(sup)}")
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    finish = asyncio.ensure_future(sup.stop())
-    aborting = asyncio.ensure_future(signals.aborting.wait())
-    await asyncio.wait({finish, aborting}, return_when=asyncio.FIRST_COMPLETED)
-    aborting.cancel()
-    code = EXIT_OK
-    if not finish.done():
-        log.warning("second signal: stopping without draining")
-        finish.cancel()
-        await sup.abort()
-        code = EXIT_ABORTED  # and still the summary: what was done, and what was not
+    code = await _stop(sup, signals)
+    if checkpoints is not None and keeping is not None:
+        keeping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeping
+        checkpoints.end(complete=not signals.stopping.is_set())
     if control is not None:
         await control.stop()
     if export is not None:
@@ -359,6 +351,20 @@ async def _serve(
         log.error("the host stopped because of its own fault", failure=sup.failure)
         return EXIT_HOST_FAILED
     return code
+
+
+async def _stop(sup: Supervisor, signals: _Signals) -> int:
+    """Stop the host (bounded), or at once on a second signal; the exit code so far."""
+    finish = asyncio.ensure_future(sup.stop())
+    aborting = asyncio.ensure_future(signals.aborting.wait())
+    await asyncio.wait({finish, aborting}, return_when=asyncio.FIRST_COMPLETED)
+    aborting.cancel()
+    if finish.done():
+        return EXIT_OK
+    log.warning("second signal: stopping without draining")
+    finish.cancel()
+    await sup.abort()
+    return EXIT_ABORTED  # and still the summary: what was done, and what was not
 
 
 async def _stop_on_failure(sup: Supervisor, signals: _Signals) -> None:
@@ -398,83 +404,6 @@ async def _serve_control(
         log.error("control socket not served", path=str(path), error=str(exc))
         return None
     return server
-
-
-def summary_of(
-    sup: Supervisor,
-    source: AsyncIterable[Event],
-    elapsed: float,
-    export: NatsExport | None = None,
-) -> dict[str, object]:
-    """The end-of-run summary: the host's totals and every plugin's row."""
-    bad_lines = source.bad_lines if isinstance(source, ReplaySource) else 0
-    summary: dict[str, object] = {
-        "events": sup.accepted,
-        "bad_lines": bad_lines,
-        "events_without_kind": sup.rejected_events,
-        "findings": sup.findings.written,
-        "findings_lost": sup.findings.lost,
-        "elapsed_s": elapsed,
-        "refused_sessions": sup.refused_sessions,
-        "plugins": summary_rows(sup.runners),
-    }
-    if export is not None:
-        summary["export"] = export.counts()
-    if isinstance(source, SensorHub):
-        summary["sensors"] = {
-            "emitted": dict(source.emitted),
-            "dropped": dict(source.dropped),
-            "restarts": dict(source.restarts),
-        }
-    return summary
-
-
-def _report(
-    options: RunOptions,
-    sup: Supervisor,
-    source: AsyncIterable[Event],
-    elapsed: float,
-    export: NatsExport | None,
-) -> None:
-    summary = summary_of(sup, source, elapsed, export)
-    rows = summary_rows(sup.runners)
-    bad_lines = summary["bad_lines"]
-    print(
-        f"\n{sup.accepted} events in {elapsed:.2f}s ({sup.accepted / elapsed:,.0f}/s), "
-        f"{bad_lines} bad lines skipped, {sup.findings.written} findings"
-    )
-    print(render_table(rows))
-    findings = sup.findings
-    if findings.lost:
-        where = findings.sink.path if isinstance(findings.sink, JsonLinesSink) else None
-        print(
-            f"{findings.lost} findings LOST: they could not be written to "
-            f"{where or 'the findings sink'} ({findings.last_error})"
-        )
-    if export is not None and export.spool.dropped:
-        print(
-            f"{export.spool.dropped} findings DROPPED from the export: its spool "
-            f"(--export-spool-mb {options.export_spool_mb}) was full"
-        )
-    if options.summary_json:
-        try:
-            options.summary_json.write_text(json.dumps(summary, indent=2))
-        except OSError as exc:
-            why = f"cannot write {options.summary_json}: {exc.strerror}"
-            raise UsageError("--summary-json", why) from None
-    dead = sum(r["dead_lettered"] for r in rows)
-    unkept = sum(r["dead_letters_unkept"] for r in rows)
-    if dead - unkept and options.command == "replay":
-        where = sup.store.directory
-        print(
-            f"{dead - unkept} events dead-lettered; "
-            f"see: agent-host deadletters --state-dir {where}"
-        )
-    if unkept:
-        print(
-            f"{unkept} dead-lettered events could not be kept: the state folder "
-            f"{sup.store.directory} could not be written (the log says why)"
-        )
 
 
 async def record(options: RecordOptions) -> int:

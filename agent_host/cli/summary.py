@@ -1,11 +1,22 @@
-"""The end-of-run report: one row per plugin with its exact accounting."""
+"""The end-of-run report: the host's totals, what was lost and where, and one row per plugin
+with its exact accounting; and the one line systemd shows while it runs."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections import Counter
+from collections.abc import AsyncIterable, Iterable
 from typing import Any
 
+from agent_host.cli.options import RunOptions
+from agent_host.errors import UsageError
+from agent_host.host.export import NatsExport
+from agent_host.host.findings import JsonLinesSink
 from agent_host.host.runner import PluginRunner
+from agent_host.host.supervisor import Supervisor
+from agent_host.protocol import Event
+from agent_host.sources.live import SensorHub
+from agent_host.sources.replay import ReplaySource
 
 _COLUMNS = (
     "plugin",
@@ -72,3 +83,86 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         if row["reason"] and row["state"] != "running":
             lines.append(f"    {row['plugin']}: {row['reason']}")
     return "\n".join(lines)
+
+
+def status_line(sup: Supervisor) -> str:
+    """One line for systemd's STATUS=: plugins by state, events and findings so far."""
+    states = Counter(r.phase.value for r in sup.plugins.values())
+    plugins = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    return f"plugins: {plugins}; {sup.accepted} events, {sup.findings.written} findings"
+
+
+def summary_of(
+    sup: Supervisor,
+    source: AsyncIterable[Event],
+    elapsed: float,
+    export: NatsExport | None = None,
+) -> dict[str, object]:
+    """The end-of-run summary: the host's totals and every plugin's row."""
+    bad_lines = source.bad_lines if isinstance(source, ReplaySource) else 0
+    summary: dict[str, object] = {
+        "events": sup.accepted,
+        "bad_lines": bad_lines,
+        "events_without_kind": sup.rejected_events,
+        "findings": sup.findings.written,
+        "findings_lost": sup.findings.lost,
+        "elapsed_s": elapsed,
+        "refused_sessions": sup.refused_sessions,
+        "plugins": summary_rows(sup.runners),
+    }
+    if export is not None:
+        summary["export"] = export.counts()
+    if isinstance(source, SensorHub):
+        summary["sensors"] = {
+            "emitted": dict(source.emitted),
+            "dropped": dict(source.dropped),
+            "restarts": dict(source.restarts),
+        }
+    return summary
+
+
+def report(
+    options: RunOptions,
+    sup: Supervisor,
+    source: AsyncIterable[Event],
+    elapsed: float,
+    export: NatsExport | None,
+) -> None:
+    summary = summary_of(sup, source, elapsed, export)
+    rows = summary_rows(sup.runners)
+    bad_lines = summary["bad_lines"]
+    print(
+        f"\n{sup.accepted} events in {elapsed:.2f}s ({sup.accepted / elapsed:,.0f}/s), "
+        f"{bad_lines} bad lines skipped, {sup.findings.written} findings"
+    )
+    print(render_table(rows))
+    findings = sup.findings
+    if findings.lost:
+        where = findings.sink.path if isinstance(findings.sink, JsonLinesSink) else None
+        print(
+            f"{findings.lost} findings LOST: they could not be written to "
+            f"{where or 'the findings sink'} ({findings.last_error})"
+        )
+    if export is not None and export.spool.dropped:
+        print(
+            f"{export.spool.dropped} findings DROPPED from the export: its spool "
+            f"(--export-spool-mb {options.export_spool_mb}) was full"
+        )
+    if options.summary_json:
+        try:
+            options.summary_json.write_text(json.dumps(summary, indent=2))
+        except OSError as exc:
+            why = f"cannot write {options.summary_json}: {exc.strerror}"
+            raise UsageError("--summary-json", why) from None
+    dead = sum(r["dead_lettered"] for r in rows)
+    unkept = sum(r["dead_letters_unkept"] for r in rows)
+    if dead - unkept and options.command == "replay":
+        where = sup.store.directory
+        print(
+            f"{dead - unkept} events dead-lettered; see: agent-host deadletters --state-dir {where}"
+        )
+    if unkept:
+        print(
+            f"{unkept} dead-lettered events could not be kept: the state folder "
+            f"{sup.store.directory} could not be written (the log says why)"
+        )

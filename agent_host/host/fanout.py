@@ -142,6 +142,10 @@ class Backlog:
                 self._space.notify_all()
         return missed
 
+    def oldest_seq(self) -> int | None:
+        """The first event of the oldest batch kept (some plugin still owes it), if any."""
+        return self._batches[0].seqs[0] if self._batches else None
+
     def owed(self, plugin: str) -> int:
         """The kept events ``plugin`` has not processed."""
         return sum(len(batch) for batch in self._batches if plugin in batch.pending)
@@ -205,6 +209,13 @@ class Group:
     def age(self, now: float) -> float:
         """How long the oldest unsent event has waited (0 if none)."""
         return now - self._oldest if self._records else 0.0
+
+    def first_pending_seq(self) -> int | None:
+        """The number of the oldest event some plugin of the group still has to process."""
+        kept = self.backlog.oldest_seq()
+        if kept is not None:
+            return kept
+        return self._seqs[0] if self._seqs else None
 
     @property
     def waiting(self) -> int:

@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 
 from agent_host.protocol import Event, FileEvent, NetworkEvent
-from tests.helpers import agent_host, exec_event, parse_logs, read_findings, recording, use_plugin
+from tests.helpers import (
+    agent_host,
+    exec_event,
+    make_plugin,
+    parse_logs,
+    read_findings,
+    recording,
+    use_plugin,
+)
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
@@ -232,3 +240,79 @@ def test_findings_lost_to_a_full_disk_are_said_and_fail_the_run(tmp_path: Path) 
     assert json.loads((tmp_path / "summary.json").read_text())["findings_lost"] == 7
     (said,) = [e for e in parse_logs(run.stderr) if e["event"].startswith("findings could not")]
     assert said["path"] == "/dev/full"
+
+
+SLOW_CATCHER = """\
+import time
+from agent_host.sdk import Finding, Plugin, Severity
+
+class Detector(Plugin):
+    def on_event(self, event):
+        time.sleep(0.001)
+        return Finding(rule="seen", severity=Severity.LOW, message=event.process.exe)
+"""
+
+
+def test_a_killed_replay_resumes_where_its_findings_were_written(tmp_path: Path) -> None:
+    """SIGKILL in mid-replay, then ``replay --resume``: every event gets its finding, and what
+    the first run had done is not done again (but for the last second of it, at most)."""
+    make_plugin(tmp_path / "plugins", "catcher", SLOW_CATCHER)
+    events = 4000
+    recording(tmp_path / "rec.jsonl", [exec_event(f"/usr/bin/e{i}", pid=i) for i in range(events)])
+    command = [
+        *(sys.executable, "-m", "agent_host", "--log-format", "json", "replay", "rec.jsonl"),
+        *("--plugins", "plugins", "--quiet", "--batch-size", "16", "--state-dir", "state"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen(
+        [*command, "--findings", "first.jsonl"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    checkpoint = tmp_path / "state" / "replay.checkpoint"
+    deadline = time.monotonic() + 60
+    while not (checkpoint.exists() and json.loads(checkpoint.read_text())["entries_done"] > 500):
+        assert first.poll() is None and time.monotonic() < deadline, "no progress kept"
+        time.sleep(0.05)
+    first.kill()  # as a host killed by the OOM killer or a power cut would be
+    first.wait(timeout=30)
+    done_first = len(read_findings(tmp_path / "first.jsonl"))
+    assert 0 < done_first < events
+    second = subprocess.run(
+        [*command, "--findings", "second.jsonl", "--resume"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    seen = [
+        f.message for name in ("first", "second") for f in read_findings(tmp_path / f"{name}.jsonl")
+    ]
+    assert set(seen) == {f"/usr/bin/e{i}" for i in range(events)}  # none missed
+    assert len(seen) - events < done_first  # the first run's work was not all done again
+    assert not checkpoint.exists()  # finished: nothing left to resume
+    again = subprocess.run(
+        [*command, "--resume"], cwd=tmp_path, capture_output=True, text=True, env=env
+    )
+    assert again.returncode == 2
+    assert again.stderr.startswith("agent-host: --resume: no stopped replay to resume in")
+
+
+def test_resume_refuses_a_recording_that_changed(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    rec = recording(tmp_path / "rec.jsonl", [exec_event("/usr/bin/id")])
+    (state / "replay.checkpoint").write_text(
+        json.dumps({"recording": str(rec.resolve()), "size": 1, "mtime_ns": 1, "entries_done": 1})
+    )
+    use_plugin(tmp_path / "plugins", "tally")
+    run = agent_host(["replay", "rec.jsonl", "--plugins", "plugins", "--resume"], tmp_path)
+    assert run.returncode == 2
+    assert (
+        run.stderr
+        == f"agent-host: --resume: {Path('rec.jsonl')} changed since the stopped replay\n"
+    )
