@@ -44,7 +44,9 @@ def _free_port() -> int:
         return port
 
 
-def _server(port: int, store: Path) -> subprocess.Popen[bytes]:
+def nats_server(port: int, store: Path) -> subprocess.Popen[bytes]:
+    """A real ``nats-server -js`` on ``127.0.0.1:port``, its streams in ``store``, once it
+    takes connections (the tests start theirs with this too)."""
     binary = shutil.which("nats-server")
     if binary is None:
         raise SystemExit("nats-server is not installed (apt-get install nats-server)")
@@ -61,7 +63,7 @@ def _server(port: int, store: Path) -> subprocess.Popen[bytes]:
         except OSError:
             time.sleep(0.1)
     server.kill()
-    raise SystemExit("nats-server did not start")
+    raise RuntimeError("nats-server did not start")
 
 
 def _findings(n: int) -> list[Finding]:
@@ -112,7 +114,7 @@ def measure(n: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         port = _free_port()
-        server = _server(port, workdir / "store")
+        server = nats_server(port, workdir / "store")
         try:
             host_rate, written = _pipeline_rate(n, workdir)
             result = asyncio.run(_export_rate(f"nats://127.0.0.1:{port}", written, workdir))

@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from agent_host.host.config import HostConfig
 from agent_host.host.export import NatsExport, Spool
 from agent_host.host.findings import CollectingSink
 from agent_host.host.supervisor import Supervisor
+from benchmarks.export import nats_server
 from tests.e2e.test_metrics import free_port
 from tests.e2e.test_signals import REPO, copy_plugin
 from tests.helpers import exec_event, recording
@@ -33,19 +33,7 @@ SERVER = shutil.which("nats-server")
 
 def start_server(port: int, store: Path) -> subprocess.Popen[bytes]:
     assert SERVER is not None
-    server = subprocess.Popen(
-        [SERVER, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return server
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("nats-server did not start")
+    return nats_server(port, store)
 
 
 def stream_contents(port: int) -> list[tuple[str, dict[str, Any]]]:

@@ -4,9 +4,11 @@ hosts, a full disk under the findings file, a state folder gone read-only."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -128,6 +130,23 @@ class Detector(Plugin):
 """
 
 
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` as a read-only bind mount of itself (a disk remounted read-only), undone on
+    leaving; the test is skipped where the mount cannot be made."""
+    for command in (
+        ["mount", "--bind", str(folder), str(folder)],
+        ["mount", "-o", "remount,bind,ro", str(folder)],
+    ):
+        if subprocess.run(command).returncode:
+            subprocess.run(["umount", str(folder)], check=False)
+            pytest.skip("a read-only bind mount could not be made")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="a read-only bind mount needs root")
 def test_a_read_only_state_folder_is_the_hosts_fault(tmp_path: Path) -> None:
     """The state database opens (it exists) but cannot be written: the quarantine of a
@@ -135,14 +154,7 @@ def test_a_read_only_state_folder_is_the_hosts_fault(tmp_path: Path) -> None:
     quarantined all the same, and the host still stops when asked."""
     state = tmp_path / "state"
     StateStore(state).close()
-    for command in (
-        ["mount", "--bind", str(state), str(state)],
-        ["mount", "-o", "remount,bind,ro", str(state)],
-    ):
-        if subprocess.run(command).returncode:
-            subprocess.run(["umount", str(state)], check=False)
-            pytest.skip("a read-only bind mount could not be made")
-    try:
+    with read_only(state):
         folder = make_plugin(tmp_path / "plugins", "crasher", CRASHES)
         policy = RestartPolicy(backoff_s=0.01, burst=3, stable_after_s=60)
 
@@ -168,8 +180,6 @@ def test_a_read_only_state_folder_is_the_hosts_fault(tmp_path: Path) -> None:
         assert runner.stats.state_errors > 0
         errors = [e for e in logs if e["event"] == "could not write state"]
         assert errors and all("readonly" in e["error"] for e in errors)
-    finally:
-        subprocess.run(["umount", str(state)], check=False)
 
 
 def test_a_failed_host_task_is_said_and_raises_the_flag() -> None:
@@ -212,21 +222,12 @@ def test_dead_letters_that_could_not_be_kept_are_not_pointed_to(tmp_path: Path) 
     show nothing)."""
     state = tmp_path / "state"
     StateStore(state).close()
-    for command in (
-        ["mount", "--bind", str(state), str(state)],
-        ["mount", "-o", "remount,bind,ro", str(state)],
-    ):
-        if subprocess.run(command).returncode:
-            subprocess.run(["umount", str(state)], check=False)
-            pytest.skip("a read-only bind mount could not be made")
-    try:
+    with read_only(state):
         make_plugin(tmp_path / "plugins", "poisoned", POISONED)
         recording(tmp_path / "rec.jsonl", [exec_event("/usr/bin/id", pid=i) for i in range(1, 11)])
         run = agent_host(
             ["replay", "rec.jsonl", "--plugins", "plugins", "--state-dir", str(state)], tmp_path
         )
-    finally:
-        subprocess.run(["umount", str(state)], check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.plugin("poisoned")["dead_lettered"] == 1
     assert run.plugin("poisoned")["processed"] == 9
