@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent_host.host.store import StateStore
 from tests.e2e.test_signals import REPO, copy_plugin
 
@@ -41,6 +43,7 @@ def plugin(reply: dict[str, Any], name: str) -> dict[str, Any]:
     return next(p for p in reply["plugins"] if p["name"] == name)
 
 
+@pytest.mark.slow  # 12 s: run after the test command by .ci/run
 def test_status_tail_release_and_restart(tmp_path: Path) -> None:
     plugins, state = tmp_path / "plugins", tmp_path / "state"
     copy_plugin("exec_from_tmp", plugins, "catcher")

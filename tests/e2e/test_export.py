@@ -51,6 +51,7 @@ def stream_contents(port: int) -> list[tuple[str, dict[str, Any]]]:
     return asyncio.run(read())
 
 
+@pytest.mark.slow  # 8 s: run after the test command by .ci/run
 @pytest.mark.skipif(SERVER is None, reason="nats-server is not installed (.ci/run installs it)")
 def test_export_through_a_server_outage(tmp_path: Path) -> None:
     copy_plugin("exec_from_tmp", tmp_path / "plugins", "catcher")

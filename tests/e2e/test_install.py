@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.test_signals import REPO
 
 
+@pytest.mark.slow  # 9 s: run after the test command by .ci/run
 def test_installed_and_run_from_root_with_the_bundled_plugins(tmp_path: Path) -> None:
     wheels, site = tmp_path / "wheels", tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]

@@ -53,6 +53,7 @@ def until_up(port: int, agent: subprocess.Popen[str]) -> None:
     raise AssertionError("metrics never served")
 
 
+@pytest.mark.slow  # 8 s: run after the test command by .ci/run
 def test_metrics_while_events_flow(tmp_path: Path) -> None:
     copy_plugin("tally", tmp_path / "plugins", "counted")
     port = free_port()

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import TEST_PLUGINS, exec_event, make_plugin, recording
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,6 +30,7 @@ def copy_plugin(source: str, root: Path, name: str, version: str = "1.0") -> Non
     toml.write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', text))
 
 
+@pytest.mark.slow  # 8 s: run after the test command by .ci/run
 def test_sighup_reloads_plugins_and_reopens_findings(tmp_path: Path) -> None:
     plugins = tmp_path / "plugins"
     copy_plugin("exec_from_tmp", plugins, "catcher")
@@ -126,6 +129,7 @@ def test_a_second_signal_stops_at_once_and_still_writes_the_summary(tmp_path: Pa
     assert row["processed"] + row["undelivered"] == report["events"]
 
 
+@pytest.mark.slow  # 9 s: run after the test command by .ci/run
 def test_sigterm_stops_within_its_bound_when_a_plugin_is_far_behind(tmp_path: Path) -> None:
     """A plugin at one event a second, with a recording that fills the whole backlog (256
     batches): a drain would take minutes and the source waits for room. SIGTERM stops the host

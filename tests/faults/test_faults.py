@@ -202,6 +202,7 @@ class TestCrashes:
         )
         assert (fr.faulty["processed"], fr.faulty["undelivered"]) == (0, 200)
 
+    @pytest.mark.slow  # 8 s: run after the test command by .ci/run
     def test_one_poison_event_among_ten_thousand(self, tmp_path: Path) -> None:
         fr = run_fault(tmp_path, "segfault", n=10_000, poison=frozenset({4321}), batch=256)
         # 256 -> 128 -> ... -> 1: eight splits after the two failures of the whole batch.
@@ -218,6 +219,7 @@ class TestCrashes:
         )
         assert replayed.plugin("tally")["processed"] == 1
 
+    @pytest.mark.slow  # 13 s: run after the test command by .ci/run
     def test_crash_on_every_event_quarantines(self, tmp_path: Path) -> None:
         fr = run_fault(tmp_path, "segfault", when="always")
         fr.assert_contained()

@@ -216,6 +216,7 @@ class TestDestructiveAttacks:
         assert len(run.attacker_processes) >= 2  # the worker and its daemon
         run.assert_honest_plugin_unharmed()
 
+    @pytest.mark.slow  # 8 s: run after the test command by .ci/run
     def test_a_fork_bomb_is_stopped_at_its_limit(self, tmp_path: Path) -> None:
         run = contest(tmp_path, attacks.FORK_BOMB, limits="processes = 16\nbatch_deadline_s = 1.0")
         run.assert_honest_plugin_unharmed()
