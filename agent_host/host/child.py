@@ -112,6 +112,12 @@ class Child:
         return self.process.pid
 
     @property
+    def cgroup(self) -> WorkerCgroup | None:
+        """Its cgroup, where the host could make one (None: its descendants are found by a scan
+        of the machine's processes)."""
+        return self._cgroup
+
+    @property
     def running(self) -> bool:
         return self.process.returncode is None
 

@@ -133,6 +133,19 @@ class WorkerGeneration:
         self.fault_reported = True
         return lc.LimitExceeded(self.number, verdict)
 
+    def cgroup_members(self) -> list[psutil.Process] | None:
+        """The other processes of its cgroup: whatever it started, double forks and orphans
+        included (None without a cgroup). Read from the cgroup alone: the cost follows this
+        worker, not the number of processes on the machine."""
+        cgroup = self.child.cgroup
+        if cgroup is None:
+            return None
+        members = []
+        for pid in cgroup.pids() - {self.pid}:
+            with contextlib.suppress(psutil.Error):
+                members.append(psutil.Process(pid))
+        return members
+
     @property
     def peak_rss_mib(self) -> float:
         return self.child.monitor.peak_rss_mib if self.child.monitor else 0.0

@@ -7,11 +7,13 @@ The kernel enforces hard backstops (rlimits, set by the host with prlimit so tha
 never decides them); this watcher enforces the real limits with precise verdicts, in the manner
 of osquery's watchdog, and reports usage:
 
-- memory: resident memory of the worker and its descendants;
+- memory: resident memory of the worker and what it started (the other processes of its
+  cgroup; where no cgroup could be made, its descendants, from a scan of the machine);
 - cpu: CPU used while the worker is idle (no batch in hand), over a sliding window. A busy
   worker is bounded by its batch deadline instead, so that a long replay never gets a healthy
   plugin killed for working hard;
-- processes: descendants of the worker (a fork bomb).
+- processes: the same processes (a fork bomb, or orphans of double forks, which its pid
+  namespace's init adopts and a walk of descendants would miss).
 """
 
 from __future__ import annotations

@@ -337,15 +337,22 @@ class Supervisor:
                 runner.check(now)
             self.rollout.advance(now)
             tick += 1
-            if tick % every:
-                continue
-            pids = {r.pid for r in runners if r.pid and r.phase is Phase.RUNNING}
-            if not pids:
-                continue
-            descendants = await asyncio.to_thread(descendants_by_root, pids)
-            for runner in runners:
-                if runner.pid in descendants:
-                    runner.sample_resources(now, descendants[runner.pid])
+            if not tick % every:
+                await self._sample_workers(now, runners)
+
+    async def _sample_workers(self, now: float, runners: list[PluginRunner]) -> None:
+        """Measure every running worker with what it started: read from its cgroup, or, for a
+        worker without one, from one scan of the machine's processes."""
+        members = {}
+        for runner in runners:
+            if runner.worker is not None and runner.phase is Phase.RUNNING:
+                members[runner] = runner.worker.cgroup_members()
+        unplaced = {r.pid for r, found in members.items() if found is None and r.pid}
+        scanned = await asyncio.to_thread(descendants_by_root, unplaced) if unplaced else {}
+        for runner, found in members.items():
+            descendants = found if found is not None else scanned.get(runner.pid or 0)
+            if descendants is not None:
+                runner.sample_resources(now, descendants)
 
     def processed_through(self) -> int:
         """The number of the last event up to which every event was processed by every plugin
