@@ -51,7 +51,10 @@ class Spool:
         self._path = folder / SPOOL_NAME
         self._offset_path = folder / OFFSET_NAME
         self._max_bytes = max_bytes
-        self._file = self._path.open("ab+")
+        # 0600 whatever the umask: the spool holds findings.
+        fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)
+        self._file = os.fdopen(fd, "ab+")
         self.offset = self._read_offset()
         self.dropped = 0
 

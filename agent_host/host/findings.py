@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import stat
 import sys
 import time
 from collections import Counter, OrderedDict
@@ -98,7 +99,11 @@ class JsonLinesSink:
 
     @staticmethod
     def _open(path: Path) -> int:
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # 0600 whatever the umask: findings carry command lines, paths and users.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if os.fstat(fd).st_mode & 0o077 and stat.S_ISREG(os.fstat(fd).st_mode):
+            os.fchmod(fd, 0o600)  # a file made by an earlier version, or by hand
+        return fd
 
     @property
     def path(self) -> Path | None:

@@ -13,6 +13,7 @@ why; it too is bounded, oldest rows first.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -118,6 +119,10 @@ class StateStore:
             # are gone. SQLite would take it for a new one and say nothing.
             self._set_aside(directory / DB_NAME, "empty (0 bytes)")
         self._db = sqlite3.connect(target, isolation_level=None)
+        if directory is not None:  # 0600 whatever the umask: dead letters are events
+            with contextlib.suppress(OSError):
+                (directory / DB_NAME).touch(mode=0o600)
+                (directory / DB_NAME).chmod(0o600)
         try:
             self._db.executescript(_SCHEMA)
             self._db.execute("SELECT COUNT(*) FROM quarantines").fetchone()
