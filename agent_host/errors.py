@@ -3,6 +3,7 @@
     AgentHostError
     ├── UsageError           a flag or path the command cannot use  (what)
     ├── ManifestError        a plugin.toml that cannot be used      (path, key)
+    ├── ContentError         a plugin folder's file the host will not take (path)
     ├── RecordingError       an event line that cannot be parsed    (path, line)
     ├── ConfigError          a bad host setting                     (key)
     ├── ConfigFileError      mistakes of the config file            (path, line, key)
@@ -42,6 +43,16 @@ class ManifestError(AgentHostError):
         self.message = message
         where = f"{path}: {key}" if key else str(path)
         super().__init__(f"{where}: {message}")
+
+
+class ContentError(AgentHostError):
+    """A file of a plugin's folder that the host will not read into its content: a link out of
+    the folder, a special file, more bytes than content may have."""
+
+    def __init__(self, path: Path, message: str) -> None:
+        self.path = path
+        self.message = message
+        super().__init__(f"{path}: {message}")
 
 
 class RecordingError(AgentHostError):

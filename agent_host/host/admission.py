@@ -22,6 +22,7 @@ from typing import Final
 
 import structlog
 
+from agent_host.errors import ContentError
 from agent_host.host.config import HostConfig, SignaturePolicy
 from agent_host.host.manifest import Manifest
 from agent_host.host.updates.content import Admitted, Content, snapshot
@@ -75,7 +76,13 @@ class Admission:
     def admit(self, manifest: Manifest) -> Admitted | None:
         """A read-only copy of the plugin's content as measured now, and who signed it; None
         if the signature policy refuses it."""
-        content = snapshot(manifest.directory, self._content_dir)
+        try:
+            content = snapshot(manifest.directory, self._content_dir)
+        except ContentError as exc:
+            log.error(
+                "plugin refused: its content cannot be taken", plugin=manifest.name, error=str(exc)
+            )
+            return None
         signer = self._signer_of(manifest, content)
         return None if signer is None else Admitted(content, signer)
 

@@ -57,7 +57,7 @@ def test_sigmahq_rules_fire_on_real_commands(tmp_path: Path) -> None:
     sigma = plugins / "sigma"
     sigma.mkdir(parents=True)
     for name in ("detector.py", "engine.py", "fields.py", "plan.py"):
-        (sigma / name).symlink_to(REPO / "agent_host" / "plugins" / "sigma" / name)
+        shutil.copy(REPO / "agent_host" / "plugins" / "sigma" / name, sigma / name)
     manifest = (REPO / "agent_host" / "plugins" / "sigma" / "plugin.toml").read_text()
     (sigma / "plugin.toml").write_text(
         manifest.replace('rule_dirs = ["rules"]', f'rule_dirs = ["{SHARED.parent}"]').replace(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ def faulty_plugin(
     folder = root / "faulty"
     folder.mkdir(parents=True)
     for name in ("faulty.py", "import_error.py"):
-        (folder / name).symlink_to(TEST_PLUGINS / "faulty" / name)
+        shutil.copy(TEST_PLUGINS / "faulty" / name, folder / name)  # a link out: refused
     (folder / "plugin.toml").write_text(
         textwrap.dedent(f"""\
         [plugin]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import signal
 from pathlib import Path
 
@@ -32,7 +33,7 @@ KILLS = int(os.environ.get("SOAK_KILLS", "1000"))
 def test_random_kills_lose_nothing(tmp_path: Path) -> None:
     victim_dir = tmp_path / "victim"
     victim_dir.mkdir()
-    (victim_dir / "faulty.py").symlink_to(TEST_PLUGINS / "faulty" / "faulty.py")
+    shutil.copy(TEST_PLUGINS / "faulty" / "faulty.py", victim_dir / "faulty.py")
     (victim_dir / "plugin.toml").write_text(
         '[plugin]\nname = "victim"\nversion = "1"\nentrypoint = "faulty:Faulty"\n'
         'subscribe = ["process"]\n[config]\nfault = "raise"\n'
