@@ -1,4 +1,10 @@
-"""Logging set-up: structlog, readable on a terminal, JSON Lines otherwise (or when asked)."""
+"""Logging set-up: structlog, readable on a terminal, JSON Lines otherwise (or when asked).
+
+Every line the host writes goes through the same renderer, whichever library emits it: the
+standard library's ``logging`` (asyncio's "Unknown child process pid", watchdog's overflows,
+nats-py) is routed to it too, so that under ``--log-format json`` a reader never meets a line
+that is not JSON.
+"""
 
 from __future__ import annotations
 
@@ -20,15 +26,25 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | Non
         if console
         else structlog.processors.JSONRenderer()
     )
+    number = logging.getLevelNamesMapping()[level.upper()]
+    timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]
-        ),
+        processors=[structlog.processors.add_log_level, timestamper, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(number),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[
+                structlog.stdlib.add_log_level,
+                structlog.stdlib.add_logger_name,
+                timestamper,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]  # replaces the last-resort handler's plain text, and ours before
+    root.setLevel(max(number, logging.WARNING))  # libraries' info is not the host's

@@ -123,8 +123,8 @@ class TestBadInput:
         run = agent_host(["replay", "rec.jsonl", "--plugins", str(plugins)], cwd=tmp_path)
 
         assert run.returncode == 1
-        # .get: asyncio may add a plain line of its own ("Unknown child process pid ...") now
-        # and then while the zygote is being stopped; it is not the host's log.
+        # asyncio may add a warning of its own ("Unknown child process pid ...") now and then
+        # while the zygote is being stopped: JSON like the rest (tests/test_logs.py).
         assert [e["event"] for e in run.logs if e.get("level") == "error"][
             -1
         ] == "no plugin could start"
