@@ -369,7 +369,9 @@ class PluginRunner:
         """SIGTERM the worker's group, SIGKILL after the grace period."""
         worker = self.worker
         if worker is not None and worker.child.running:
-            worker.log.error("stopping worker", cause=verdict.cause, reason=verdict.detail)
+            # An operator's restart is the operator's wish, not a fault: not an error.
+            say = worker.log.info if verdict.cause == lc.OPERATOR else worker.log.error
+            say("stopping worker", cause=verdict.cause, reason=verdict.detail)
             worker.terminate(self._config.kill_grace_s)
 
     def kill_now(self) -> None:

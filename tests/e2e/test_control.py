@@ -123,5 +123,8 @@ def test_status_tail_release_and_restart(tmp_path: Path) -> None:
     assert rows["steady"]["restarts"] == {}
     assert row["dead_lettered"] == row["undelivered"] == 0
     assert not socket_path.exists()  # removed on the way out
+    logs = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    (stopping,) = [e for e in logs if e["event"] == "stopping worker"]
+    assert (stopping["cause"], stopping["level"]) == ("operator", "info")  # not an error
     gone = agent_host("status", "--state-dir", str(state))
     assert gone.returncode == 2 and "no running host" in gone.stderr

@@ -44,9 +44,15 @@ class YaraScan(Plugin):
         self.log.info("yara rules compiled: %d files", len(sources))
 
     def _skip(self, why: str, path: str) -> None:
+        # A file gone before it could be scanned is ordinary on a busy machine: counted, said
+        # once at the end, and each one only at debug level.
         self.skipped[why] += 1
-        if self.skipped[why] <= 10 or self.skipped[why] % 1000 == 0:
-            self.log.info("not scanned (%s, %d so far): %s", why, self.skipped[why], path)
+        self.log.debug("not scanned (%s, %d so far): %s", why, self.skipped[why], path)
+
+    def on_stop(self) -> None:
+        if self.skipped:
+            counts = ", ".join(f"{why} {n}" for why, n in sorted(self.skipped.items()))
+            self.log.info("files not scanned: %s", counts)
 
     def on_event(self, event: Event) -> Iterator[Finding]:
         file = event.file
