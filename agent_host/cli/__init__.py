@@ -26,7 +26,7 @@ from agent_host.cli import (
 )
 from agent_host.cli.options import RUN_DEFAULTS, RecordOptions, RunOptions
 from agent_host.cli.parser import EXIT_USAGE, build_parser, command_parser
-from agent_host.errors import AgentHostError, UsageError
+from agent_host.errors import AgentHostError, ConfigFileError, UsageError
 from agent_host.host.config import SignaturePolicy
 from agent_host.host.store import default_state_dir
 
@@ -112,8 +112,30 @@ def _dispatch(argv: list[str] | None) -> int:
     return _admin(args, parser)
 
 
+def _from_daemon_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """What an admin command is not told (the state folder, the control socket, the plugin
+    folders), as the daemon's own config file says it: ``agent-host status`` finds the daemon
+    the unit runs with ``--state-dir /var/lib/agent-host``, as osqueryctl and falcoctl do.
+
+    Raises:
+        ConfigFileError: listing every mistake of the file.
+    """
+    given = vars(args)  # the Namespace's own fields: filled in place
+    path = config_file.chosen(given.get("config"))
+    if path is None:
+        return
+    settings, mistakes = config_file.read(path, command_parser(parser, "run"))
+    if mistakes:
+        raise ConfigFileError(mistakes)
+    for dest in ("state_dir", "control_socket", "plugins"):
+        if dest in given and given[dest] is None and dest in settings:
+            given[dest] = settings[dest]
+
+
 def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """The commands that do not run the host."""
+    if args.command in ("plugins", "status", "tail", "attest", "deadletters"):
+        _from_daemon_config(args, parser)
     if args.command == "config":
         return _check_config(args, parser)
     if args.command == "plugins":

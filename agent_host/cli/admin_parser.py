@@ -22,12 +22,14 @@ def add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
     # --state-dir X` both work. SUPPRESS keeps a command's default from hiding the group's value.
     add_plugins_dir(plugins)
     add_state_dir(plugins)
+    add_config(plugins)
     commands = plugins.add_subparsers(dest="plugins_command", metavar="COMMAND")
     listing = commands.add_parser(
         "list", help="the plugins found, with validation errors and quarantines (the default)"
     )
     add_plugins_dir(listing, argparse.SUPPRESS)
     add_state_dir(listing, argparse.SUPPRESS)
+    add_config(listing, argparse.SUPPRESS)
     add_trust_options(listing)
     signing = commands.add_parser(
         "sign", help="sign a plugin folder's content (writes DIR/plugin.sig)"
@@ -41,6 +43,7 @@ def add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     release.add_argument("name", help="the plugin's name")
     add_state_dir(release, argparse.SUPPRESS)
+    add_config(release, argparse.SUPPRESS)
     add_control_socket(release)
     restart = commands.add_parser(
         "restart",
@@ -48,6 +51,7 @@ def add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     restart.add_argument("name", help="the plugin's name")
     add_state_dir(restart, argparse.SUPPRESS)
+    add_config(restart, argparse.SUPPRESS)
     add_control_socket(restart)
     history = commands.add_parser(
         "history",
@@ -55,6 +59,8 @@ def add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     history.add_argument("name", help="the plugin's name")
     add_state_dir(history, argparse.SUPPRESS)
+    add_plugins_dir(history, argparse.SUPPRESS)
+    add_config(history, argparse.SUPPRESS)
     new = commands.add_parser("new", help="scaffold a plugin folder with a test")
     new.add_argument("name", help="the plugin's name (lowercase, digits, underscores)")
     new.add_argument(
@@ -69,10 +75,12 @@ def add_plugins_group(sub: argparse._SubParsersAction[Parser]) -> None:
 def add_status_commands(sub: argparse._SubParsersAction[Parser]) -> None:
     status = sub.add_parser("status", help="what a running host is doing, per plugin and in all")
     add_state_dir(status)
+    add_config(status)
     add_control_socket(status)
     status.add_argument("--json", action="store_true", help="the reply as JSON")
     tail = sub.add_parser("tail", help="a running host's findings as they are written (JSON)")
     add_state_dir(tail)
+    add_config(tail)
     add_control_socket(tail)
 
 
@@ -120,6 +128,7 @@ def add_attest_group(sub: argparse._SubParsersAction[Parser]) -> None:
     attest.add_argument("-o", "--out", type=Path, default=None, metavar="FILE")
     add_plugins_dir(attest)
     add_state_dir(attest)
+    add_config(attest)
     add_trust_options(attest)
     commands = attest.add_subparsers(dest="attest_command", metavar="COMMAND")
     verify = commands.add_parser("verify", help="check a report: signature, nonce, content")
@@ -140,6 +149,7 @@ def add_deadletters_command(sub: argparse._SubParsersAction[Parser]) -> None:
         "deadletters", help="the events set aside because they killed a plugin"
     )
     add_state_dir(letters)
+    add_config(letters)
     letters.add_argument("--plugin", metavar="NAME", help="only those of plugin NAME")
     letters.add_argument("--json", action="store_true", help="one JSON object per line")
     letters.add_argument(

@@ -131,11 +131,11 @@ def add_control_socket(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_config(p: argparse.ArgumentParser) -> None:
+def add_config(p: argparse.ArgumentParser, default: object = None) -> None:
     p.add_argument(
         "--config",
         type=Path,
-        default=None,
+        default=default,
         metavar="FILE",
         help="settings of agent-host run in TOML, flags overriding them (default: "
         "/etc/agent-host/agent-host.toml, if it exists)",

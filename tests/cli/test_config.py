@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from agent_host.host.store import StateStore
 from agent_host.host.updates.signing import load_private, new_key_pair, sign
 from tests.cli.test_errors import REPO, cli
 from tests.e2e.test_signals import copy_plugin
+from tests.helpers import exec_event, use_plugin
 
 BAD = """\
 sandbox = "loose"
@@ -150,3 +152,30 @@ def test_flags_replace_the_files_list_rather_than_add_to_it(tmp_path: Path) -> N
     assert ran.returncode == 0, ran.stderr
     rows = json.loads((tmp_path / "summary.json").read_text())["plugins"]
     assert [r["plugin"] for r in rows] == ["flagged"]
+
+
+def test_admin_commands_find_the_daemon_by_its_config_file(tmp_path: Path) -> None:
+    """``status``, ``deadletters``, ``plugins ...``: told nothing, they read the daemon's own
+    config file (``--config``, else /etc/agent-host/agent-host.toml) for where its state,
+    control socket and plugins are, as osqueryctl and falcoctl do."""
+    daemon_state = tmp_path / "var-lib-agent-host"
+    store = StateStore(daemon_state)
+    store.add_dead_letter(
+        "sigma", "1.0", 7, "exit code 3", exec_event("/tmp/x").SerializeToString()
+    )
+    store.close()
+    config = tmp_path / "agent-host.toml"
+    config.write_text(f'state-dir = "{daemon_state}"\nplugins = ["{tmp_path / "plugins"}"]\n')
+    use_plugin(tmp_path / "plugins", "tally")
+
+    letters = cli(["deadletters", "--config", str(config), "--json"], tmp_path)
+    assert letters.returncode == 0, letters.stderr
+    assert [json.loads(line)["plugin"] for line in letters.stdout.splitlines()] == ["sigma"]
+    status = cli(["status", "--config", str(config)], tmp_path)
+    assert status.returncode == 2
+    assert f"no running host: {daemon_state}/control.sock does not exist" in status.stderr
+    listed = cli(["plugins", "list", "--config", str(config)], tmp_path)
+    assert listed.returncode == 0 and "tally" in listed.stdout, listed.stderr
+    history = cli(["plugins", "history", "tally", "--plugins", "plugins"], tmp_path)
+    assert history.stderr == ""  # the flag is taken, as by `plugins list` (it was refused)
+    assert history.stdout == "no history of tally in this state folder\n"
