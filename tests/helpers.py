@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,8 @@ from agent_host.sources.replay import write_recording
 TEST_PLUGINS = Path(__file__).parent / "plugins"
 #: The plugins that ship with agent-host.
 BUNDLED_PLUGINS = Path(__file__).resolve().parents[1] / "agent_host" / "plugins"
+#: SigmaHQ's Linux rules, beside the checkout (test data: read from there, never copied).
+SIGMAHQ = Path(__file__).resolve().parents[2] / "shared" / "sigma-linux"
 
 
 def make_plugin(
@@ -45,6 +48,21 @@ def make_plugin(
     )
     (folder / "detector.py").write_text(textwrap.dedent(code))
     return folder
+
+
+def sigmahq_plugin(plugins: Path) -> Path:
+    """The bundled sigma plugin in ``plugins``, loading SigmaHQ's Linux rules instead of its own."""
+    sigma = plugins / "sigma"
+    sigma.mkdir(parents=True)
+    for name in ("detector.py", "engine.py", "fields.py", "plan.py"):
+        shutil.copy(BUNDLED_PLUGINS / "sigma" / name, sigma / name)
+    manifest = (BUNDLED_PLUGINS / "sigma" / "plugin.toml").read_text()
+    (sigma / "plugin.toml").write_text(
+        manifest.replace('rule_dirs = ["rules"]', f'rule_dirs = ["{SIGMAHQ}"]').replace(
+            'read = ["/etc/agent-host/sigma"]', f'read = ["{SIGMAHQ}"]'
+        )
+    )
+    return sigma
 
 
 def processes_of(uid: int) -> list[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from agent_host.host.suppress import Suppression, Suppressions
 from agent_host.protocol import Event, FileEvent, Finding
 from agent_host.testing import exec_event
 from tests.cli.test_errors import cli
@@ -92,3 +93,36 @@ def test_a_bad_suppression_is_named(tmp_path: Path) -> None:
     flag = cli(["run", "--source", "synthetic", "--suppress", "reason=why"], tmp_path)
     assert flag.returncode == 2 and "names nothing to match" in flag.stderr
     assert "Traceback" not in flag.stderr + checked.stdout
+
+
+def finding(exe: str, path: str = "", title: str = "New Cron File Created") -> Finding:
+    attributes = {"Image": exe, "title": title}
+    if path:
+        attributes["TargetFilename"] = path
+    return Finding(plugin="sigma", rule="6c4e2f43", message=title, attributes=attributes)
+
+
+def test_the_allowlist_covers_only_where_packages_install() -> None:
+    allowlist = Suppressions(allowlist=True)
+    assert allowlist.suppressed(finding("/usr/bin/dpkg", "/etc/cron.daily/man-db"))
+    assert allowlist.suppressed(finding("/usr/bin/apt-get", "/usr/lib/x86_64-linux-gnu/libz.so"))
+    assert allowlist.suppressed(finding("/usr/sbin/ldconfig.real", "/etc/ld.so.cache"))
+    kept = [
+        finding("/usr/bin/dpkg", "/tmp/payload"),  # nowhere a package installs
+        finding("/usr/bin/dpkg", "/root/.ssh/authorized_keys"),
+        finding("/usr/bin/dpkg", "/etc/sudoers.d/90-backdoor"),
+        finding("/usr/bin/apt-get"),  # about a process: the package manager itself
+        finding("/usr/bin/python3", "/etc/cron.d/evil"),  # not a package manager
+        # A rule about the package manager itself.
+        finding("/usr/bin/dpkg", "/usr/bin/x", title="Binary Replaced by Dpkg"),
+        finding("/usr/bin/yum", "/usr/lib/x", title="Suspicious Package Files"),
+    ]
+    assert [f for f in kept if allowlist.suppressed(f)] == []
+    assert sum(allowlist.hits.values()) == 3
+
+
+def test_several_globs_joined_by_a_bar_match_any() -> None:
+    entry = Suppression.parse("process=/usr/bin/pip*|/usr/bin/npm,reason=builds")
+    assert entry.matches(finding("/usr/bin/pip3", "/tmp/x"))
+    assert entry.matches(finding("/usr/bin/npm", "/tmp/x"))
+    assert not entry.matches(finding("/usr/bin/npx", "/tmp/x"))

@@ -18,10 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import BackgroundHost, read_findings
+from tests.helpers import SIGMAHQ, BackgroundHost, read_findings, sigmahq_plugin
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = REPO.parent / "shared" / "sigma-linux" / "process_creation"
+SHARED = SIGMAHQ / "process_creation"
 STANDIN_C = "#include <unistd.h>\nint main(void) { usleep(300000); return 0; }\n"
 
 # (program name, arguments, the SigmaHQ rule file expected to fire, alone)
@@ -54,16 +53,7 @@ CASES = [
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler for the stand-in")
 def test_sigmahq_rules_fire_on_real_commands(tmp_path: Path) -> None:
     plugins = tmp_path / "plugins"
-    sigma = plugins / "sigma"
-    sigma.mkdir(parents=True)
-    for name in ("detector.py", "engine.py", "fields.py", "plan.py"):
-        shutil.copy(REPO / "agent_host" / "plugins" / "sigma" / name, sigma / name)
-    manifest = (REPO / "agent_host" / "plugins" / "sigma" / "plugin.toml").read_text()
-    (sigma / "plugin.toml").write_text(
-        manifest.replace('rule_dirs = ["rules"]', f'rule_dirs = ["{SHARED.parent}"]').replace(
-            'read = ["/etc/agent-host/sigma"]', f'read = ["{SHARED.parent}"]'
-        )
-    )
+    sigmahq_plugin(plugins)
 
     standins = Path(tempfile.mkdtemp(prefix="agent-host-standins-", dir=Path.home()))
     try:
