@@ -1,6 +1,6 @@
 """Fault-handling latencies: restart after a kill, and hang detection past the deadline.
 
-    python -m benchmarks.faults [--kills 20] [--hangs 10]
+    python -m benchmarks.faults [--kills 20] [--hangs 10] [--burner 20000]
 
 Restart latency: SIGKILL the worker of a plugin that answers every event, publish an event at
 once, and time from the kill until that event's finding is written: death detected, a new
@@ -8,6 +8,10 @@ worker started and connected, and the event redelivered to it and processed.
 
 Hang detection: a plugin with a 0.5 s deadline sleeps on chosen events; time from the moment
 its batch was sent until the worker has exited, less the deadline: the overshoot.
+
+Beside a burner (``--burner EVENTS``): an honest plugin's throughput while another holds its
+first batch with four processes spinning, over its throughput alone. The burner's cpu cgroup
+(``cpu_cores``, one core by default) is what keeps the host and the honest plugin theirs.
 """
 
 from __future__ import annotations
@@ -112,36 +116,53 @@ async def hang_overshoots(hangs: int) -> tuple[float, list[float]]:
     return deadline, overshoots
 
 
-async def _healthy_throughput(events: list[Event], with_crashloop: bool, workdir: Path) -> float:
-    """Events per second through two healthy plugins, with a crash-looping third or without."""
-    manifests = trivial(2, workdir)
-    if with_crashloop:
-        manifests.append(Manifest.load(HERE / "plugins" / "crashloop" / "plugin.toml"))
+async def _healthy_throughput(
+    events: list[Event], beside: str | None, workdir: Path, healthy: int
+) -> float:
+    """Events per second through ``healthy`` plugins, with another (``beside``, one of
+    benchmarks/plugins/) or without."""
+    manifests = trivial(healthy, workdir)
+    if beside is not None:
+        manifests.append(Manifest.load(HERE / "plugins" / beside / "plugin.toml"))
     # The default restart policy: what a user gets.
     sup = Supervisor(HostConfig(state_dir=None), manifests, _WatchingSink())
     await sup.start()
-    healthy = [sup.plugins[m.name] for m in manifests if m.name != "crashloop"]
+    runners = [sup.plugins[m.name] for m in manifests if m.name != beside]
+    # One event first, so that the other plugin is at it (spinning, crash-looping) when the
+    # clock starts, and the healthy ones have started.
+    await sup.publish(_event("/usr/bin/true"))
+    await _until(lambda: all(r.stats.processed == 1 for r in runners))
+    await asyncio.sleep(0.5)
     started = time.perf_counter()
     for event in events:
         copy = Event()
         copy.CopyFrom(event)
         await sup.publish(copy)
-    await _until(lambda: all(h.stats.processed == len(events) for h in healthy), timeout=120)
+    await _until(lambda: all(r.stats.processed == len(events) + 1 for r in runners), timeout=120)
     elapsed = time.perf_counter() - started
     await sup.stop()
     return len(events) / elapsed
 
 
-def containment_ratio(n: int) -> dict[str, float]:
-    """Healthy plugins' throughput while another crash-loops, over their throughput without."""
+def containment_ratio(
+    n: int, beside: str = "crashloop", healthy: int = 2, rounds: int = 1
+) -> dict[str, float]:
+    """Healthy plugins' throughput while another misbehaves (crash-loops, or burns cores while
+    it holds a batch: ``beside``), over their throughput without: the medians of ``rounds``
+    runs of each, taken in turn, so that a slow spell of the machine falls on both."""
     events = make_events(n)
+    alone_runs, disturbed_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        alone = asyncio.run(_healthy_throughput(events, False, Path(tmp)))
-        beside = asyncio.run(_healthy_throughput(events, True, Path(tmp)))
+        for _ in range(rounds):
+            alone_runs.append(asyncio.run(_healthy_throughput(events, None, Path(tmp), healthy)))
+            disturbed_runs.append(
+                asyncio.run(_healthy_throughput(events, beside, Path(tmp), healthy))
+            )
+    alone, disturbed = statistics.median(alone_runs), statistics.median(disturbed_runs)
     return {
         "healthy_eps_alone": alone,
-        "healthy_eps_beside_crashloop": beside,
-        "containment_ratio": beside / alone,
+        f"healthy_eps_beside_{beside}": disturbed,
+        "containment_ratio": disturbed / alone,
     }
 
 
@@ -158,6 +179,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--hangs", type=int, default=10)
+    parser.add_argument(
+        "--burner",
+        type=int,
+        default=0,
+        metavar="EVENTS",
+        help="also: an honest plugin's throughput over EVENTS events beside a plugin that burns "
+        "cores while it holds a batch, over its throughput alone",
+    )
     args = parser.parse_args()
     logs.configure("console", "critical")
     print(
@@ -166,6 +195,13 @@ def main() -> None:
     )
     deadline, overshoots = asyncio.run(hang_overshoots(args.hangs))
     print(f"hang detection, worker gone after deadline ({deadline:g}s) + {summary(overshoots)}")
+    if args.burner:
+        burner = containment_ratio(args.burner, "burner", healthy=1, rounds=5)
+        print(
+            f"beside a core burner: {burner['containment_ratio']:.2f} of healthy throughput alone "
+            f"({burner['healthy_eps_beside_burner']:,.0f} vs "
+            f"{burner['healthy_eps_alone']:,.0f} events/s)"
+        )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ DEFAULT_LIMIT_CAPS: Final = Limits(
     memory_mb=2048,
     cpu_percent=100.0,
     cpu_window_s=60.0,
+    cpu_cores=4.0,
     open_files=4096,
     processes=256,
     max_findings_per_event=1000,

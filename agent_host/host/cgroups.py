@@ -7,10 +7,17 @@ pages), and the pids controller counts processes and threads as they are made, n
 watcher's next scan. The limits are backstops above the watcher's own (which says precisely
 why it kills): memory at ``memory_mb`` + 256 MiB, pids at ``processes`` + 128 (threads count).
 
+The cpu controller, where the machine has one, bounds the worker to ``cpu_cores`` at all times,
+a batch in hand or not: the kernel throttles a plugin that burns cores while it holds a batch,
+which the watcher (which judges CPU only while idle) leaves to the batch deadline. Its CPU usage
+is read from the cgroup too (``cpu.stat``, or v1 ``cpuacct.usage``): what the worker and all
+it started used, in one read, whatever the number of processes on the machine.
+
 cgroup v2 is used when its hierarchy has the memory and pids controllers; otherwise the v1
-memory and pids hierarchies, which is what this project's machines mount. Where neither can be
-written (not root, no delegation), there are no cgroups: the host says so once, by name, and
-falls back to killing the descendants its watcher saw.
+hierarchies, which is what this project's machines mount. Where neither can be written (not
+root, no delegation), there are no cgroups: the host says so once, by name, and falls back to
+killing the descendants its watcher saw. A machine without a cpu controller has no CPU bound:
+``Cgroups.cpu_unavailable`` says why, and the host reports the layer ``cpu`` missing.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import itertools
 import os
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -33,6 +41,8 @@ log = structlog.get_logger("agent_host")
 
 ROOT: Final = Path("/sys/fs/cgroup")
 _KILL_ROUNDS: Final = 50
+#: The period of the CPU bound: a worker over its quota waits at most this long to run again.
+CPU_PERIOD_US: Final = 100_000
 _instances = itertools.count(1)
 
 
@@ -47,10 +57,14 @@ def _own_path(controller: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class WorkerCgroup:
-    """The cgroup(s) of one worker: one directory (v2) or one per controller (v1)."""
+    """The cgroup(s) of one worker: each controller's directory (v2: all the same one)."""
 
-    directories: tuple[Path, ...]
+    by_controller: Mapping[str, Path]
     version: int
+
+    @property
+    def directories(self) -> list[Path]:
+        return list(dict.fromkeys(self.by_controller.values()))
 
     def add(self, pid: int) -> None:
         for directory in self.directories:
@@ -63,16 +77,31 @@ class WorkerCgroup:
                 found.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
         return found
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time used by every process the worker ever had in it (None: not counted)."""
+        directory = self.by_controller.get("cpuacct")
+        if directory is None:
+            return None
+        try:
+            if self.version == 1:
+                return int((directory / "cpuacct.usage").read_text()) / 1e9
+            for line in (directory / "cpu.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "usage_usec":
+                    return int(value) / 1e6
+        except (OSError, ValueError):
+            pass
+        return None
+
     def oom_kills(self) -> int:
         """How many processes the kernel killed for this cgroup's memory limit."""
         name = "memory.events" if self.version == 2 else "memory.oom_control"
-        for directory in self.directories:
-            path = directory / name
-            with contextlib.suppress(OSError):
-                for line in path.read_text().splitlines():
-                    key, _, value = line.partition(" ")
-                    if key == "oom_kill":
-                        return int(value)
+        path = self.by_controller["memory"] / name
+        with contextlib.suppress(OSError):
+            for line in path.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
         return 0
 
     def kill_all(self) -> int:
@@ -98,6 +127,10 @@ class WorkerCgroup:
                 directory.rmdir()
 
 
+def _leftover(directory: Path, version: int) -> WorkerCgroup:
+    return WorkerCgroup({"pids": directory}, version)
+
+
 class Cgroups:
     """Makes a cgroup per worker under one cgroup of this host's own."""
 
@@ -105,32 +138,46 @@ class Cgroups:
         self.version = 0
         #: Why there are no cgroups, when there are none (said once, at start).
         self.unavailable = ""
-        self._bases: list[Path] = []
+        #: Why there is no CPU bound, when there are cgroups but no cpu controller.
+        self.cpu_unavailable = ""
+        self._bases: dict[str, Path] = {}
         # One per Cgroups, not per process: a validation host beside the host has its own,
         # and closing it must not touch the host's workers.
         name = f"agent-host-{os.getpid()}-{next(_instances)}"
         try:
-            if (root / "cgroup.controllers").is_file() and {"memory", "pids"} <= set(
-                (root / "cgroup.controllers").read_text().split()
-            ):
-                self._bases = [root / _own_path("").lstrip("/") / name]
-                self.version = 2
-            elif (root / "memory").is_dir() and (root / "pids").is_dir():
-                self._bases = [
-                    root / c / _own_path(c).lstrip("/") / name for c in ("memory", "pids")
-                ]
-                self.version = 1
-            else:
-                raise OSError("no memory and pids controllers mounted")
-            for base in self._bases:
+            self._bases = self._find(root, name)
+            for base in dict.fromkeys(self._bases.values()):
                 self._remove_stale(base.parent)
                 base.mkdir(exist_ok=True)
             if self.version == 2:
-                (self._bases[0] / "cgroup.subtree_control").write_text("+memory +pids")
+                wanted = "+memory +pids" + (" +cpu" if "cpu" in self._bases else "")
+                (self._bases["memory"] / "cgroup.subtree_control").write_text(wanted)
         except (OSError, LookupError, ValueError) as exc:
             self.unavailable = getattr(exc, "strerror", None) or str(exc)
             self.version = 0
-            self._bases = []
+            self._bases = {}
+        if self._bases and "cpu" not in self._bases:
+            self.cpu_unavailable = "no cpu cgroup controller mounted"
+
+    def _find(self, root: Path, name: str) -> dict[str, Path]:
+        """Each controller's folder for this host's cgroups; the version found in passing."""
+        v2_controllers = set()
+        with contextlib.suppress(OSError):
+            v2_controllers = set((root / "cgroup.controllers").read_text().split())
+        if {"memory", "pids"} <= v2_controllers:
+            self.version = 2
+            base = root / _own_path("").lstrip("/") / name
+            # cpu.stat's usage counts without the cpu controller; the bound needs it.
+            named = {"memory": base, "pids": base, "cpuacct": base}
+            return named | ({"cpu": base} if "cpu" in v2_controllers else {})
+        mounted = [c for c in ("memory", "pids", "cpu", "cpuacct") if (root / c).is_dir()]
+        if not {"memory", "pids"} <= set(mounted):
+            raise OSError("no memory and pids controllers mounted")
+        self.version = 1
+        found = {c: root / c / _own_path(c).lstrip("/") / name for c in mounted}
+        if "cpu" in found and not (found["cpu"].parent / "cpu.cfs_quota_us").exists():
+            del found["cpu"]  # a cpu hierarchy without CFS bandwidth control bounds nothing
+        return found
 
     @property
     def available(self) -> bool:
@@ -142,7 +189,7 @@ class Cgroups:
             pid = old.name.removeprefix("agent-host-").split("-", 1)[0]
             if pid.isdigit() and not Path(f"/proc/{pid}").exists():
                 for child in sorted(old.glob("*/"), reverse=True):
-                    WorkerCgroup((child,), self.version).kill_all()
+                    _leftover(child, self.version).kill_all()
                     with contextlib.suppress(OSError):
                         child.rmdir()
                 with contextlib.suppress(OSError):
@@ -152,20 +199,27 @@ class Cgroups:
         """A new cgroup for one worker with ``limits``; None if there are no cgroups."""
         if not self._bases:
             return None
-        directories = tuple(base / name for base in self._bases)
+        cgroup = WorkerCgroup({c: base / name for c, base in self._bases.items()}, self.version)
+        for directory in cgroup.directories:
+            directory.mkdir(exist_ok=True)
+        where = cgroup.by_controller
         memory = (limits.memory_mb + DATA_HEADROOM_MIB) * MIB
         pids = limits.processes + THREAD_HEADROOM
-        for directory in directories:
-            directory.mkdir(exist_ok=True)
+        quota = max(1000, round(limits.cpu_cores * CPU_PERIOD_US))
         if self.version == 2:
-            (directories[0] / "memory.max").write_text(str(memory))
+            (where["memory"] / "memory.max").write_text(str(memory))
             with contextlib.suppress(OSError):  # absent without swap accounting
-                (directories[0] / "memory.swap.max").write_text("0")
-            (directories[0] / "pids.max").write_text(str(pids))
+                (where["memory"] / "memory.swap.max").write_text("0")
+            (where["pids"] / "pids.max").write_text(str(pids))
+            if "cpu" in where:
+                (where["cpu"] / "cpu.max").write_text(f"{quota} {CPU_PERIOD_US}")
         else:
-            (directories[0] / "memory.limit_in_bytes").write_text(str(memory))
-            (directories[1] / "pids.max").write_text(str(pids))
-        return WorkerCgroup(directories, self.version)
+            (where["memory"] / "memory.limit_in_bytes").write_text(str(memory))
+            (where["pids"] / "pids.max").write_text(str(pids))
+            if "cpu" in where:
+                (where["cpu"] / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+                (where["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
+        return cgroup
 
     def place(self, name: str, limits: Limits, pid: int) -> WorkerCgroup | None:
         """``for_worker``, with ``pid`` moved into it."""
@@ -175,9 +229,9 @@ class Cgroups:
         return cgroup
 
     def close(self) -> None:
-        for base in self._bases:
+        for base in dict.fromkeys(self._bases.values()):
             for child in base.glob("*/"):
-                WorkerCgroup((child,), self.version).kill_all()
+                _leftover(child, self.version).kill_all()
                 with contextlib.suppress(OSError):
                     child.rmdir()
             with contextlib.suppress(OSError):

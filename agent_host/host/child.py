@@ -100,6 +100,8 @@ class Child:
             except OSError as exc:
                 log.error("worker runs without its cgroup", error=exc.strerror or str(exc))
                 cgroup = None
+        if monitor is not None and cgroup is not None:
+            monitor.kernel_cpu_bound = "cpu" in cgroup.by_controller
         assert proc.stdin is not None
         proc.stdin.write(token)
         with contextlib.suppress(ConnectionError):

@@ -127,7 +127,10 @@ class WorkerGeneration:
         if monitor is None or life.death is not None or life.phase is not lc.Phase.RUNNING:
             return None
         monitor.set_descendants(descendants)
-        verdict = monitor.sample(now, idle=idle)
+        cgroup = self.child.cgroup
+        verdict = monitor.sample(
+            now, idle=idle, cgroup_cpu=cgroup.cpu_seconds() if cgroup is not None else None
+        )
         if verdict is None or self.fault_reported:
             return None
         self.fault_reported = True

@@ -9,9 +9,12 @@ of osquery's watchdog, and reports usage:
 
 - memory: resident memory of the worker and what it started (the other processes of its
   cgroup; where no cgroup could be made, its descendants, from a scan of the machine);
-- cpu: CPU used while the worker is idle (no batch in hand), over a sliding window. A busy
-  worker is bounded by its batch deadline instead, so that a long replay never gets a healthy
-  plugin killed for working hard;
+- cpu: CPU used while the worker is idle (no batch in hand), over a sliding window, as its
+  cgroup counted it where it has one. A busy worker is bounded by its batch deadline and by
+  its cpu cgroup's quota (``cpu_cores``) instead, so that a long replay never gets a healthy
+  plugin killed for working hard, and a plugin that burns cores while it holds a batch is
+  throttled by the kernel. Where the machine has no cpu controller, this watcher holds every
+  worker to ``cpu_cores`` over the window instead, busy or not, and kills it above;
 - processes: the same processes (a fork bomb, or orphans of double forks, which its pid
   namespace's init adopts and a walk of descendants would miss).
 """
@@ -123,7 +126,11 @@ class ResourceMonitor:
         self._limits = limits
         self._descendants: list[psutil.Process] = []
         self._idle_samples: deque[tuple[float, float]] = deque()  # (wall, cpu) while idle
+        self._all_samples: deque[tuple[float, float]] = deque()  # (wall, cpu), busy or idle
         self._last: tuple[float, float] | None = None
+        #: Whether the kernel holds the worker to ``cpu_cores`` (its cpu cgroup). Where it
+        #: does not, this watcher kills a worker above it instead, busy or not.
+        self.kernel_cpu_bound = False
         self.rss_mib = 0.0
         self.peak_rss_mib = 0.0
 
@@ -135,23 +142,28 @@ class ResourceMonitor:
         process group."""
         return list(self._descendants)
 
-    def sample(self, now: float, idle: bool) -> Verdict | None:
-        """Measure once; return a Verdict if a limit is exceeded."""
+    def sample(self, now: float, idle: bool, cgroup_cpu: float | None = None) -> Verdict | None:
+        """Measure once; return a Verdict if a limit is exceeded. ``cgroup_cpu``: the CPU
+        seconds the worker's cgroup counted (then no process's own times are read)."""
         limits = self._limits
         try:
             with self._proc.oneshot():
                 rss = self._proc.memory_info().rss
-                times = self._proc.cpu_times()
+                if cgroup_cpu is None:
+                    times = self._proc.cpu_times()
+                    cpu = times.user + times.system
         except psutil.Error:
             return None  # gone: the exit is handled elsewhere
-        cpu = times.user + times.system
         for child in self._descendants:
             try:
                 rss += child.memory_info().rss
-                child_times = child.cpu_times()
-                cpu += child_times.user + child_times.system
+                if cgroup_cpu is None:
+                    child_times = child.cpu_times()
+                    cpu += child_times.user + child_times.system
             except psutil.Error:
                 continue
+        if cgroup_cpu is not None:
+            cpu = cgroup_cpu
         if len(self._descendants) > limits.processes:
             return Verdict(
                 "processes", f"processes {len(self._descendants)} > limit {limits.processes}"
@@ -167,21 +179,38 @@ class ResourceMonitor:
     def _cpu_verdict(self, now: float, cpu: float, idle: bool) -> Verdict | None:
         limits = self._limits
         last, self._last = self._last, (now, cpu)
-        if last is None or not idle:
+        if last is None:
             return None
-        wall_delta, cpu_delta = now - last[0], cpu - last[1]
-        samples = self._idle_samples
-        samples.append((wall_delta, cpu_delta))
-        total_wall = sum(w for w, _ in samples)
-        while samples and total_wall - samples[0][0] >= limits.cpu_window_s:
-            total_wall -= samples.popleft()[0]
-        if total_wall < limits.cpu_window_s:
-            return None  # not enough idle time seen yet to judge
-        percent = 100.0 * sum(c for _, c in samples) / total_wall
-        if percent > limits.cpu_percent:
+        sample = (now - last[0], cpu - last[1])
+        if not self.kernel_cpu_bound:
+            percent = _windowed(self._all_samples, sample, limits.cpu_window_s)
+            if percent is not None and percent > 100.0 * limits.cpu_cores:
+                return Verdict(
+                    "cpu",
+                    f"cpu {percent:.0f}% > cpu_cores {limits.cpu_cores:g} over "
+                    f"{limits.cpu_window_s:g}s (no cpu cgroup to hold it there)",
+                )
+        if not idle:
+            return None
+        percent = _windowed(self._idle_samples, sample, limits.cpu_window_s)
+        if percent is not None and percent > limits.cpu_percent:
             return Verdict(
                 "cpu",
                 f"cpu {percent:.0f}% while idle > limit "
                 f"{limits.cpu_percent:g}% over {limits.cpu_window_s:g}s",
             )
         return None
+
+
+def _windowed(
+    samples: deque[tuple[float, float]], sample: tuple[float, float], window_s: float
+) -> float | None:
+    """Add ``sample`` (wall, cpu); the CPU percent over the last ``window_s`` of samples, or None
+    while less than that has been seen."""
+    samples.append(sample)
+    total_wall = sum(w for w, _ in samples)
+    while samples and total_wall - samples[0][0] >= window_s:
+        total_wall -= samples.popleft()[0]
+    if total_wall < window_s:
+        return None
+    return 100.0 * sum(c for _, c in samples) / total_wall

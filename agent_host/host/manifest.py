@@ -33,6 +33,9 @@ class Limits:
     #: CPU used while idle (no batch in hand), in percent of one core, over cpu_window_s.
     cpu_percent: float = 50.0
     cpu_window_s: float = 10.0
+    #: Cores the worker and all it starts may use at any time, a batch in hand or not: the
+    #: kernel's bound (a cpu cgroup), where the machine has one.
+    cpu_cores: float = 1.0
     open_files: int = 256
     processes: int = 64
     max_findings_per_event: int = 100
@@ -67,6 +70,7 @@ _LIMIT_MAX: Final = {
     "memory_mb": 1 << 20,
     "cpu_percent": 100_000,
     "cpu_window_s": 86_400,
+    "cpu_cores": 1024,
     "open_files": 1 << 20,
     "processes": 1 << 22,
     "max_findings_per_event": 1_000_000,

@@ -107,6 +107,12 @@ def machine_report(probe: str, cgroups: Cgroups | None) -> SandboxReport:
         cgroup.reason = "turned off in the host's settings"
     elif not cgroups.available:
         cgroup.active, cgroup.reason = False, cgroups.unavailable
+    cpu = report.layers.add(name="cpu", active=cgroup.active)
+    if not cgroup.active:
+        cpu.reason = cgroup.reason
+    elif cgroups is not None and cgroups.cpu_unavailable:
+        cpu.active = False
+        cpu.reason = f"{cgroups.cpu_unavailable}: the watcher kills above cpu_cores instead"
     session = report.layers.add(name="session", active=os.geteuid() == 0)
     if not session.active:
         session.reason = "the host is not root: every process of its user may connect"
@@ -140,7 +146,8 @@ def checked_machine(probe: str, cgroups: Cgroups | None, config: HostConfig) -> 
 
     Raises:
         SandboxUnavailableError: a layer is missing and the sandbox is strict (a cgroup the
-            operator turned off is not missing).
+            operator turned off is not missing; nor is ``cpu``, whose bound the host's watcher
+            keeps where the kernel cannot, by killing instead of throttling).
     """
     report = machine_report(probe, cgroups)
     active = [layer.name for layer in report.layers if layer.active]
@@ -148,7 +155,7 @@ def checked_machine(probe: str, cgroups: Cgroups | None, config: HostConfig) -> 
     for layer in report.layers:
         if not layer.active:
             log.warning(f"sandbox layer unavailable: {layer.name}", reason=layer.reason)
-            chosen_off = layer.name == "cgroup" and not config.cgroups
-            if config.sandbox is SandboxMode.STRICT and not chosen_off:
+            chosen_off = layer.name in ("cgroup", "cpu") and not config.cgroups
+            if config.sandbox is SandboxMode.STRICT and not chosen_off and layer.name != "cpu":
                 raise SandboxUnavailableError(layer.name, layer.reason)
     return report

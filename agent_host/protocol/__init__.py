@@ -125,6 +125,7 @@ SECRET_BYTES: Final = 32
 #: Every layer of a worker's sandbox, in the order a worker applies them (see sandbox.proto).
 SANDBOX_LAYERS: Final = (
     "cgroup",
+    "cpu",
     "session",
     "pid_namespace",
     "network_namespace",
