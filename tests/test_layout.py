@@ -196,7 +196,7 @@ HOST_LAYERS: list[tuple[str, set[str]]] = [
             "findings",
             "lifecycle", "limits", "manifest", "output", "poison", "restart", "session", "spawn",
             "stats", "store", "suppress", "untrusted", "updates.attestation", "updates.content",
-            "updates.signing",
+            "updates.signing", "updates.pins",
         },
     ),
     ("sandboxes, trials", {"sandbox", "updates.rollout", "updates.shadow", "updates.validation"}),

@@ -155,7 +155,8 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         if not args.nonce:
             raise UsageError("--nonce", "required: the verifier's nonce")
         state_dir = args.state_dir or default_state_dir()
-        return attestation.report(args, paths.plugin_dirs(args.plugins), state_dir)
+        control = status.socket_path(args.control_socket, state_dir)
+        return attestation.report(args, control, state_dir)
     if args.command == "deadletters":
         store = paths.open_state("--state-dir", args.state_dir or default_state_dir())
         return admin.dead_letters(store, args.plugin, args.json, args.export, args.purge)

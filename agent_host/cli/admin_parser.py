@@ -114,7 +114,9 @@ def add_keys_group(sub: argparse._SubParsersAction[Parser]) -> None:
 
 def add_attest_group(sub: argparse._SubParsersAction[Parser]) -> None:
     attest = sub.add_parser(
-        "attest", help="a signed report of the plugins this host runs, for a verifier's nonce"
+        "attest",
+        help="a signed report of what the running host runs (asked over its control socket), "
+        "for a verifier's nonce",
     )
     attest.add_argument("--nonce", help="the verifier's nonce, echoed in the signed report")
     attest.add_argument(
@@ -126,10 +128,9 @@ def add_attest_group(sub: argparse._SubParsersAction[Parser]) -> None:
         "first use beside host.pub)",
     )
     attest.add_argument("-o", "--out", type=Path, default=None, metavar="FILE")
-    add_plugins_dir(attest)
     add_state_dir(attest)
     add_config(attest)
-    add_trust_options(attest)
+    add_control_socket(attest)
     commands = attest.add_subparsers(dest="attest_command", metavar="COMMAND")
     verify = commands.add_parser("verify", help="check a report: signature, nonce, content")
     verify.add_argument("report", type=Path, metavar="REPORT")

@@ -1,4 +1,7 @@
-"""``agent-host attest``: a signed report of the plugins this host runs; ``attest verify``."""
+"""``agent-host attest``: a signed report of what the running host runs, as it says over its
+control socket (what it admitted and measured, who signed it, its sandbox layers, and what it
+refused); ``attest verify``. Where no host runs, there is nothing to vouch for: it says so and
+exits non-zero."""
 
 from __future__ import annotations
 
@@ -9,12 +12,9 @@ import socket
 import sys
 from pathlib import Path
 
-from agent_host import __version__
-from agent_host.cli import admin
-from agent_host.cli.paths import open_state, writable_file
+from agent_host.cli import status
+from agent_host.cli.paths import writable_file
 from agent_host.errors import UsageError
-from agent_host.host.config import SignaturePolicy
-from agent_host.host.manifest import discover
 from agent_host.host.updates import attestation, signing
 
 EXIT_VERIFIED = 0
@@ -32,35 +32,38 @@ def _host_key(given: Path | None, state_dir: Path) -> Path:
     return key
 
 
-def report(args: argparse.Namespace, plugins_dir: list[Path], state_dir: Path) -> int:
-    """Write the signed report (a DSSE envelope) to ``--out`` or stdout."""
+def report(args: argparse.Namespace, control: Path, state_dir: Path) -> int:
+    """Write the signed report (a DSSE envelope) of what the host listening on ``control``
+    runs to ``--out`` or stdout.
+
+    Raises:
+        UsageError: no host answers on ``control`` (nothing is signed then: a report of the
+            folders would vouch for content no host checked).
+    """
     if args.out is not None:
         writable_file("--out", args.out)  # before a key is made for a report that cannot be
-    store = open_state("--state-dir", state_dir)
+    reply = status.ask(control)
     key = signing.load_private(_host_key(args.key, state_dir))
-    views = admin.plugin_views(
-        discover(plugins_dir),
-        store,
-        args.trusted_key,
-        SignaturePolicy(args.signatures),
-        admin.machine_sandbox(),
-    )
+    plugins: list[dict[str, object]] = [
+        {
+            "name": p.name,
+            "version": p.version,
+            "measurement": p.measurement,
+            "signer": p.signer,
+            "state": p.state,
+            "shadow": p.shadow,
+            "sandbox_layers": list(p.sandbox_layers),
+        }
+        for p in reply.plugins
+    ]
+    plugins += [{"name": r.name, "state": "refused", "reason": r.reason} for r in reply.refused]
     predicate = {
-        "agent_version": __version__,
+        "agent_version": reply.host.version,
         "host": socket.gethostname(),
         "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "nonce": args.nonce,
-        "plugins": [
-            {
-                "name": view.manifest.name,
-                "version": view.manifest.version,
-                "measurement": view.measurement,
-                "signer": view.signer,
-                "state": view.state,
-                "sandbox_layers": [layer.name for layer in view.layers if layer.active],
-            }
-            for view in views
-        ],
+        "signatures": reply.host.signatures,
+        "plugins": plugins,
     }
     envelope = attestation.seal(attestation.statement(predicate), key)
     text = json.dumps(envelope, indent=2) + "\n"

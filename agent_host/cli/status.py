@@ -41,7 +41,8 @@ def _unreachable(path: Path, exc: grpc.RpcError) -> UsageError:
     return UsageError("--control-socket", f"no answer on {path}: {detail}")
 
 
-def status(path: Path, as_json: bool) -> int:
+def ask(path: Path) -> StatusReply:
+    """The running host's status; raises UsageError if no host answers on ``path``."""
     channel, stub = _stub(path)
     try:
         reply: StatusReply = stub.Status(StatusRequest(), timeout=_TIMEOUT_S)
@@ -49,6 +50,11 @@ def status(path: Path, as_json: bool) -> int:
         raise _unreachable(path, exc) from None
     finally:
         channel.close()
+    return reply
+
+
+def status(path: Path, as_json: bool) -> int:
+    reply = ask(path)
     if as_json:
         print(json.dumps(MessageToDict(reply, preserving_proto_field_name=True), indent=2))
         return 0
@@ -72,6 +78,8 @@ def status(path: Path, as_json: bool) -> int:
         if p.reason:
             print(f"    reason: {p.reason}")
         print(f"    sandbox: {' '.join(p.sandbox_layers) or 'none'}")
+    for refused in reply.refused:
+        print(f"  {refused.name}: refused: {refused.reason}")
     return 0
 
 

@@ -5,8 +5,9 @@ Four questions, asked in this order, each with a reason when the answer is no:
 - **caps**: does the manifest ask for no more than the operator allows (``caps.py``)?
 - **snapshot**: the folder is measured and copied read-only once; what runs is that copy, so
   a change to the folder after the check cannot slip in (``updates/content.py``);
-- **signature policy**: is that measurement signed by a trusted key, and if not, does the
-  policy let it run anyway (``updates/signing.py``)?
+- **signature policy**: is that measurement signed by a trusted key, or one of the bundled
+  plugins' as shipped (``updates/pins.py``), and if not, does the policy let it run anyway
+  (``updates/signing.py``)?
 - **validation** (new content in a reload): does it survive its own cases and a hostile corpus
   in a host of its own (``updates/validation.py``)?
 
@@ -26,7 +27,8 @@ from agent_host.errors import ContentError
 from agent_host.host.config import HostConfig, SignaturePolicy
 from agent_host.host.manifest import Manifest
 from agent_host.host.updates.content import Admitted, Content, snapshot
-from agent_host.host.updates.signing import load_public, verify
+from agent_host.host.updates.pins import BUNDLED_SIGNER, is_pinned
+from agent_host.host.updates.signing import load_public, vouched
 from agent_host.host.updates.validation import HostFactory, Rejection, validate
 
 log = structlog.get_logger("agent_host")
@@ -46,6 +48,8 @@ class Admission:
         #: The policy changed since the running plugins were admitted: the next reload admits
         #: them again.
         self.changed = False
+        #: The plugins found but refused, and why (what ``attest`` and ``status`` report).
+        self.refused: dict[str, str] = {}
 
     def reconfigure(self, config: HostConfig) -> None:
         """Admit under ``config``'s policy from now on.
@@ -65,12 +69,18 @@ class Admission:
     def within_caps(self, manifests: Iterable[Manifest]) -> list[Manifest]:
         """The manifests that ask for no more than the operator's caps allow."""
         admitted = []
+        found = set()
         for manifest in manifests:
+            found.add(manifest.name)
             refusal = self._config.caps.check(manifest)
             if refusal is None:
                 admitted.append(manifest)
+                self.refused.pop(manifest.name, None)
             else:
                 log.error("plugin refused: it asks for more than allowed", error=str(refusal))
+                self.refused[manifest.name] = str(refusal)
+        for gone in set(self.refused) - found:
+            del self.refused[gone]
         return admitted
 
     def admit(self, manifest: Manifest) -> Admitted | None:
@@ -82,9 +92,13 @@ class Admission:
             log.error(
                 "plugin refused: its content cannot be taken", plugin=manifest.name, error=str(exc)
             )
+            self.refused[manifest.name] = str(exc)
             return None
         signer = self._signer_of(manifest, content)
-        return None if signer is None else Admitted(content, signer)
+        if signer is None:
+            return None
+        self.refused.pop(manifest.name, None)
+        return Admitted(content, signer)
 
     def still_admitted(self, manifest: Manifest, content: Content) -> bool:
         """Whether running content passes the signature policy as it is now."""
@@ -96,8 +110,8 @@ class Admission:
         if policy is SignaturePolicy.OFF:
             return ""
         if policy is SignaturePolicy.WARN and not self._trusted:
-            return ""  # said once, at start
-        check = verify(manifest.directory, content.measurement, self._trusted)
+            return BUNDLED_SIGNER if is_pinned(content.measurement) else ""  # said at start
+        check = vouched(manifest.directory, content.measurement, self._trusted)
         if check.signed:
             return check.signer
         if policy is SignaturePolicy.ENFORCE:
@@ -107,6 +121,7 @@ class Admission:
                 reason=check.problem,
                 measurement=content.measurement,
             )
+            self.refused[manifest.name] = f"not signed by a trusted key: {check.problem}"
             return None
         log.warning(
             "plugin not signed by a trusted key", plugin=manifest.name, reason=check.problem

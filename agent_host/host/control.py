@@ -28,6 +28,7 @@ from agent_host.protocol import (
     Finding,
     HostStatus,
     PluginStatus,
+    RefusedPlugin,
     ReleaseReply,
     ReleaseRequest,
     RestartReply,
@@ -67,6 +68,7 @@ def plugin_status(sup: Supervisor, runner: PluginRunner) -> PluginStatus:
         measurement=runner.content.measurement,
         sandbox_layers=[layer.name for layer in sup.layers_of(runner) if layer.active],
         shadow=runner in sup.rollout.candidates,
+        signer=runner.signer,
     )
 
 
@@ -113,8 +115,14 @@ class ControlService(ControlServicer):
             sensor_dropped=dict(self._sensor_dropped or {}),
             tail_dropped=self.tail_dropped,
             version=__version__,
+            signatures=sup.config.signatures.value,
         )
-        return StatusReply(plugins=[plugin_status(sup, r) for r in sup.runners], host=host)
+        refused = [
+            RefusedPlugin(name=n, reason=r) for n, r in sorted(sup.admission.refused.items())
+        ]
+        return StatusReply(
+            plugins=[plugin_status(sup, r) for r in sup.runners], host=host, refused=refused
+        )
 
     async def Tail(  # noqa: N802
         self, request: TailRequest, context: grpc.aio.ServicerContext[TailRequest, Finding]

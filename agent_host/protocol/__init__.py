@@ -14,6 +14,7 @@ from google.protobuf import json_format
 from agent_host.protocol.v1.control_pb2 import (
     HostStatus,
     PluginStatus,
+    RefusedPlugin,
     ReleaseReply,
     ReleaseRequest,
     RestartReply,
@@ -81,6 +82,7 @@ __all__ = [
     "PluginStatus",
     "ProcessEvent",
     "Ready",
+    "RefusedPlugin",
     "ReleaseReply",
     "ReleaseRequest",
     "RestartReply",

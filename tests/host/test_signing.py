@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import importlib.util
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from agent_host.host.manifest import Manifest
 from agent_host.host.restart import RestartPolicy
 from agent_host.host.supervisor import Supervisor
 from agent_host.host.updates.content import measure, snapshot
+from agent_host.host.updates.pins import PINS_FILE, is_pinned
 from agent_host.host.updates.signing import load_private, load_public, new_key_pair, sign, verify
 from tests.helpers import agent_host, exec_event, make_plugin, recording
 
@@ -165,3 +167,18 @@ class TestWhatRunsIsWhatWasMeasured:
             report, messages = asyncio.run(scenario())
         assert report["refused"] == ["kept"] and report["kept"] == ["kept"]
         assert messages == ["original"]
+
+
+def test_the_bundled_plugins_pins_are_current() -> None:
+    """``--signatures enforce`` runs the bundled plugins by their pinned measurements: a change
+    to one of them without a new pin would leave it refused, as shipped."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "pin_bundled_plugins.py"
+    spec = importlib.util.spec_from_file_location("pin_bundled_plugins", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pinned = json.loads(PINS_FILE.read_text())
+    assert pinned == module.current(), "stale pins: run python scripts/pin_bundled_plugins.py"
+    assert set(pinned) == {"sigma", "suspicious_exec", "yara_scan", "ransomware_burst"}
+    assert all(is_pinned(m) for m in pinned.values())
+    assert not is_pinned("sha256:" + "0" * 64)

@@ -1,11 +1,12 @@
 """Attestation: a signed report of what this host runs, for a verifier's nonce.
 
 The report is an in-toto Statement (v1) in a DSSE envelope, signed with the host's Ed25519
-key: its subjects are the plugins' measurements, its predicate the agent's version, the host,
-the time, the nonce, and for each plugin its name, version, measurement, signer, state and
-the sandbox layers it gets. The verifier checks the signature, that its nonce is the one in the
-report (a replayed report carries an old one), and, given the measurements it expects, that
-exactly that content runs.
+key: its subjects are the measurements of the plugins the host runs, its predicate the agent's
+version, the host, the time, the nonce, the signature policy, and for each plugin its name,
+version, measurement, signer, state and the sandbox layers it gets (for a plugin the host
+refused: its name, state "refused" and why). The verifier checks the signature, that its
+nonce is the one in the report (a replayed report carries an old one), and, given the
+measurements it expects, that exactly that content runs.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from agent_host.host.updates.signing import key_id
 PAYLOAD_TYPE: Final = "application/vnd.in-toto+json"
 STATEMENT_TYPE: Final = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE: Final = "https://agent-host.dev/attestation/v1"
-#: The states in which a plugin's content runs (or will, at the host's next start).
-RUNNING_STATES: Final = frozenset({"running", "ok"})
+#: The states in which a plugin's content is the host's to run (now, or on its restart).
+RUNNING_STATES: Final = frozenset({"running", "starting", "backing_off"})
 
 
 def _pae(payload_type: str, payload: bytes) -> bytes:
@@ -41,6 +42,7 @@ def statement(predicate: Mapping[str, Any]) -> dict[str, Any]:
         "subject": [
             {"name": p["name"], "digest": {"sha256": str(p["measurement"]).split(":", 1)[-1]}}
             for p in plugins
+            if "measurement" in p  # not content the host refused
         ],
         "predicateType": PREDICATE_TYPE,
         "predicate": dict(predicate),

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from agent_host.errors import UsageError
 from agent_host.host.updates.content import SIGNATURE_NAME, measure
+from agent_host.host.updates.pins import BUNDLED_SIGNER, is_pinned
 
 
 def key_id(key: Ed25519PublicKey) -> str:
@@ -107,6 +108,16 @@ class SignatureCheck:
     @property
     def signed(self) -> bool:
         return not self.problem
+
+
+def vouched(
+    directory: Path, measurement: str, trusted: Iterable[Ed25519PublicKey]
+) -> SignatureCheck:
+    """Who vouches for ``measurement``: a bundled plugin's pin (``pins.py``), else a trusted
+    key's signature in ``directory``."""
+    if is_pinned(measurement):
+        return SignatureCheck(BUNDLED_SIGNER, "")
+    return verify(directory, measurement, trusted)
 
 
 def verify(

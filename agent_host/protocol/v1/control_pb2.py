@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from agent_host.protocol.v1 import finding_pb2 as agent__host_dot_protocol_dot_v1_dot_finding__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agent_host/protocol/v1/control.proto\x12\x16\x61gent_host.protocol.v1\x1a$agent_host/protocol/v1/finding.proto\"\x0f\n\rStatusRequest\"\xf2\x03\n\x0cPluginStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x18\n\x10\x65vents_delivered\x18\x05 \x01(\x04\x12\x18\n\x10\x65vents_processed\x18\x06 \x01(\x04\x12\x1a\n\x12\x65vents_redelivered\x18\x07 \x01(\x04\x12\x1c\n\x14\x65vents_dead_lettered\x18\x08 \x01(\x04\x12\x15\n\revents_failed\x18\n \x01(\x04\x12\x10\n\x08\x66indings\x18\x0b \x01(\x04\x12\x10\n\x08restarts\x18\x0c \x01(\r\x12T\n\x11restarts_by_cause\x18\r \x03(\x0b\x32\x39.agent_host.protocol.v1.PluginStatus.RestartsByCauseEntry\x12\x1a\n\x12\x65vents_undelivered\x18\x0e \x01(\x04\x12\x13\n\x0bmeasurement\x18\x0f \x01(\t\x12\x16\n\x0esandbox_layers\x18\x10 \x03(\t\x12\x0e\n\x06shadow\x18\x11 \x01(\x08\x1a\x36\n\x14RestartsByCauseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01J\x04\x08\t\x10\nR\x0e\x65vents_dropped\"\xe0\x02\n\nHostStatus\x12\x10\n\x08uptime_s\x18\x01 \x01(\x01\x12\x17\n\x0f\x65vents_accepted\x18\x02 \x01(\x04\x12\x14\n\x0c\x65vents_per_s\x18\x03 \x01(\x01\x12\x17\n\x0f\x62\x61\x63klog_batches\x18\x04 \x01(\r\x12\x18\n\x10\x66indings_written\x18\x05 \x01(\x04\x12\x15\n\rfindings_lost\x18\x06 \x01(\x04\x12\x1b\n\x13\x65vents_without_kind\x18\x07 \x01(\x04\x12M\n\x0esensor_dropped\x18\x08 \x03(\x0b\x32\x35.agent_host.protocol.v1.HostStatus.SensorDroppedEntry\x12\x14\n\x0ctail_dropped\x18\t \x01(\x04\x12\x0f\n\x07version\x18\n \x01(\t\x1a\x34\n\x12SensorDroppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"v\n\x0bStatusReply\x12\x35\n\x07plugins\x18\x01 \x03(\x0b\x32$.agent_host.protocol.v1.PluginStatus\x12\x30\n\x04host\x18\x02 \x01(\x0b\x32\".agent_host.protocol.v1.HostStatus\"\r\n\x0bTailRequest\" \n\x0eReleaseRequest\x12\x0e\n\x06plugin\x18\x01 \x01(\t\"1\n\x0cReleaseReply\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\" \n\x0eRestartRequest\x12\x0e\n\x06plugin\x18\x01 \x01(\t\"2\n\x0cRestartReply\x12\x11\n\trestarted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\xe1\x02\n\x07\x43ontrol\x12T\n\x06Status\x12%.agent_host.protocol.v1.StatusRequest\x1a#.agent_host.protocol.v1.StatusReply\x12N\n\x04Tail\x12#.agent_host.protocol.v1.TailRequest\x1a\x1f.agent_host.protocol.v1.Finding0\x01\x12W\n\x07Release\x12&.agent_host.protocol.v1.ReleaseRequest\x1a$.agent_host.protocol.v1.ReleaseReply\x12W\n\x07Restart\x12&.agent_host.protocol.v1.RestartRequest\x1a$.agent_host.protocol.v1.RestartReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agent_host/protocol/v1/control.proto\x12\x16\x61gent_host.protocol.v1\x1a$agent_host/protocol/v1/finding.proto\"\x0f\n\rStatusRequest\"\x82\x04\n\x0cPluginStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x18\n\x10\x65vents_delivered\x18\x05 \x01(\x04\x12\x18\n\x10\x65vents_processed\x18\x06 \x01(\x04\x12\x1a\n\x12\x65vents_redelivered\x18\x07 \x01(\x04\x12\x1c\n\x14\x65vents_dead_lettered\x18\x08 \x01(\x04\x12\x15\n\revents_failed\x18\n \x01(\x04\x12\x10\n\x08\x66indings\x18\x0b \x01(\x04\x12\x10\n\x08restarts\x18\x0c \x01(\r\x12T\n\x11restarts_by_cause\x18\r \x03(\x0b\x32\x39.agent_host.protocol.v1.PluginStatus.RestartsByCauseEntry\x12\x1a\n\x12\x65vents_undelivered\x18\x0e \x01(\x04\x12\x13\n\x0bmeasurement\x18\x0f \x01(\t\x12\x16\n\x0esandbox_layers\x18\x10 \x03(\t\x12\x0e\n\x06shadow\x18\x11 \x01(\x08\x12\x0e\n\x06signer\x18\x12 \x01(\t\x1a\x36\n\x14RestartsByCauseEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01J\x04\x08\t\x10\nR\x0e\x65vents_dropped\"-\n\rRefusedPlugin\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xf4\x02\n\nHostStatus\x12\x10\n\x08uptime_s\x18\x01 \x01(\x01\x12\x17\n\x0f\x65vents_accepted\x18\x02 \x01(\x04\x12\x14\n\x0c\x65vents_per_s\x18\x03 \x01(\x01\x12\x17\n\x0f\x62\x61\x63klog_batches\x18\x04 \x01(\r\x12\x18\n\x10\x66indings_written\x18\x05 \x01(\x04\x12\x15\n\rfindings_lost\x18\x06 \x01(\x04\x12\x1b\n\x13\x65vents_without_kind\x18\x07 \x01(\x04\x12M\n\x0esensor_dropped\x18\x08 \x03(\x0b\x32\x35.agent_host.protocol.v1.HostStatus.SensorDroppedEntry\x12\x14\n\x0ctail_dropped\x18\t \x01(\x04\x12\x0f\n\x07version\x18\n \x01(\t\x12\x12\n\nsignatures\x18\x0b \x01(\t\x1a\x34\n\x12SensorDroppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xae\x01\n\x0bStatusReply\x12\x35\n\x07plugins\x18\x01 \x03(\x0b\x32$.agent_host.protocol.v1.PluginStatus\x12\x30\n\x04host\x18\x02 \x01(\x0b\x32\".agent_host.protocol.v1.HostStatus\x12\x36\n\x07refused\x18\x03 \x03(\x0b\x32%.agent_host.protocol.v1.RefusedPlugin\"\r\n\x0bTailRequest\" \n\x0eReleaseRequest\x12\x0e\n\x06plugin\x18\x01 \x01(\t\"1\n\x0cReleaseReply\x12\x10\n\x08released\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\" \n\x0eRestartRequest\x12\x0e\n\x06plugin\x18\x01 \x01(\t\"2\n\x0cRestartReply\x12\x11\n\trestarted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t2\xe1\x02\n\x07\x43ontrol\x12T\n\x06Status\x12%.agent_host.protocol.v1.StatusRequest\x1a#.agent_host.protocol.v1.StatusReply\x12N\n\x04Tail\x12#.agent_host.protocol.v1.TailRequest\x1a\x1f.agent_host.protocol.v1.Finding0\x01\x12W\n\x07Release\x12&.agent_host.protocol.v1.ReleaseRequest\x1a$.agent_host.protocol.v1.ReleaseReply\x12W\n\x07Restart\x12&.agent_host.protocol.v1.RestartRequest\x1a$.agent_host.protocol.v1.RestartReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,25 +39,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREQUEST']._serialized_start=102
   _globals['_STATUSREQUEST']._serialized_end=117
   _globals['_PLUGINSTATUS']._serialized_start=120
-  _globals['_PLUGINSTATUS']._serialized_end=618
-  _globals['_PLUGINSTATUS_RESTARTSBYCAUSEENTRY']._serialized_start=542
-  _globals['_PLUGINSTATUS_RESTARTSBYCAUSEENTRY']._serialized_end=596
-  _globals['_HOSTSTATUS']._serialized_start=621
-  _globals['_HOSTSTATUS']._serialized_end=973
-  _globals['_HOSTSTATUS_SENSORDROPPEDENTRY']._serialized_start=921
-  _globals['_HOSTSTATUS_SENSORDROPPEDENTRY']._serialized_end=973
-  _globals['_STATUSREPLY']._serialized_start=975
-  _globals['_STATUSREPLY']._serialized_end=1093
-  _globals['_TAILREQUEST']._serialized_start=1095
-  _globals['_TAILREQUEST']._serialized_end=1108
-  _globals['_RELEASEREQUEST']._serialized_start=1110
-  _globals['_RELEASEREQUEST']._serialized_end=1142
-  _globals['_RELEASEREPLY']._serialized_start=1144
-  _globals['_RELEASEREPLY']._serialized_end=1193
-  _globals['_RESTARTREQUEST']._serialized_start=1195
-  _globals['_RESTARTREQUEST']._serialized_end=1227
-  _globals['_RESTARTREPLY']._serialized_start=1229
-  _globals['_RESTARTREPLY']._serialized_end=1279
-  _globals['_CONTROL']._serialized_start=1282
-  _globals['_CONTROL']._serialized_end=1635
+  _globals['_PLUGINSTATUS']._serialized_end=634
+  _globals['_PLUGINSTATUS_RESTARTSBYCAUSEENTRY']._serialized_start=558
+  _globals['_PLUGINSTATUS_RESTARTSBYCAUSEENTRY']._serialized_end=612
+  _globals['_REFUSEDPLUGIN']._serialized_start=636
+  _globals['_REFUSEDPLUGIN']._serialized_end=681
+  _globals['_HOSTSTATUS']._serialized_start=684
+  _globals['_HOSTSTATUS']._serialized_end=1056
+  _globals['_HOSTSTATUS_SENSORDROPPEDENTRY']._serialized_start=1004
+  _globals['_HOSTSTATUS_SENSORDROPPEDENTRY']._serialized_end=1056
+  _globals['_STATUSREPLY']._serialized_start=1059
+  _globals['_STATUSREPLY']._serialized_end=1233
+  _globals['_TAILREQUEST']._serialized_start=1235
+  _globals['_TAILREQUEST']._serialized_end=1248
+  _globals['_RELEASEREQUEST']._serialized_start=1250
+  _globals['_RELEASEREQUEST']._serialized_end=1282
+  _globals['_RELEASEREPLY']._serialized_start=1284
+  _globals['_RELEASEREPLY']._serialized_end=1333
+  _globals['_RESTARTREQUEST']._serialized_start=1335
+  _globals['_RESTARTREQUEST']._serialized_end=1367
+  _globals['_RESTARTREPLY']._serialized_start=1369
+  _globals['_RESTARTREPLY']._serialized_end=1419
+  _globals['_CONTROL']._serialized_start=1422
+  _globals['_CONTROL']._serialized_end=1775
 # @@protoc_insertion_point(module_scope)

@@ -77,6 +77,7 @@ class PluginStatus(_message.Message):
     MEASUREMENT_FIELD_NUMBER: _builtins.int
     SANDBOX_LAYERS_FIELD_NUMBER: _builtins.int
     SHADOW_FIELD_NUMBER: _builtins.int
+    SIGNER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     version: _builtins.str
     state: _builtins.str
@@ -94,6 +95,8 @@ class PluginStatus(_message.Message):
     measurement: _builtins.str
     shadow: _builtins.bool
     """a new version in its shadow run"""
+    signer: _builtins.str
+    """who signed what runs ("" for nobody trusted)"""
     @_builtins.property
     def restarts_by_cause(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
@@ -119,14 +122,41 @@ class PluginStatus(_message.Message):
         measurement: _builtins.str = ...,
         sandbox_layers: _abc.Iterable[_builtins.str] | None = ...,
         shadow: _builtins.bool = ...,
+        signer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_dead_lettered", b"events_dead_lettered", "events_delivered", b"events_delivered", "events_failed", b"events_failed", "events_processed", b"events_processed", "events_redelivered", b"events_redelivered", "events_undelivered", b"events_undelivered", "findings", b"findings", "measurement", b"measurement", "name", b"name", "reason", b"reason", "restarts", b"restarts", "restarts_by_cause", b"restarts_by_cause", "sandbox_layers", b"sandbox_layers", "shadow", b"shadow", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events_dead_lettered", b"events_dead_lettered", "events_delivered", b"events_delivered", "events_failed", b"events_failed", "events_processed", b"events_processed", "events_redelivered", b"events_redelivered", "events_undelivered", b"events_undelivered", "findings", b"findings", "measurement", b"measurement", "name", b"name", "reason", b"reason", "restarts", b"restarts", "restarts_by_cause", b"restarts_by_cause", "sandbox_layers", b"sandbox_layers", "shadow", b"shadow", "signer", b"signer", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PluginStatus: _TypeAlias = PluginStatus  # noqa: Y015
+
+@_typing.final
+class RefusedPlugin(_message.Message):
+    """A plugin found in the plugin folders that the host does not run, and why (over the
+    operator's caps, content it would not take, not signed under --signatures enforce).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefusedPlugin: _TypeAlias = RefusedPlugin  # noqa: Y015
 
 @_typing.final
 class HostStatus(_message.Message):
@@ -162,6 +192,7 @@ class HostStatus(_message.Message):
     SENSOR_DROPPED_FIELD_NUMBER: _builtins.int
     TAIL_DROPPED_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    SIGNATURES_FIELD_NUMBER: _builtins.int
     uptime_s: _builtins.float
     events_accepted: _builtins.int
     events_per_s: _builtins.float
@@ -174,6 +205,8 @@ class HostStatus(_message.Message):
     tail_dropped: _builtins.int
     """findings a slow `tail` client did not get"""
     version: _builtins.str
+    signatures: _builtins.str
+    """the signature policy: off, warn or enforce"""
     @_builtins.property
     def sensor_dropped(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     def __init__(
@@ -189,10 +222,11 @@ class HostStatus(_message.Message):
         sensor_dropped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         tail_dropped: _builtins.int = ...,
         version: _builtins.str = ...,
+        signatures: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog_batches", b"backlog_batches", "events_accepted", b"events_accepted", "events_per_s", b"events_per_s", "events_without_kind", b"events_without_kind", "findings_lost", b"findings_lost", "findings_written", b"findings_written", "sensor_dropped", b"sensor_dropped", "tail_dropped", b"tail_dropped", "uptime_s", b"uptime_s", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog_batches", b"backlog_batches", "events_accepted", b"events_accepted", "events_per_s", b"events_per_s", "events_without_kind", b"events_without_kind", "findings_lost", b"findings_lost", "findings_written", b"findings_written", "sensor_dropped", b"sensor_dropped", "signatures", b"signatures", "tail_dropped", b"tail_dropped", "uptime_s", b"uptime_s", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -204,19 +238,23 @@ class StatusReply(_message.Message):
 
     PLUGINS_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def plugins(self) -> _containers.RepeatedCompositeFieldContainer[Global___PluginStatus]: ...
     @_builtins.property
     def host(self) -> Global___HostStatus: ...
+    @_builtins.property
+    def refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefusedPlugin]: ...
     def __init__(
         self,
         *,
         plugins: _abc.Iterable[Global___PluginStatus] | None = ...,
         host: Global___HostStatus | None = ...,
+        refused: _abc.Iterable[Global___RefusedPlugin] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["host", b"host"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "plugins", b"plugins"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["host", b"host", "plugins", b"plugins", "refused", b"refused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
