@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,13 +169,21 @@ def parse_logs(text: str) -> list[dict[str, Any]]:
 class BackgroundHost:
     """A real agent-host command running in the background, its log in a file."""
 
-    def __init__(self, args: list[str], cwd: Path) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        cwd: Path,
+        wrap: Callable[[list[str]], list[str]] | None = None,
+    ) -> None:
+        """``wrap``: the command run instead of the agent-host command it is given."""
         self.cwd = cwd
         self.log_path = cwd / f"host-{len(list(cwd.glob('host-*.log')))}.log"
         self._log = self.log_path.open("w")
         command = [sys.executable, "-m", "agent_host", "--log-format", "json", *args]
         if "--state-dir" not in args and args[0] != "record":
             command += ["--state-dir", str(cwd / "state")]
+        if wrap is not None:
+            command = wrap(command)
         self.proc = subprocess.Popen(
             command,
             cwd=cwd,
