@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from agent_host.cli.systemd import UNIT_TEMPLATE
-from tests.helpers import BackgroundHost, make_plugin, read_findings
+from tests.helpers import BackgroundHost, make_plugin, named_connection, read_findings
 
 UNIT = UNIT_TEMPLATE.read_text()
 #: The most the score may be (systemd-analyze security: 0 safe, 10 exposed).
@@ -82,12 +82,6 @@ def under_the_unit(command: list[str]) -> list[str]:
     return [sys.executable, "-c", _SECCOMP_HELPER, ",".join(families), *setpriv, *command]
 
 
-def _dns_answer(query: bytes, address: str) -> bytes:
-    header = query[:2] + b"\x81\x80" + b"\x00\x01\x00\x01\x00\x00\x00\x00"
-    record = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + socket.inet_aton(address)
-    return header + query[12:] + record
-
-
 def _run_host(tmp_path: Path, name: str, wrap: bool) -> tuple[BackgroundHost, Path]:
     folder = tmp_path / name
     marker = f"agent-host-unit-{name}"
@@ -109,28 +103,7 @@ def _run_host(tmp_path: Path, name: str, wrap: bool) -> tuple[BackgroundHost, Pa
 def _activity(folder: Path, marker: str) -> None:
     subprocess.run(["/bin/sh", "-c", f"true {marker}"], check=True)
     (folder / f"{marker}.txt").write_text("x")
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 53))
-    target = socket.create_server(("127.0.0.9", 0))
-    port = target.getsockname()[1]
-    query = (
-        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
-        b"\x04unit\x07example\x03org\x00\x00\x01\x00\x01"
-    )
-    program = (
-        "import socket\n"
-        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        f"s.sendto({query!r}, ('127.0.0.1', 53)); answer = s.recv(512)\n"
-        f"socket.create_connection((socket.inet_ntoa(answer[-4:]), {port})).close()\n"
-    )
-    try:
-        client = subprocess.Popen([sys.executable, "-c", program])
-        asked, where = server.recvfrom(512)
-        server.sendto(_dns_answer(asked, "127.0.0.9"), where)
-        assert client.wait(timeout=10) == 0
-    finally:
-        server.close()
-        target.close()
+    named_connection("unit.example.org", "127.0.0.9")
     time.sleep(1.5)
 
 

@@ -16,6 +16,7 @@ import pytest
 from agent_host.protocol import Event, NetworkEvent, ProcessEvent
 from agent_host.sources.live import audit
 from agent_host.sources.live.syscalls import SyscallSensor
+from tests.helpers import named_connection
 from tests.sources.live.conftest import running
 
 UNAVAILABLE = audit.unavailable()
@@ -134,42 +135,14 @@ def test_each_connect_accept_and_bind_is_one_event() -> None:
     assert all(e.network.origin == "audit" and e.network.exe for e in events)
 
 
-def _dns_answer(query: bytes, address: str) -> bytes:
-    """The response to ``query`` (one question) with one A record for ``address``."""
-    header = query[:2] + b"\x81\x80" + b"\x00\x01\x00\x01\x00\x00\x00\x00"
-    record = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04" + socket.inet_aton(address)
-    return header + query[12:] + record
-
-
 def test_a_connection_names_the_host_its_address_was_looked_up_as() -> None:
     # A DNS server of the test's on loopback port 53 answers "pool.example.org" with
     # 127.0.0.7; a process looks the name up there and connects to the answer.
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 53))
-    target = socket.create_server(("127.0.0.7", 0))
-    port = target.getsockname()[1]
-    query = (
-        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
-        b"\x04pool\x07example\x03org\x00\x00\x01\x00\x01"
-    )
-    program = (
-        "import socket\n"
-        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        f"s.sendto({query!r}, ('127.0.0.1', 53)); answer = s.recv(512)\n"
-        f"socket.create_connection((socket.inet_ntoa(answer[-4:]), {port})).close()\n"
-    )
-    try:
-        with running(SyscallSensor(process=False, network=True)) as seen:
-            client = subprocess.Popen([sys.executable, "-c", program])
-            asked, where = server.recvfrom(512)
-            server.sendto(_dns_answer(asked, "127.0.0.7"), where)
-            client.wait(timeout=10)
-            (connect,) = seen.wait_for(
-                lambda e: e.network.action == NetworkEvent.CONNECT and e.network.remote_port == port
-            )
-    finally:
-        server.close()
-        target.close()
+    with running(SyscallSensor(process=False, network=True)) as seen:
+        port = named_connection("pool.example.org", "127.0.0.7")
+        (connect,) = seen.wait_for(
+            lambda e: e.network.action == NetworkEvent.CONNECT and e.network.remote_port == port
+        )
     assert connect.network.remote_address == "127.0.0.7"
     assert connect.network.remote_hostname == "pool.example.org"
 
