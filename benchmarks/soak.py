@@ -1,6 +1,6 @@
 """Soak: the daemon on its bundled plugins at a steady rate for a long time, one worker killed
-every few seconds; host and zygote memory and open fds sampled every minute. Memory must level
-off: the report gives the slope over the last ten minutes.
+every few seconds; host and zygote memory, open fds, workers and plugins by state sampled every
+minute. Memory must level off: the report gives the slope over the last ten minutes.
 
     python -m benchmarks.soak --minutes 30 --rate 2000 --kill-every 5 --out soak/
 
@@ -18,23 +18,36 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import psutil
 
+from agent_host.cli import status
+from agent_host.errors import UsageError
+from agent_host.host.sandbox import worker_uid
+
 REPO = Path(__file__).resolve().parent.parent
-#: Worker uids are 0x7FF00000 and up (``host/sandbox.py``).
-WORKER_UID_BASE = 0x7FF00000
 
 
 def _workers(host: psutil.Process) -> list[psutil.Process]:
+    """The host's workers: each the first process of a worker uid of this host's (its slots,
+    ``host/sandbox.py``) under a process of another uid. Found by uid, not as the host's
+    descendants: in its pid namespace a worker's tree hangs from the namespace's init, and what
+    it started from orphans that init adopts."""
+    uids = range(worker_uid(0, host.pid), worker_uid(255, host.pid) + 1)
+    by_pid = {}
+    for proc in psutil.process_iter(["uids", "ppid"]):
+        if proc.info["uids"] is not None:
+            by_pid[proc.pid] = proc
     found = []
-    for proc in host.children(recursive=True):
-        try:
-            if proc.uids().real >= WORKER_UID_BASE:
-                found.append(proc)
-        except psutil.Error:
-            continue
+    for proc in by_pid.values():
+        parent = by_pid.get(proc.info["ppid"])
+        if proc.info["uids"].real in uids and (
+            parent is None or parent.info["uids"].real not in uids
+        ):
+            found.append(proc)
     return found
 
 
@@ -69,6 +82,21 @@ def _anon_mib(proc: psutil.Process | None) -> float:
     return 0.0
 
 
+def _plugin_states(control: Path) -> dict[str, object]:
+    """The plugins by state, as the host says over its control socket: a worker count of 0
+    with every plugin "backing_off" is plugins waiting out their restart backoff, not a
+    miscount."""
+    try:
+        reply = status.ask(control)
+    except UsageError:
+        return {"plugin_states": "no answer"}
+    return {
+        "plugin_states": dict(Counter(p.state for p in reply.plugins)),
+        "events_per_s": round(reply.host.events_per_s),
+        "backlog_batches": reply.host.backlog_batches,
+    }
+
+
 def _fds(proc: psutil.Process | None) -> int:
     return proc.num_fds() if proc is not None else 0
 
@@ -98,7 +126,7 @@ def run(minutes: float, rate: float, kill_every: float, out: Path) -> dict[str, 
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     host = psutil.Process(agent.pid)
-    samples: list[dict[str, float]] = []
+    samples: list[dict[str, Any]] = []
     kills = 0
     started = time.monotonic()
     next_kill, next_sample = started + kill_every, started + 60
@@ -125,6 +153,7 @@ def run(minutes: float, rate: float, kill_every: float, out: Path) -> dict[str, 
                 "host_fds": _fds(host),
                 "zygote_fds": _fds(zygote),
                 "workers": len(_workers(host)),
+                **_plugin_states(work / "state" / "control.sock"),
             }
             samples.append(sample)
             print(json.dumps(sample), flush=True)

@@ -4,12 +4,17 @@ broken. It never judges timings within a tenth of their targets: the machines ar
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
+
+from benchmarks import soak
+from tests.helpers import BackgroundHost, make_plugin
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,3 +70,34 @@ def test_quick_run(tmp_path: Path) -> None:
     )
     assert (bare / "report.md").read_text() == report
     assert not list(bare.glob("*.png"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="workers have uids of their own only as root")
+def test_the_soak_counts_the_workers_that_run(tmp_path: Path) -> None:
+    """The soak's count is what runs: one worker a plugin, before and after one is killed and
+    restarted (it counted 0 once the sandbox hung workers from their pid namespace's init)."""
+    for name in ("one", "two"):
+        make_plugin(
+            tmp_path / "plugins",
+            name,
+            "from agent_host.sdk import Plugin\n\nclass Detector(Plugin):\n    pass\n",
+        )
+    host = BackgroundHost(
+        ["run", "--source", "synthetic", "--rate", "20", "--plugins", "plugins"], tmp_path
+    )
+    try:
+        host.wait_log("plugin started", count=2)
+        process = psutil.Process(host.proc.pid)
+        workers = soak._workers(process)
+        assert len(workers) == 2
+        killed = workers[0]
+        killed.kill()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # its replacement started
+            now = soak._workers(process)
+            if len(now) == 2 and killed.pid not in {w.pid for w in now}:
+                break
+            time.sleep(0.1)
+        assert len(now) == 2 and killed.pid not in {w.pid for w in now}
+    finally:
+        host.stop()
