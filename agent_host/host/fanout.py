@@ -167,8 +167,17 @@ class Backlog:
 class Group:
     """The plugins that subscribe to one set of event kinds, and their batcher and backlog."""
 
-    def __init__(self, kinds: frozenset[EventKind], batch_size: int, backlog_batches: int) -> None:
+    def __init__(
+        self,
+        kinds: frozenset[EventKind],
+        batch_size: int,
+        backlog_batches: int,
+        on_waiting: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_waiting``: called when an event starts waiting in an empty batcher (the flush
+        timer's cue: it sleeps while nothing waits)."""
         self.kinds = kinds
+        self._on_waiting = on_waiting
         self.backlog = Backlog(backlog_batches)
         self._batch_size = batch_size
         self._records: list[bytes] = []
@@ -197,6 +206,8 @@ class Group:
             del self._history[:HISTORY]
         if not self._records:
             self._oldest = time.monotonic()
+            if self._on_waiting is not None:
+                self._on_waiting()
         self._records.append(record)
         self._seqs.append(seq)
         return len(self._records) >= self._batch_size

@@ -16,7 +16,7 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Coroutine, Iterable
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -52,6 +52,11 @@ from agent_host.protocol import (
 
 log = structlog.get_logger("agent_host")
 
+#: The watchdog's pace, and how often it measures workers, while the host is quiet.
+_QUIET_TICK_S: Final = 0.25
+_QUIET_SAMPLE_S: Final = 1.0
+#: The phases with no deadline shorter than seconds (heartbeats, probation): quiet ones.
+_SETTLED: Final = frozenset({Phase.RUNNING, Phase.QUARANTINED, Phase.FAILED, Phase.STOPPED})
 #: A watchdog tick later than this past its time means the host itself was not running.
 _PAUSE_TOLERANCE_S = 0.5
 
@@ -101,6 +106,10 @@ class Supervisor:
         #: Events with none of process, file, network: skipped, counted, reported in the summary.
         self.rejected_events = 0
         self._background: list[asyncio.Task[None]] = []
+        #: Set while some event waits in a batcher: the flush timer sleeps until then.
+        self._waiting = asyncio.Event()
+        #: Set when an event comes in: a quiet watchdog wakes to its quick pace.
+        self._active = asyncio.Event()
         self._spawner: Spawner = spawner or ExecSpawner()
         self._own_spawner = spawner is None
         self._cgroups: Cgroups | None = None
@@ -197,13 +206,19 @@ class Supervisor:
 
         return asyncio.create_task(guarded())
 
+    def _note_waiting(self) -> None:
+        self._waiting.set()
+        self._active.set()
+
     def layers_of(self, runner: PluginRunner) -> list[SandboxLayer]:
         return for_plugin(self.sandbox, runner.manifest)
 
     def _group_for(self, kinds: frozenset[EventKind]) -> Group:
         group = self.groups.get(kinds)
         if group is None:
-            group = Group(kinds, self.config.batch_size, self.config.backlog_batches)
+            group = Group(
+                kinds, self.config.batch_size, self.config.backlog_batches, self._note_waiting
+            )
             self.groups[kinds] = group
             for kind in kinds:
                 self._groups_by_kind[kind].append(group)
@@ -305,28 +320,40 @@ class Supervisor:
             await self.publish(event)
 
     async def _flush_periodically(self) -> None:
+        """Send a batch that has waited ``flush_interval_s``, however few it holds. Asleep
+        while no event waits: an idle host does not wake 400 times a second for nothing."""
         interval = self.config.flush_interval_s
         while True:
+            await self._waiting.wait()
             await asyncio.sleep(interval / 2)
             now = time.monotonic()
             for group in self.groups.values():
                 if group.age(now) >= interval:
                     await group.flush()
+            if not any(group.waiting for group in self.groups.values()):
+                self._waiting.clear()  # no await since the check: no event slipped in
 
     async def _watch_workers(self) -> None:
-        """Check deadlines often and measure resources less often, for every worker."""
-        interval = self.config.watchdog_interval_s
-        every = max(1, round(self.config.sample_interval_s / interval))
-        tick = 0
-        last = time.monotonic()
+        """Check deadlines often and measure resources less often, for every worker; both at
+        a slower pace while the host is quiet (no batch in flight, no event waiting, no worker
+        starting or stopping), when the only deadlines left are seconds long (heartbeats,
+        probation), and at once again when an event comes in."""
+        busy_tick = self.config.watchdog_interval_s
+        last = last_sample = time.monotonic()
+        tick = busy_tick
         while True:
-            await asyncio.sleep(interval)
+            if tick == busy_tick:
+                await asyncio.sleep(tick)
+            else:
+                self._active.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._active.wait(), tick)
             now = time.monotonic()
             runners = self.runners
             # A tick far later than asked: the host was not running (SIGSTOP, a frozen VM, a
             # starved machine) and could neither read what workers sent nor look at the clock.
             # That time is no worker's: every deadline is moved on by it before it is judged.
-            paused, last = now - last - interval, now
+            paused, last = now - last - tick, now
             if paused > _PAUSE_TOLERANCE_S:
                 log.warning(
                     "the host was not running; deadlines moved on", seconds=round(paused, 2)
@@ -336,9 +363,17 @@ class Supervisor:
             for runner in runners:
                 runner.check(now)
             self.rollout.advance(now)
-            tick += 1
-            if not tick % every:
+            quiet = self._quiet(runners)
+            tick = _QUIET_TICK_S if quiet else busy_tick
+            if now - last_sample >= (_QUIET_SAMPLE_S if quiet else self.config.sample_interval_s):
+                last_sample = now
                 await self._sample_workers(now, runners)
+
+    def _quiet(self, runners: list[PluginRunner]) -> bool:
+        """No batch in flight, no event waiting, every worker settled."""
+        return not self._waiting.is_set() and all(
+            r.phase in _SETTLED and r.delivery.idle for r in runners
+        )
 
     async def _sample_workers(self, now: float, runners: list[PluginRunner]) -> None:
         """Measure every running worker with what it started: read from its cgroup, or, for a

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import stat
+import threading
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -165,3 +166,37 @@ class TestFlowControl:
         # The slow plugin needs 3 s for all 1,000 events; the fast one was done long before.
         assert behind < 500
         assert finally_processed == 1000
+
+
+class TestIdle:
+    def test_an_idle_host_does_not_keep_waking(self, tmp_path: Path) -> None:
+        """Nothing polls when nothing happens: over two idle seconds the event loop's thread
+        wakes a few times a second (the quiet watchdog), where the flush timer alone used to
+        wake 400 times a second; and an event after the quiet is still processed at once."""
+
+        def wakes() -> int:
+            status = Path(f"/proc/self/task/{threading.get_native_id()}/status").read_text()
+            (line,) = [x for x in status.splitlines() if x.startswith("voluntary_ctxt_switches")]
+            return int(line.split()[1])
+
+        async def scenario() -> tuple[int, int]:
+            sup = Supervisor(
+                HostConfig(state_dir=None), manifests("tally"), JsonLinesSink(tmp_path / "f")
+            )
+            await sup.start()
+            await sup.publish(exec_event("/usr/bin/id"))
+            await sup.drain()
+            await asyncio.sleep(0.5)  # settled: quiet from here
+            before = wakes()
+            await asyncio.sleep(2)
+            idle = wakes() - before
+            await sup.publish(exec_event("/usr/bin/id"))
+            async with asyncio.timeout(5):
+                await sup.drain()
+            processed = sup.plugins["tally"].stats.processed
+            await sup.stop()
+            return idle, processed
+
+        idle, processed = run(scenario())
+        assert idle < 100  # 2 s: ~8 quiet watchdog ticks, a heartbeat, a sample; was ~900
+        assert processed == 2
