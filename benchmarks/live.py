@@ -27,6 +27,7 @@ The results go to ``DIR/live.json`` and ``DIR/live.md`` (default ``benchmarks/ou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -35,8 +36,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -100,6 +102,9 @@ class Result:
     files_made: int = 0
     files_seen: int = 0
     exit_code: int = 0
+    #: What the sensors emitted, dropped (the hub's queue) and restarted, from the summary, and
+    #: the records the kernel said it lost (audit's backlog), from the agent's log.
+    sensors: dict[str, Any] = field(default_factory=dict)
 
     def completeness(self) -> str:
         parts = []
@@ -238,6 +243,7 @@ def run_scenario(
                 proc.wait()
             cgroup.remove()
         seen = _witnessed(work / "findings.jsonl")
+        sensors = _sensor_counts(work)
     return Result(
         scenario=name,
         agent_cpu_percent=round(100 * cpu / took, 1),
@@ -247,7 +253,23 @@ def run_scenario(
         files_made=made.get("files", 0),
         files_seen=seen.get("files", 0),
         exit_code=code,
+        sensors=sensors,
     )
+
+
+def _sensor_counts(work: Path) -> dict[str, Any]:
+    summary = work / "summary.json"
+    counts: dict[str, Any] = (
+        json.loads(summary.read_text()).get("sensors", {}) if summary.exists() else {}
+    )
+    lost = 0
+    for line in (work / "agent.log").read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if entry.get("event") == "audit records lost by the kernel (backlog full)":
+                lost += int(entry.get("lost", 0))
+    counts["kernel_lost"] = lost
+    return counts
 
 
 def _generate(program: str, target: str, rate: float, seconds: float) -> subprocess.Popen[str]:

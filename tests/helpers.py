@@ -226,25 +226,23 @@ def _dns_answer(query: bytes, address: str) -> bytes:
 def named_connection(name: str, address: str) -> int:
     """A process looks ``name`` up at a DNS server of the test's on loopback port 53 (root),
     which answers ``address``, and connects there; returns the port it connected to."""
-    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server.bind(("127.0.0.1", 53))
-    target = socket.create_server((address, 0))
-    port = int(target.getsockname()[1])
     labels = b"".join(bytes([len(part)]) + part.encode() for part in name.split("."))
     query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + labels + b"\x00\x00\x01\x00\x01"
-    program = (
-        "import socket\n"
-        "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-        f"s.sendto({query!r}, ('127.0.0.1', 53)); answer = s.recv(512)\n"
-        f"socket.create_connection((socket.inet_ntoa(answer[-4:]), {port})).close()\n"
-    )
-    try:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as server,
+        socket.create_server((address, 0)) as target,
+    ):
+        server.bind(("127.0.0.1", 53))
+        port = int(target.getsockname()[1])
+        program = (
+            "import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"s.sendto({query!r}, ('127.0.0.1', 53)); answer = s.recv(512)\n"
+            f"socket.create_connection((socket.inet_ntoa(answer[-4:]), {port})).close()\n"
+        )
         client = subprocess.Popen([sys.executable, "-c", program])
         asked, where = server.recvfrom(512)
         server.sendto(_dns_answer(asked, address), where)
         if client.wait(timeout=10) != 0:
             raise AssertionError("the client could not look up and connect")
-    finally:
-        server.close()
-        target.close()
     return port

@@ -40,7 +40,10 @@ RULES = REPO / "agent_host" / "plugins" / "sigma" / "rules"
 TAG = f"agent-host-test-{os.getpid()}"
 
 _why = ("needs root" if os.geteuid() else "") or audit.unavailable() or fanotify_unavailable()
-pytestmark = pytest.mark.skipif(bool(_why), reason=f"live sensors: {_why}")
+pytestmark = [
+    pytest.mark.skipif(bool(_why), reason=f"live sensors: {_why}"),
+    pytest.mark.usefixtures("audit_lock"),
+]
 
 #: rule (its file's stem after ``_lnx_agent_host_``) -> a stand-in tool and its arguments.
 STANDINS = {

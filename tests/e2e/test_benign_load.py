@@ -20,6 +20,8 @@ from agent_host.sources.live import audit
 from agent_host.sources.live.fanotify_sensor import fanotify_unavailable
 from tests.helpers import BackgroundHost, read_findings
 
+pytestmark = pytest.mark.usefixtures("audit_lock")  # one audit reader a machine
+
 REPO = Path(__file__).resolve().parents[2]
 _why = ("needs root" if os.geteuid() else "") or audit.unavailable() or fanotify_unavailable()
 

@@ -7,8 +7,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from agent_host.protocol import Finding
 from tests.helpers import BackgroundHost, agent_host, read_findings
+
+pytestmark = pytest.mark.usefixtures("audit_lock")  # one audit reader a machine
 
 REPO = Path(__file__).resolve().parent.parent.parent
 

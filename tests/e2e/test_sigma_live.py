@@ -20,6 +20,8 @@ import yaml
 
 from tests.helpers import SIGMAHQ, BackgroundHost, read_findings, sigmahq_plugin
 
+pytestmark = pytest.mark.usefixtures("audit_lock")  # one audit reader a machine
+
 SHARED = SIGMAHQ / "process_creation"
 STANDIN_C = "#include <unistd.h>\nint main(void) { usleep(300000); return 0; }\n"
 

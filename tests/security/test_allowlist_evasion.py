@@ -14,6 +14,8 @@ import yaml
 
 from tests.helpers import SIGMAHQ, BackgroundHost, read_findings, sigmahq_plugin
 
+pytestmark = pytest.mark.usefixtures("audit_lock")  # one audit reader a machine
+
 APT_GET, DPKG = Path("/usr/bin/apt-get"), Path("/usr/bin/dpkg")
 ABSENT = "agent-host-no-such-package"
 # (the real program, harmless arguments, the SigmaHQ rule expected to fire)

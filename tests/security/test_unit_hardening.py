@@ -22,6 +22,8 @@ import pytest
 from agent_host.cli.systemd import UNIT_TEMPLATE
 from tests.helpers import BackgroundHost, make_plugin, named_connection, read_findings
 
+pytestmark = pytest.mark.usefixtures("audit_lock")  # one audit reader a machine
+
 UNIT = UNIT_TEMPLATE.read_text()
 #: The most the score may be (systemd-analyze security: 0 safe, 10 exposed).
 SCORE_AT_MOST = 4.7

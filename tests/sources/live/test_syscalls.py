@@ -20,7 +20,10 @@ from tests.helpers import named_connection
 from tests.sources.live.conftest import running
 
 UNAVAILABLE = audit.unavailable()
-pytestmark = pytest.mark.skipif(bool(UNAVAILABLE), reason=f"audit: {UNAVAILABLE}")
+pytestmark = [
+    pytest.mark.skipif(bool(UNAVAILABLE), reason=f"audit: {UNAVAILABLE}"),
+    pytest.mark.usefixtures("audit_lock"),
+]
 TRUE = shutil.which("true") or "/bin/true"
 
 
