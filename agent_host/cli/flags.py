@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -79,6 +80,23 @@ def port(text: str) -> int:
     if value > 65_535:
         raise argparse.ArgumentTypeError(f"must be a port, 0 to 65535, got {text}")
     return value
+
+
+def nats_url(text: str) -> str:
+    """``--export``'s server: ``nats://HOST:PORT`` (or ``tls://``), several joined by commas
+    (a cluster's seeds). Anything else would be accepted by nobody until the first connect,
+    and the findings would wait in the spool for a server that cannot exist."""
+    for url in text.split(","):
+        try:
+            parsed = urllib.parse.urlsplit(url.strip())
+            port = parsed.port  # ValueError: not a number, or out of range
+        except ValueError:
+            port = -1
+        if parsed.scheme not in ("nats", "tls") or not parsed.hostname or port == -1:
+            raise argparse.ArgumentTypeError(
+                f"not a NATS server URL (nats://HOST:PORT): {url.strip()!r}"
+            )
+    return text
 
 
 def add_state_dir(p: argparse.ArgumentParser, default: object = None) -> None:

@@ -27,6 +27,7 @@ from agent_host.cli.flags import (
     add_plugins_dir,
     add_state_dir,
     add_trust_options,
+    nats_url,
     non_negative_float,
     port,
     positive_float,
@@ -225,6 +226,7 @@ def build_parser() -> Parser:
     add_control_socket(run)
     run.add_argument(
         "--export",
+        type=nats_url,
         metavar="URL",
         help="also export findings and the summary to this NATS JetStream server "
         "(nats://HOST:PORT), through a spool on disk in the state folder",

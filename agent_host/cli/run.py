@@ -418,16 +418,30 @@ async def record(options: RecordOptions) -> int:
     signals.stop_after(options.duration)
     started = time.monotonic()
     count = 0
-    with out:
-        writer = RecordingWriter(out, binary=options.format == "binary")
+    failed: OSError | None = None
+    try:
+        with out:
+            writer = RecordingWriter(out, binary=options.format == "binary")
 
-        async def write(event: Event) -> None:
-            nonlocal count
-            if not event.host:
-                event.host = hostname
-            writer.write(event)
-            count += 1
+            async def write(event: Event) -> None:
+                nonlocal count, failed
+                if failed is not None:
+                    return
+                if not event.host:
+                    event.host = hostname
+                try:
+                    writer.write(event)
+                except OSError as exc:  # a full disk, /dev/full: the recording ends here
+                    failed = exc
+                    signals.stopping.set()
+                    return
+                count += 1
 
-        await _run_source(hub, write, signals)
+            await _run_source(hub, write, signals)
+    except OSError as exc:  # the last buffered write, at close
+        failed = failed or exc
+    if failed is not None:
+        why = f"cannot write {options.output}: {failed.strerror or failed}"
+        raise UsageError("--output", f"{why} (after {count} events)")
     print(f"recorded {count} events in {time.monotonic() - started:.1f}s to {options.output}")
     return EXIT_OK

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,14 @@ CASES = [
     (["run", "--duration", "nan"], "--duration: must be a finite number, got nan"),
     ([*REPLAY, "--flush-ms", "inf"], "--flush-ms: must be a finite number, got inf"),
     (["run", "--metrics-port", "70000"], "--metrics-port: must be a port, 0 to 65535, got 70000"),
+    (
+        ["run", "--export", "http://x", "--plugins", "plugins"],
+        "--export: not a NATS server URL (nats://HOST:PORT): 'http://x'",
+    ),
+    (
+        ["run", "--export", "nats://a:4222,nats://b:99999", "--plugins", "plugins"],
+        "--export: not a NATS server URL (nats://HOST:PORT): 'nats://b:99999'",
+    ),
     ([*REPLAY, "--flush-ms", "0"], "--flush-ms: must be positive, got 0"),
     ([*REPLAY, "--batch-size", "many"], "--batch-size: not a number: 'many'"),
     (
@@ -98,3 +107,32 @@ class TestReplayState:
         listing = cli(["plugins", "list", "--plugins", "plugins"], workdir)
         assert (workdir / "xdg" / "agent-host" / "state.sqlite3").is_file()  # the daemon's
         assert "1 usable, 0 with errors, 0 quarantined" in listing.stdout
+
+
+def test_a_recording_that_cannot_be_written_ends_with_one_line(tmp_path: Path) -> None:
+    """``record -o /dev/full``: the first write fails (no space); the recording ends there with
+    one line naming the output, exit 2, no traceback."""
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    command = [sys.executable, "-m", "agent_host", "--log-format", "json", "record"]
+    command += ["-o", "/dev/full", "--sensors", "file", "--watch", str(watched)]
+    command += ["--duration", "30"]
+    proc = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    deadline = time.monotonic() + 30
+    n = 0
+    while proc.poll() is None and time.monotonic() < deadline:
+        (watched / f"f{n}").write_text("x" * 4096)  # enough events to fill the buffer
+        n += 1
+        time.sleep(0.005)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("agent-host: --output: cannot write /dev/full: No space left on device")
+    assert "Traceback" not in err

@@ -27,6 +27,7 @@ CASES = [
 ]
 
 
+@pytest.mark.slow  # 6 s: apt-get reads its package lists; .ci/run runs it after the test command
 @pytest.mark.skipif(not SIGMAHQ.is_dir(), reason="../shared/sigma-linux is absent")
 @pytest.mark.skipif(not (APT_GET.exists() and DPKG.exists()), reason="no apt-get and dpkg here")
 def test_sigmahq_rules_about_package_managers_fire_with_the_allowlist_on(tmp_path: Path) -> None:

@@ -116,6 +116,7 @@ def _what_started(host: BackgroundHost) -> tuple[set[str], str]:
     return sensors, layers
 
 
+@pytest.mark.slow  # 8 s: two hosts with every live sensor; .ci/run runs it after the test command
 @pytest.mark.skipif(os.geteuid() != 0, reason="the unit runs the host as root")
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="no setpriv (util-linux)")
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="the test's filter is for x86_64")
