@@ -42,6 +42,8 @@ from typing import Any
 
 import psutil
 
+from agent_host.host.cgroups import WorkerCgroup
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BUNDLED = REPO / "agent_host" / "plugins"
@@ -138,13 +140,8 @@ class AgentCgroup:
 
     def usage(self) -> float:
         """CPU seconds used in the cgroup, by every process it ever held."""
-        if self.v1:
-            return int((self.folders[0] / "cpuacct.usage").read_text()) / 1e9
-        for line in (self.folders[0] / "cpu.stat").read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "usage_usec":
-                return int(value) / 1e6
-        return 0.0
+        accounting = WorkerCgroup({"cpuacct": self.folders[0]}, 1 if self.v1 else 2)
+        return accounting.cpu_seconds() or 0.0
 
     def join(self) -> None:
         """Move the calling process in (run in the agent's child before it executes)."""

@@ -78,31 +78,21 @@ class WorkerCgroup:
         return found
 
     def cpu_seconds(self) -> float | None:
-        """CPU time used by every process the worker ever had in it (None: not counted)."""
+        """CPU time used by every process the cgroup ever held (None: not counted)."""
         directory = self.by_controller.get("cpuacct")
         if directory is None:
             return None
-        try:
-            if self.version == 1:
+        if self.version == 1:
+            with contextlib.suppress(OSError, ValueError):
                 return int((directory / "cpuacct.usage").read_text()) / 1e9
-            for line in (directory / "cpu.stat").read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "usage_usec":
-                    return int(value) / 1e6
-        except (OSError, ValueError):
-            pass
-        return None
+            return None
+        usec = _keyed(directory / "cpu.stat", "usage_usec")
+        return None if usec is None else usec / 1e6
 
     def oom_kills(self) -> int:
         """How many processes the kernel killed for this cgroup's memory limit."""
         name = "memory.events" if self.version == 2 else "memory.oom_control"
-        path = self.by_controller["memory"] / name
-        with contextlib.suppress(OSError):
-            for line in path.read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-        return 0
+        return _keyed(self.by_controller["memory"] / name, "oom_kill") or 0
 
     def kill_all(self) -> int:
         """SIGKILL every process left in the cgroup, until none is; return how many."""
@@ -125,6 +115,16 @@ class WorkerCgroup:
         for directory in self.directories:
             with contextlib.suppress(OSError):
                 directory.rmdir()
+
+
+def _keyed(path: Path, wanted: str) -> int | None:
+    """The value of ``wanted`` in a cgroup file of "key value" lines (None: absent)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in path.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == wanted:
+                return int(value)
+    return None
 
 
 def _leftover(directory: Path, version: int) -> WorkerCgroup:

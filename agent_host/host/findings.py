@@ -101,7 +101,8 @@ class JsonLinesSink:
     def _open(path: Path) -> int:
         # 0600 whatever the umask: findings carry command lines, paths and users.
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        if os.fstat(fd).st_mode & 0o077 and stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if mode & 0o077 and stat.S_ISREG(mode):
             os.fchmod(fd, 0o600)  # a file made by an earlier version, or by hand
         return fd
 

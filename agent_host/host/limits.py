@@ -147,23 +147,17 @@ class ResourceMonitor:
         seconds the worker's cgroup counted (then no process's own times are read)."""
         limits = self._limits
         try:
-            with self._proc.oneshot():
-                rss = self._proc.memory_info().rss
-                if cgroup_cpu is None:
-                    times = self._proc.cpu_times()
-                    cpu = times.user + times.system
+            rss = self._proc.memory_info().rss
+            cpu = cgroup_cpu if cgroup_cpu is not None else _cpu_seconds(self._proc)
         except psutil.Error:
             return None  # gone: the exit is handled elsewhere
         for child in self._descendants:
             try:
                 rss += child.memory_info().rss
                 if cgroup_cpu is None:
-                    child_times = child.cpu_times()
-                    cpu += child_times.user + child_times.system
+                    cpu += _cpu_seconds(child)
             except psutil.Error:
                 continue
-        if cgroup_cpu is not None:
-            cpu = cgroup_cpu
         if len(self._descendants) > limits.processes:
             return Verdict(
                 "processes", f"processes {len(self._descendants)} > limit {limits.processes}"
@@ -200,6 +194,11 @@ class ResourceMonitor:
                 f"{limits.cpu_percent:g}% over {limits.cpu_window_s:g}s",
             )
         return None
+
+
+def _cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
 
 
 def _windowed(

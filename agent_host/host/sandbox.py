@@ -155,7 +155,8 @@ def checked_machine(probe: str, cgroups: Cgroups | None, config: HostConfig) -> 
     for layer in report.layers:
         if not layer.active:
             log.warning(f"sandbox layer unavailable: {layer.name}", reason=layer.reason)
-            chosen_off = layer.name in ("cgroup", "cpu") and not config.cgroups
-            if config.sandbox is SandboxMode.STRICT and not chosen_off and layer.name != "cpu":
+            chosen_off = layer.name == "cgroup" and not config.cgroups
+            kept_by_watcher = layer.name == "cpu"
+            if config.sandbox is SandboxMode.STRICT and not (chosen_off or kept_by_watcher):
                 raise SandboxUnavailableError(layer.name, layer.reason)
     return report

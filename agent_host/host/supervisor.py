@@ -338,16 +338,16 @@ class Supervisor:
         a slower pace while the host is quiet (no batch in flight, no event waiting, no worker
         starting or stopping), when the only deadlines left are seconds long (heartbeats,
         probation), and at once again when an event comes in."""
-        busy_tick = self.config.watchdog_interval_s
         last = last_sample = time.monotonic()
-        tick = busy_tick
+        quiet = False
         while True:
-            if tick == busy_tick:
-                await asyncio.sleep(tick)
-            else:
+            tick = _QUIET_TICK_S if quiet else self.config.watchdog_interval_s
+            if quiet:
                 self._active.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._active.wait(), tick)
+            else:
+                await asyncio.sleep(tick)
             now = time.monotonic()
             runners = self.runners
             # A tick far later than asked: the host was not running (SIGSTOP, a frozen VM, a
@@ -364,7 +364,6 @@ class Supervisor:
                 runner.check(now)
             self.rollout.advance(now)
             quiet = self._quiet(runners)
-            tick = _QUIET_TICK_S if quiet else busy_tick
             if now - last_sample >= (_QUIET_SAMPLE_S if quiet else self.config.sample_interval_s):
                 last_sample = now
                 await self._sample_workers(now, runners)

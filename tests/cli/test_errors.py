@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent_host.protocol import message_to_json
-from tests.helpers import exec_event, use_plugin
+from tests.helpers import BackgroundHost, exec_event, use_plugin
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -114,25 +114,18 @@ def test_a_recording_that_cannot_be_written_ends_with_one_line(tmp_path: Path) -
     one line naming the output, exit 2, no traceback."""
     watched = tmp_path / "watched"
     watched.mkdir()
-    command = [sys.executable, "-m", "agent_host", "--log-format", "json", "record"]
-    command += ["-o", "/dev/full", "--sensors", "file", "--watch", str(watched)]
-    command += ["--duration", "30"]
-    proc = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
+    args = ["record", "-o", "/dev/full", "--sensors", "file", "--watch", str(watched)]
+    recorder = BackgroundHost([*args, "--duration", "30"], tmp_path)
     deadline = time.monotonic() + 30
     n = 0
-    while proc.poll() is None and time.monotonic() < deadline:
+    while recorder.proc.poll() is None and time.monotonic() < deadline:
         (watched / f"f{n}").write_text("x" * 4096)  # enough events to fill the buffer
         n += 1
         time.sleep(0.005)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 2, err
+    recorder.proc.wait(timeout=30)
+    code, _ = recorder.stop()  # already ended: collects it and closes its log
+    assert code == 2
+    err = recorder.log_path.read_text()
     last = err.strip().splitlines()[-1]
     assert last.startswith("agent-host: --output: cannot write /dev/full: No space left on device")
     assert "Traceback" not in err
