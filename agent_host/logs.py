@@ -29,7 +29,13 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | Non
     number = logging.getLevelNamesMapping()[level.upper()]
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
-        processors=[structlog.processors.add_log_level, timestamper, renderer],
+        processors=[
+            structlog.processors.add_log_level,
+            timestamper,
+            # The console renders a traceback itself; JSON needs it as a field ("exception").
+            *([] if console else [structlog.processors.format_exc_info]),
+            renderer,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(number),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
@@ -37,7 +43,11 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | Non
     handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processor=renderer,
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *([] if console else [structlog.processors.format_exc_info]),
+                renderer,
+            ],
             foreign_pre_chain=[
                 structlog.stdlib.add_log_level,
                 structlog.stdlib.add_logger_name,

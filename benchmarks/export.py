@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_host import logs
-from agent_host.host.export import NatsExport
+from agent_host.host.exports.nats import NatsExport
 from agent_host.host.findings import FindingPipeline, JsonLinesSink, Source
 from agent_host.host.stats import PluginStats
 from agent_host.protocol import Finding

@@ -21,6 +21,11 @@ logging.getLogger("watchdog.observers.inotify_buffer").error("Inotify queue over
 logging.getLogger("nats").info("not the host's business at info")
 import structlog
 structlog.get_logger("agent_host").info("the host's own", plugin="p")
+try:
+    1 / 0
+except ZeroDivisionError:
+    structlog.get_logger("agent_host").exception("a task of ours failed")
+    logging.getLogger("asyncio").exception("a library's task failed")
 """
 
 
@@ -38,4 +43,8 @@ def test_every_line_is_json_whoever_writes_it() -> None:
         ("Unknown child process pi", "warning", "asyncio"),
         ("Inotify queue overflowed", "error", "watchdog.observers.inotify_buffer"),
         ("the host's own", "info", None),
+        ("a task of ours failed", "error", None),
+        ("a library's task failed", "error", "asyncio"),
     ]
+    for failed in lines[-2:]:  # the traceback as a field of the line, not lines of its own
+        assert "Traceback" in failed["exception"] and "ZeroDivisionError" in failed["exception"]

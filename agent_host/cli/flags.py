@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import urllib.parse
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import NoReturn
 
 from agent_host.cli.options import RUN_DEFAULTS as DEFAULTS
 from agent_host.host.config import SignaturePolicy
+from agent_host.host.exports.syslog import check_target
 from agent_host.host.suppress import Suppression
 
 EXIT_USAGE = 2
@@ -97,6 +99,38 @@ def nats_url(text: str) -> str:
                 f"not a NATS server URL (nats://HOST:PORT): {url.strip()!r}"
             )
     return text
+
+
+def http_url(text: str) -> str:
+    """``--webhook``'s endpoint: ``http://`` or ``https://`` with a host (and a valid port)."""
+    try:
+        parsed = urllib.parse.urlsplit(text)
+        parsed.port  # noqa: B018 - ValueError: not a number, or out of range
+    except ValueError:
+        parsed = urllib.parse.urlsplit("")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise argparse.ArgumentTypeError(f"not an HTTP URL (http[s]://HOST[:PORT]/PATH): {text!r}")
+    return text
+
+
+def http_header(text: str) -> str:
+    """``--webhook-header``: ``Name: value``, a token's name and no line break."""
+    name, colon, value = text.partition(":")
+    if (
+        not colon
+        or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name)
+        or set(value) & {"\r", "\n"}
+    ):
+        raise argparse.ArgumentTypeError(f"not an HTTP header ('Name: value'): {text!r}")
+    return text
+
+
+def syslog_target(text: str) -> str:
+    """``--syslog``'s target: auto, journal, unix:PATH or udp://HOST:PORT."""
+    try:
+        return check_target(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_state_dir(p: argparse.ArgumentParser, default: object = None) -> None:

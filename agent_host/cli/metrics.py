@@ -8,7 +8,7 @@ a scrape sees each one whole (at worst a batch behind another).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import structlog
 from prometheus_client import start_http_server
@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from agent_host.host.export import NatsExport
+from agent_host.host.exports.sender import SpooledOutput
 from agent_host.host.lifecycle import Phase
 from agent_host.host.stats import LATENCY_BUCKETS_S
 from agent_host.host.supervisor import Supervisor
@@ -35,11 +35,11 @@ class HostCollector(Collector):
     """Every metric of one host, read at scrape time."""
 
     def __init__(
-        self, sup: Supervisor, hub: SensorHub | None, export: NatsExport | None = None
+        self, sup: Supervisor, hub: SensorHub | None, outputs: Sequence[SpooledOutput] = ()
     ) -> None:
         self._sup = sup
         self._hub = hub
-        self._export = export
+        self._outputs = outputs
 
     def collect(self) -> Iterator[Metric]:
         sup = self._sup
@@ -47,14 +47,7 @@ class HostCollector(Collector):
         yield _counter("events_without_kind", "Events skipped: no kind.", sup.rejected_events)
         yield _counter("findings_written", "Findings written to the sink.", sup.findings.written)
         yield _counter("findings_lost", "Findings the sink could not take.", sup.findings.lost)
-        if self._export is not None:
-            counts = self._export.counts()
-            yield _counter(
-                "export_sent", "Findings the export server acknowledged.", counts["sent"]
-            )
-            yield _counter(
-                "export_dropped", "Findings dropped from the export: spool full.", counts["dropped"]
-            )
+        yield from self._spooled()
         yield from self._plugins()
         backlog = GaugeMetricFamily(
             "agent_host_backlog_batches", "Batches kept for a group's plugins.", labels=["group"]
@@ -64,6 +57,33 @@ class HostCollector(Collector):
         yield backlog
         if self._hub is not None:
             yield from self._sensors(self._hub)
+
+    def _spooled(self) -> Iterator[Metric]:
+        """Per output: findings sent, dropped (spool full) and refused by the receiver; the
+        NATS export's two also under their first names."""
+        families = {
+            key: CounterMetricFamily(f"agent_host_output_{key}", text, labels=["output"])
+            for key, text in (
+                ("sent", "Findings the output's receiver took."),
+                ("dropped", "Findings dropped from the output: its spool was full."),
+                ("refused", "Findings the output's receiver refused for good."),
+            )
+        }
+        for output in self._outputs:
+            counts = output.counts()
+            for key, family in families.items():
+                family.add_metric([output.kind], counts[key])
+            if output.kind == "export":
+                yield _counter(
+                    "export_sent", "Findings the export server acknowledged.", counts["sent"]
+                )
+                yield _counter(
+                    "export_dropped",
+                    "Findings dropped from the export: spool full.",
+                    counts["dropped"],
+                )
+        if self._outputs:
+            yield from families.values()
 
     def _plugins(self) -> Iterator[Metric]:
         families = {
@@ -134,10 +154,14 @@ def _counter(name: str, text: str, value: int) -> CounterMetricFamily:
 
 
 def serve(
-    sup: Supervisor, hub: SensorHub | None, export: NatsExport | None, address: str, port: int
+    sup: Supervisor,
+    hub: SensorHub | None,
+    outputs: Sequence[SpooledOutput],
+    address: str,
+    port: int,
 ) -> None:
     """Serve /metrics on ``address:port`` (a thread of prometheus-client's) for this host."""
     registry = CollectorRegistry()
-    registry.register(HostCollector(sup, hub, export))
+    registry.register(HostCollector(sup, hub, outputs))
     start_http_server(port, addr=address, registry=registry)
     log.info("metrics served", address=address, port=port, path="/metrics")

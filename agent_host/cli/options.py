@@ -93,6 +93,9 @@ class RunOptions(LiveOptions):
     # The host.
     plugins: tuple[Path, ...] | None = None
     findings: Path | None = None
+    #: Rotate the findings file past this size (0: never), keeping this many old ones.
+    findings_max_mb: int = 0
+    findings_keep: int = 5
     quiet: bool = False
     batch_size: int = _HOST.batch_size
     flush_ms: float = _HOST.flush_interval_s * 1000
@@ -117,6 +120,10 @@ class RunOptions(LiveOptions):
     export: str | None = None
     export_subject: str = "agent-host"
     export_spool_mb: int = 64
+    webhook: str | None = None
+    webhook_header: tuple[str, ...] = ()
+    syslog: str | None = None
+    program: str | None = None
     metrics_port: int = 0
     metrics_address: str = "127.0.0.1"
 

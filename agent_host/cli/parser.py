@@ -27,12 +27,16 @@ from agent_host.cli.flags import (
     add_plugins_dir,
     add_state_dir,
     add_trust_options,
+    http_header,
+    http_url,
     nats_url,
     non_negative_float,
+    non_negative_int,
     port,
     positive_float,
     positive_int,
     suppression,
+    syslog_target,
 )
 from agent_host.cli.options import RUN_DEFAULTS as DEFAULTS
 from agent_host.host.config import SandboxMode
@@ -48,6 +52,21 @@ def _add_host_options(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help="append findings to this JSON Lines file",
+    )
+    p.add_argument(
+        "--findings-max-mb",
+        type=non_negative_int,
+        default=DEFAULTS.findings_max_mb,
+        metavar="MB",
+        help="rotate the findings file when it passes this size: FILE.1, FILE.2, ... "
+        "(default: never; SIGHUP reopens it, for logrotate)",
+    )
+    p.add_argument(
+        "--findings-keep",
+        type=positive_int,
+        default=DEFAULTS.findings_keep,
+        metavar="N",
+        help="rotated findings files kept (default %(default)s)",
     )
     p.add_argument("--quiet", action="store_true", help="do not show findings on the terminal")
     p.add_argument(
@@ -242,8 +261,41 @@ def build_parser() -> Parser:
         type=positive_int,
         default=DEFAULTS.export_spool_mb,
         metavar="MB",
-        help="the spool's bound while the server is away; past it findings are dropped from "
-        "the export and counted (default %(default)s)",
+        help="each output's spool bound (export, webhook, syslog, program) while its receiver "
+        "is away; past it findings are dropped from that output and counted "
+        "(default %(default)s)",
+    )
+    run.add_argument(
+        "--webhook",
+        type=http_url,
+        metavar="URL",
+        help="also POST findings and the summary to this HTTP(S) endpoint as JSON Lines, "
+        "through a spool on disk, retried while it fails",
+    )
+    run.add_argument(
+        "--webhook-header",
+        type=http_header,
+        action="append",
+        default=list(DEFAULTS.webhook_header),
+        metavar="'NAME: VALUE'",
+        help="a header to send with each webhook request (an Authorization token, say); "
+        "may be repeated",
+    )
+    run.add_argument(
+        "--syslog",
+        type=syslog_target,
+        nargs="?",
+        const="auto",
+        metavar="TARGET",
+        help="also send findings to the system's log: journal (journald's own socket), "
+        "unix:PATH or udp://HOST:PORT (RFC 5424 syslog); alone, the journal where it runs, "
+        "else /dev/log",
+    )
+    run.add_argument(
+        "--program",
+        metavar="COMMAND",
+        help="also pipe findings, one JSON per line, to this command's input (run by /bin/sh, "
+        "kept running, started again if it exits)",
     )
     run.add_argument(
         "--metrics-port",

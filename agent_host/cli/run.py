@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -28,7 +28,11 @@ from agent_host.cli.systemd import Notifier
 from agent_host.cli.watch import FolderWatch
 from agent_host.errors import UsageError
 from agent_host.host.control import ControlServer, ControlService
-from agent_host.host.export import NatsExport
+from agent_host.host.exports.nats import NatsExport
+from agent_host.host.exports.program import ProgramOutput
+from agent_host.host.exports.sender import SpooledOutput
+from agent_host.host.exports.syslog import SyslogOutput
+from agent_host.host.exports.webhook import Webhook
 from agent_host.host.findings import JsonLinesSink
 from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import discover
@@ -104,6 +108,8 @@ class _Outputs:
     """Where findings went besides the file, once the host has started them."""
 
     export: NatsExport | None = None
+    #: Every output with a spool, the export among them.
+    spooled: list[SpooledOutput] = field(default_factory=list)
 
 
 class _Signals:
@@ -260,6 +266,8 @@ async def host(options: RunOptions) -> int:
     sink = JsonLinesSink(
         paths.appendable("--findings", options.findings),
         terminal=None if options.quiet else sys.stdout,
+        max_bytes=options.findings_max_mb * 2**20,
+        keep=options.findings_keep,
     )
     sup = Supervisor(config, discovery.manifests, sink)
     signals = _Signals(reload=True)
@@ -281,8 +289,8 @@ async def host(options: RunOptions) -> int:
         notifier.close()
     if code == EXIT_NOTHING_RAN:
         return code
-    report(options, sup, source, time.monotonic() - started, outputs.export)
-    dropped = outputs.export.spool.dropped if outputs.export is not None else 0
+    report(options, sup, source, time.monotonic() - started, outputs.spooled)
+    dropped = sum(output.spool.dropped + output.refused for output in outputs.spooled)
     if (sup.findings.lost or dropped) and code == EXIT_OK:
         return EXIT_FINDINGS_LOST
     return code
@@ -305,12 +313,12 @@ async def _serve(
         log.error("no plugin could start")
         await sup.stop()
         return EXIT_NOTHING_RAN
-    export = outputs.export = _start_export(sup, options)
+    _start_outputs(sup, options, outputs)
     port = options.metrics_port
     if port:
         hub = source if isinstance(source, SensorHub) else None
         try:
-            metrics.serve(sup, hub, export, options.metrics_address, port)
+            metrics.serve(sup, hub, outputs.spooled, options.metrics_address, port)
         except OSError as exc:
             await sup.stop()
             raise UsageError("--metrics-port", f"cannot listen on {port}: {exc.strerror}") from None
@@ -344,9 +352,11 @@ async def _serve(
         checkpoints.end(complete=not signals.stopping.is_set())
     if control is not None:
         await control.stop()
-    if export is not None:
-        export.summary(summary_of(sup, source, time.monotonic() - started), sup.findings.run_id)
-        await export.close(_EXPORT_DRAIN_S)
+    if outputs.spooled:
+        summary = summary_of(sup, source, time.monotonic() - started)
+        for output in outputs.spooled:
+            output.summary(summary, sup.findings.run_id)
+        await asyncio.gather(*(output.close(_EXPORT_DRAIN_S) for output in outputs.spooled))
     if sup.failure:
         log.error("the host stopped because of its own fault", failure=sup.failure)
         return EXIT_HOST_FAILED
@@ -373,17 +383,28 @@ async def _stop_on_failure(sup: Supervisor, signals: _Signals) -> None:
     signals.stopping.set()
 
 
-def _start_export(sup: Supervisor, options: RunOptions) -> NatsExport | None:
-    """The export of findings to a fleet's NATS JetStream server (``--export``), if asked."""
-    url = options.export
-    if not url:
-        return None
-    export = NatsExport(
-        url, options.export_subject, state_dir_for(options), options.export_spool_mb
-    )
-    sup.findings.listeners.append(export.findings_written)
-    export.start()
-    return export
+def _start_outputs(sup: Supervisor, options: RunOptions, outputs: _Outputs) -> None:
+    """The outputs asked for besides the findings file (``--export``, ``--webhook``,
+    ``--syslog``, ``--program``), each with its spool in the state folder, started."""
+    folder, bound = state_dir_for(options), options.export_spool_mb
+    if options.export:
+        outputs.export = NatsExport(options.export, options.export_subject, folder, bound)
+        outputs.spooled.append(outputs.export)
+    if options.webhook:
+        headers = dict(_header(text) for text in options.webhook_header)
+        outputs.spooled.append(Webhook(options.webhook, folder, bound, headers))
+    if options.syslog:
+        outputs.spooled.append(SyslogOutput(options.syslog, folder, bound))
+    if options.program:
+        outputs.spooled.append(ProgramOutput(options.program, folder, bound))
+    for output in outputs.spooled:
+        sup.findings.listeners.append(output.findings_written)
+        output.start()
+
+
+def _header(text: str) -> tuple[str, str]:
+    name, _, value = text.partition(":")
+    return name.strip(), value.strip()
 
 
 async def _serve_control(

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, Iterable, Sequence
 from typing import Any
 
 from agent_host.cli.options import RunOptions
 from agent_host.errors import UsageError
-from agent_host.host.export import NatsExport
+from agent_host.host.exports.sender import SpooledOutput
 from agent_host.host.findings import JsonLinesSink
 from agent_host.host.runner import PluginRunner
 from agent_host.host.supervisor import Supervisor
@@ -96,7 +96,7 @@ def summary_of(
     sup: Supervisor,
     source: AsyncIterable[Event],
     elapsed: float,
-    export: NatsExport | None = None,
+    outputs: Sequence[SpooledOutput] = (),
 ) -> dict[str, object]:
     """The end-of-run summary: the host's totals and every plugin's row."""
     bad_lines = source.bad_lines if isinstance(source, ReplaySource) else 0
@@ -110,8 +110,8 @@ def summary_of(
         "refused_sessions": sup.refused_sessions,
         "plugins": summary_rows(sup.runners),
     }
-    if export is not None:
-        summary["export"] = export.counts()
+    for output in outputs:  # "export" (NATS), "webhook", "syslog", "program"
+        summary[output.kind] = output.counts()
     if isinstance(source, SensorHub):
         summary["sensors"] = {
             "emitted": dict(source.emitted),
@@ -126,9 +126,9 @@ def report(
     sup: Supervisor,
     source: AsyncIterable[Event],
     elapsed: float,
-    export: NatsExport | None,
+    outputs: Sequence[SpooledOutput],
 ) -> None:
-    summary = summary_of(sup, source, elapsed, export)
+    summary = summary_of(sup, source, elapsed, outputs)
     rows = summary_rows(sup.runners)
     bad_lines = summary["bad_lines"]
     print(
@@ -143,11 +143,14 @@ def report(
             f"{findings.lost} findings LOST: they could not be written to "
             f"{where or 'the findings sink'} ({findings.last_error})"
         )
-    if export is not None and export.spool.dropped:
-        print(
-            f"{export.spool.dropped} findings DROPPED from the export: its spool "
-            f"(--export-spool-mb {options.export_spool_mb}) was full"
-        )
+    for output in outputs:
+        if output.spool.dropped:
+            print(
+                f"{output.spool.dropped} findings DROPPED from the {output.kind} output: its "
+                f"spool (--export-spool-mb {options.export_spool_mb}) was full"
+            )
+        if output.refused:
+            print(f"{output.refused} findings REFUSED by the {output.kind} {output.noun}")
     if options.summary_json:
         try:
             options.summary_json.write_text(json.dumps(summary, indent=2))

@@ -90,12 +90,26 @@ class JsonLinesSink:
 
     Each batch is written whole or not at all: a write the disk cannot take in full is cut back
     to where the file ended, so a full disk never leaves half a line for a reader to choke on.
+
+    With ``max_bytes``, a batch that takes the file to that size is its last: the file is
+    renamed ``FILE.1`` (``FILE.1`` to ``FILE.2``, ..., up to ``keep``, the oldest removed) and a
+    new one opened, as osquery's filesystem logger rotates; a batch is never split between two
+    files. Without it the file grows until logrotate moves it and SIGHUP reopens it.
     """
 
-    def __init__(self, path: Path | None, terminal: IO[str] | None = sys.stdout) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        terminal: IO[str] | None = sys.stdout,
+        *,
+        max_bytes: int = 0,
+        keep: int = 5,
+    ) -> None:
         self._path = path
         self._fd: int | None = self._open(path) if path is not None else None
         self._terminal = terminal
+        self._max_bytes = max_bytes
+        self._keep = keep
 
     @staticmethod
     def _open(path: Path) -> int:
@@ -146,6 +160,25 @@ class JsonLinesSink:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, end)  # whole lines or nothing
             raise
+        if self._max_bytes and end + written >= self._max_bytes:
+            try:
+                self._rotate()
+            except OSError as exc:  # the batch is written: say so, and keep to this file
+                log.warning("cannot rotate the findings file", path=str(self._path), error=str(exc))
+
+    def _rotate(self) -> None:
+        """FILE to FILE.1, FILE.1 to FILE.2, ...; the file past ``keep`` is removed."""
+        path = self._path
+        assert path is not None
+        for n in range(self._keep, 0, -1):
+            older = path.with_name(f"{path.name}.{n}")
+            if n == self._keep:
+                older.unlink(missing_ok=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    older.rename(path.with_name(f"{path.name}.{n + 1}"))
+        path.rename(path.with_name(f"{path.name}.1"))
+        self.reopen()
 
     def close(self) -> None:
         if self._fd is not None:

@@ -20,7 +20,8 @@ import pytest
 
 from agent_host.cli.metrics import HostCollector
 from agent_host.host.config import HostConfig
-from agent_host.host.export import NatsExport, Spool
+from agent_host.host.exports.nats import NatsExport
+from agent_host.host.exports.spool import Spool
 from agent_host.host.findings import CollectingSink
 from agent_host.host.supervisor import Supervisor
 from benchmarks.export import nats_server
@@ -161,7 +162,7 @@ def test_the_metrics_count_what_the_export_sent_and_dropped(tmp_path: Path) -> N
     sup = Supervisor(HostConfig(state_dir=None), [], CollectingSink())
     samples = {
         sample.name: sample.value
-        for metric in HostCollector(sup, None, export).collect()
+        for metric in HostCollector(sup, None, [export]).collect()
         for sample in metric.samples
     }
     export.spool.close()

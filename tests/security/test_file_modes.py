@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_host.host.export import Spool
+from agent_host.host.exports.spool import Spool
 from agent_host.host.findings import JsonLinesSink
 from agent_host.host.store import DB_NAME, StateStore
 
