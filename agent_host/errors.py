@@ -35,14 +35,30 @@ class UsageError(AgentHostError):
 
 
 class ManifestError(AgentHostError):
-    """A plugin manifest (plugin.toml) is missing, malformed or invalid."""
+    """A plugin manifest (plugin.toml) is missing, malformed or invalid.
 
-    def __init__(self, path: Path, message: str, key: str | None = None) -> None:
+    One error may carry every mistake found in the file (``mistakes``, itself first), each
+    a line of its own naming the file, the line where known, and the key."""
+
+    def __init__(self, path: Path, message: str, key: str | None = None, line: int = 0) -> None:
         self.path = path
         self.key = key
         self.message = message
-        where = f"{path}: {key}" if key else str(path)
-        super().__init__(f"{where}: {message}")
+        self.line = line
+        self.mistakes: list[ManifestError] = [self]
+        super().__init__(self._one())
+
+    def _one(self) -> str:
+        where = f"{self.path}:{self.line}" if self.line else str(self.path)
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+    @classmethod
+    def several(cls, mistakes: list[ManifestError]) -> ManifestError:
+        """One error for all of ``mistakes`` (at least one), in the file's order."""
+        first = mistakes[0]
+        first.mistakes = sorted(mistakes, key=lambda m: m.line or 1 << 30)
+        first.args = ("\n".join(m._one() for m in first.mistakes),)
+        return first
 
 
 class ContentError(AgentHostError):

@@ -122,13 +122,16 @@ def read_findings(path: Path) -> list[Finding]:
     return [message_from_json(line, Finding()) for line in path.read_text().splitlines()]
 
 
-def agent_host(args: list[str], cwd: Path, timeout: float = 120) -> HostRun:
+def agent_host(
+    args: list[str], cwd: Path, timeout: float = 120, log_level: str = "info"
+) -> HostRun:
     """Run the real ``agent-host`` command with JSON logs; collect what it wrote."""
     findings = cwd / "findings.jsonl"
     summary = cwd / "summary.json"
     findings.unlink(missing_ok=True)
     summary.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "agent_host", "--log-format", "json", *args]
+    command = [sys.executable, "-m", "agent_host", "--log-format", "json"]
+    command += ["--log-level", log_level, *args]
     if args and args[0] in ("replay", "run"):
         command += ["--findings", str(findings), "--summary-json", str(summary)]
     if (

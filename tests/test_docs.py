@@ -9,6 +9,8 @@ import pytest
 from google.protobuf.descriptor import Descriptor
 
 from agent_host.protocol import Event, FileEvent, Finding, NetworkEvent, ProcessEvent
+from agent_host.sources.live.network import _PROTOCOLS
+from agent_host.sources.live.syscalls import _address
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugin-guide.md"
 
@@ -40,3 +42,19 @@ def test_enum_values_are_documented() -> None:
         for name in (value.name for value in enum.DESCRIPTOR.values):
             if not name.endswith("UNSPECIFIED"):
                 assert f"`{name}`" in text, name
+
+
+def test_every_protocol_a_sensor_writes_is_documented() -> None:
+    """The socket table's names and the audited calls' families, each in the guide's row (it
+    once listed only tcp, udp, tcp6 and udp6, while audited events carry ip and ip6)."""
+    v4 = bytes.fromhex("0200") + (4444).to_bytes(2, "big") + bytes([10, 0, 0, 1])
+    v6 = bytes.fromhex("0a00") + (4444).to_bytes(2, "big") + bytes(4) + bytes(15) + b"\x01"
+    written = set(_PROTOCOLS.values()) | {
+        family
+        for raw in (v4, v6)
+        if (found := _address(raw.hex().encode()))
+        for family in found[:1]
+    }
+    assert {"ip", "ip6"} <= written
+    row = next(line for line in GUIDE.read_text().splitlines() if line.startswith("| `protocol`"))
+    assert {name for name in written if f"`{name}`" not in row} == set()

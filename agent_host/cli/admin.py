@@ -4,6 +4,7 @@ version history, dead letters."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import json
 from dataclasses import dataclass
@@ -15,11 +16,14 @@ from agent_host.cli import paths
 from agent_host.errors import UsageError
 from agent_host.host.caps import Caps
 from agent_host.host.cgroups import Cgroups
-from agent_host.host.config import SignaturePolicy
+from agent_host.host.config import HostConfig, SignaturePolicy
+from agent_host.host.findings import CollectingSink
+from agent_host.host.lifecycle import Phase
 from agent_host.host.manifest import Discovery, Manifest, discover
 from agent_host.host.sandbox import describe, for_plugin, machine_report
 from agent_host.host.spawn import probe_sandbox
 from agent_host.host.store import StateStore
+from agent_host.host.supervisor import Supervisor
 from agent_host.host.updates import signing
 from agent_host.host.updates.content import measure
 from agent_host.protocol import Event, SandboxLayer, SandboxReport, message_to_json
@@ -162,6 +166,23 @@ def plugin_views(
     return views
 
 
+def failing_to_start(manifests: list[Manifest]) -> dict[str, str]:
+    """Each plugin started in a sandboxed worker of a host of its own, as a run would start it
+    (its module imported, its on_start run), then stopped: why each that did not start failed.
+    The manifest alone cannot say that a module does not import."""
+
+    async def check() -> dict[str, str]:
+        config = HostConfig(state_dir=None, signatures=SignaturePolicy.OFF, shadow=False)
+        sup = Supervisor(config, manifests, CollectingSink())
+        try:
+            await sup.start()
+            return {n: r.reason for n, r in sup.plugins.items() if r.phase is not Phase.RUNNING}
+        finally:
+            await sup.stop()
+
+    return asyncio.run(check()) if manifests else {}
+
+
 def list_plugins(
     plugins_dir: list[Path], store: StateStore, trusted_keys: list[Path], policy: SignaturePolicy
 ) -> int:
@@ -170,6 +191,13 @@ def list_plugins(
     discovery = discover(plugins_dir)
     machine = machine_sandbox()
     views = plugin_views(discovery, store, trusted_keys, policy, machine)
+    failing = failing_to_start([view.manifest for view in views if view.state == "ok"])
+    views = [
+        dataclasses.replace(view, state="fails to start:", why=failing[view.manifest.name])
+        if view.manifest.name in failing
+        else view
+        for view in views
+    ]
     print(f"sandbox on this machine: {describe(list(machine.layers))}")
     for view in views:
         m = view.manifest
@@ -186,7 +214,7 @@ def list_plugins(
     held = sum(view.state == "quarantined" for view in views)
     print(
         f"{len(discovery.manifests)} usable, {len(discovery.errors)} with errors, "
-        f"{held} quarantined"
+        f"{held} quarantined, {len(failing)} failing to start"
     )
     return EXIT_OK if discovery.manifests else EXIT_NOTHING
 

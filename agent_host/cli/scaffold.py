@@ -83,6 +83,28 @@ def class_name(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_")) or "Detector"
 
 
+_README = """\
+# {name}
+
+A detection plugin for agent-host: `plugin.toml` is its manifest (name, entrypoint,
+subscriptions, limits, config), `detector.py` the detection, `test_{name}.py` its tests, which
+run the plugin in a real sandboxed worker on `sample_events.jsonl` (a recording).
+
+The tests need pytest, which the agent alone does not bring; install the plugin author's extra:
+
+    pip install 'agent-host[plugin-dev]'
+    python -m pytest {folder}
+
+Try it on the recording, then on what this machine does (as root, for the process sensor):
+
+    agent-host replay {folder}/sample_events.jsonl --plugins {folder.parent}
+    agent-host record --duration 30 -o events.jsonl
+    agent-host replay events.jsonl --plugins {folder.parent}
+
+The plugin guide (docs/plugin-guide.md in agent-host's repository) lists every event field.
+"""
+
+
 def new_plugin(name: str, parent: Path) -> Path:
     """Create ``parent/name`` with a manifest, a detector, a test and sample events."""
     if not re.fullmatch(r"[a-z][a-z0-9_]{0,63}", name):
@@ -103,6 +125,7 @@ def new_plugin(name: str, parent: Path) -> Path:
         exec_event("/usr/bin/nc", "-l", "-p", "4444", parent="/usr/bin/bash"),
     ]
     (folder / "sample_events.jsonl").write_text("".join(message_to_json(e) + "\n" for e in samples))
+    (folder / "README.md").write_text(_README.format(name=name, folder=folder))
     return folder
 
 
@@ -113,5 +136,7 @@ def next_steps(folder: Path) -> str:
           detector.py          the detection
           test_*.py            its tests, run in a real sandboxed worker
           sample_events.jsonl  events for the tests (a recording)
-        next: python -m pytest {folder}
+          README.md            how to test and try it
+        next: pip install 'agent-host[plugin-dev]'   (pytest, for the tests)
+              python -m pytest {folder}
               agent-host replay {folder}/sample_events.jsonl --plugins {folder.parent}""")

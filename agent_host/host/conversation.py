@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -74,6 +75,7 @@ def start_message(manifest: Manifest, content: Path, validating: bool) -> bytes:
             entrypoint=manifest.entrypoint,
             config_json=manifest.config_json,
             validating=validating,
+            log_level=logging.DEBUG if log.is_enabled_for(logging.DEBUG) else logging.INFO,
         )
     ).SerializeToString()
 

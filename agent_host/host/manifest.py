@@ -6,6 +6,7 @@ manifest alone; the plugin's code is imported only inside its worker.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from agent_host.protocol import EVENT_KINDS, EventKind
 MANIFEST_NAME: Final = "plugin.toml"
 _NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _ENTRYPOINT_PATTERN: Final = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_TABLES: Final = ("plugin", "limits", "permissions", "config")
+_PLUGIN_KEYS: Final = {"name", "version", "entrypoint", "subscribe", "description"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,25 +44,24 @@ class Limits:
     max_findings_per_event: int = 100
 
     @classmethod
-    def from_table(cls, path: Path, table: Mapping[str, Any]) -> Limits:
+    def checked(cls, table: Mapping[str, Any], mistakes: Mistakes) -> Limits:
         known = set(cls.__dataclass_fields__)
+        mistakes.unknown(table, known, "limits", "limit")
         values: dict[str, Any] = {}
         for key, value in table.items():
             if key not in known:
-                raise ManifestError(
-                    path, f"unknown limit; known: {', '.join(sorted(known))}", key=f"limits.{key}"
-                )
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ManifestError(path, f"must be a number, got {value!r}", key=f"limits.{key}")
-            if not 0 < value <= _LIMIT_MAX[key]:  # nan and inf fail here too
-                raise ManifestError(
-                    path,
+                mistakes.add(f"must be a number, got {value!r}", f"limits.{key}")
+            elif not 0 < value <= _LIMIT_MAX[key]:  # nan and inf fail here too
+                mistakes.add(
                     f"must be a positive number, at most {_LIMIT_MAX[key]}, got {value!r}",
-                    key=f"limits.{key}",
+                    f"limits.{key}",
                 )
-            # Keep each limit's own type: a count stays an int, a duration becomes a float.
-            default = cls.__dataclass_fields__[key].default
-            values[key] = float(value) if isinstance(default, float) else int(value)
+            else:
+                # Keep each limit's own type: a count stays an int, a duration a float.
+                default = cls.__dataclass_fields__[key].default
+                values[key] = float(value) if isinstance(default, float) else int(value)
         return cls(**values)
 
 
@@ -96,35 +98,79 @@ class Permissions:
     exec: bool = False
 
     @classmethod
-    def from_table(cls, path: Path, table: Mapping[str, Any]) -> Permissions:
-        known = {"read", "network", "exec"}
-        for key in table:
-            if key not in known:
-                raise ManifestError(
-                    path,
-                    f"unknown permission; known: {', '.join(sorted(known))}",
-                    key=f"permissions.{key}",
-                )
+    def checked(cls, table: Mapping[str, Any], mistakes: Mistakes) -> Permissions:
+        mistakes.unknown(table, {"read", "network", "exec"}, "permissions", "permission")
+        flags = {}
         for key in ("network", "exec"):
-            if not isinstance(table.get(key, False), bool):
-                raise ManifestError(path, "must be true or false", key=f"permissions.{key}")
+            flags[key] = table.get(key, False)
+            if not isinstance(flags[key], bool):
+                mistakes.add("must be true or false", f"permissions.{key}")
+                flags[key] = False
         read = table.get("read", [])
         if not isinstance(read, list) or not all(isinstance(p, str) for p in read):
-            raise ManifestError(path, "must be a list of paths", key="permissions.read")
-        return cls(
-            tuple(_grantable(path, entry) for entry in read),
-            network=table.get("network", False),
-            exec=table.get("exec", False),
-        )
+            mistakes.add("must be a list of paths", "permissions.read")
+            read = []
+        granted = []
+        for entry in read:
+            problem = _ungrantable(entry)
+            if problem:
+                mistakes.add(problem, "permissions.read")
+            else:
+                granted.append(os.path.normpath(entry))
+        return cls(tuple(granted), network=flags["network"], exec=flags["exec"])
 
 
-def _grantable(path: Path, entry: str) -> str:
-    normal = os.path.normpath(entry) if entry else entry
+def _ungrantable(entry: str) -> str | None:
+    """Why ``entry`` of ``permissions.read`` cannot be granted, or None."""
     if not entry.startswith("/") or ".." in Path(entry).parts:
-        raise ManifestError(path, f"{entry!r} is not an absolute path", key="permissions.read")
+        return f"{entry!r} is not an absolute path"
+    normal = os.path.normpath(entry)
     if normal in _UNGRANTABLE or normal.startswith(("/proc/", "/sys/", "/dev/")):
-        raise ManifestError(path, f"{entry!r} cannot be granted", key="permissions.read")
-    return normal
+        return f"{entry!r} cannot be granted"
+    return None
+
+
+class Mistakes:
+    """Every mistake found in one manifest, so that its author fixes them in one go, each
+    named with the file, its line (found in the file's text) and its key."""
+
+    def __init__(self, path: Path, text: str = "") -> None:
+        self.path = path
+        self._text = text
+        self.found: list[ManifestError] = []
+
+    def add(self, message: str, key: str | None = None) -> None:
+        self.found.append(ManifestError(self.path, message, key=key, line=self._line_of(key)))
+
+    def unknown(self, table: Mapping[str, Any], known: set[str], where: str, what: str) -> None:
+        """Each key of ``table`` not in ``known``, with the closest known name."""
+        for key in table:
+            if key in known:
+                continue
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            name = f"{where}.{key}" if where else key
+            self.add(f"unknown {what}; {hint}known: {', '.join(sorted(known))}", name)
+
+    def raise_any(self) -> None:
+        if self.found:
+            raise ManifestError.several(self.found)
+
+    def _line_of(self, key: str | None) -> int:
+        """The line of ``key`` (``table.name``, or a table) in the file, 0 if not found."""
+        if not key or not self._text:
+            return 0
+        table, _, name = key.rpartition(".")
+        start = 0
+        if table:
+            header = re.search(rf"(?m)^[ \t]*\[[ \t]*{re.escape(table)}[ \t]*\]", self._text)
+            if header is None:
+                return 0
+            start = header.end()
+        found = re.compile(
+            rf"(?m)^[ \t]*(\[[ \t]*{re.escape(name)}[ \t]*\]|[\"']?{re.escape(name)}[\"']?[ \t]*=)"
+        ).search(self._text, start)
+        return self._text.count("\n", 0, found.start()) + 1 if found else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +196,8 @@ class Manifest:
     def load(cls, path: Path) -> Manifest:
         """Read and validate the manifest at ``path``; raise ManifestError naming the problem."""
         try:
-            with path.open("rb") as f:
-                data = tomllib.load(f)
+            text = path.read_bytes().decode()
+            data = tomllib.loads(text)
         except OSError as exc:
             raise ManifestError(path, f"cannot read: {exc.strerror}") from exc
         except tomllib.TOMLDecodeError as exc:
@@ -160,78 +206,85 @@ class Manifest:
             raise ManifestError(path, "not valid TOML: not UTF-8 text") from None
         except RecursionError:
             raise ManifestError(path, "not valid TOML: nested too deeply") from None
-        return cls.from_dict(path, data)
+        return cls.from_dict(path, data, text)
 
     @classmethod
-    def from_dict(cls, path: Path, data: Mapping[str, Any]) -> Manifest:
+    def from_dict(cls, path: Path, data: Mapping[str, Any], text: str = "") -> Manifest:
+        """The manifest in ``data``; ManifestError with every mistake in it."""
+        mistakes = Mistakes(path, text)
         plugin = data.get("plugin")
         if not isinstance(plugin, dict):
-            raise ManifestError(path, "missing [plugin] table")
-        name = _required_str(path, plugin, "name")
-        if not _NAME_PATTERN.match(name):
-            raise ManifestError(
-                path,
-                f"{name!r} is not a valid name (lowercase letters, digits, "
-                "underscores; starting with a letter)",
-                key="plugin.name",
+            mistakes.add("missing [plugin] table")
+        mistakes.unknown(data, set(_TABLES), "", "table")
+        name = version = entrypoint = ""
+        subscribe: list[EventKind] = []
+        if isinstance(plugin, dict):
+            mistakes.unknown(plugin, _PLUGIN_KEYS, "plugin", "key")
+            name, version, entrypoint = (
+                _required_str(plugin, key, mistakes) for key in ("name", "version", "entrypoint")
             )
-        version = _required_str(path, plugin, "version")
-        entrypoint = _required_str(path, plugin, "entrypoint")
-        if not _ENTRYPOINT_PATTERN.match(entrypoint):
-            raise ManifestError(
-                path, f"{entrypoint!r} is not of the form 'module:Class'", key="plugin.entrypoint"
-            )
-        module_file = _module_file(path.parent, entrypoint.split(":", 1)[0])
-        if module_file is None:
-            raise ManifestError(
-                path,
-                f"module {entrypoint.split(':', 1)[0]!r} not found in {path.parent}",
-                key="plugin.entrypoint",
-            )
-        subscribe = plugin.get("subscribe")
-        if (
-            not isinstance(subscribe, list)
-            or not subscribe
-            or not all(isinstance(k, str) and k in EVENT_KINDS for k in subscribe)
-        ):
-            raise ManifestError(
-                path,
-                f"must be a non-empty list of {', '.join(EVENT_KINDS)}; got {subscribe!r}",
-                key="plugin.subscribe",
-            )
-        limits = data.get("limits", {})
-        permissions = data.get("permissions", {})
-        config = data.get("config", {})
-        if not isinstance(limits, dict):
-            raise ManifestError(path, "must be a table", key="limits")
-        if not isinstance(permissions, dict):
-            raise ManifestError(path, "must be a table", key="permissions")
-        if not isinstance(config, dict):
-            raise ManifestError(path, "must be a table", key="config")
+            _check_plugin(path, plugin, mistakes, name=name, entrypoint=entrypoint)
+            subscribe = plugin.get("subscribe", [])
+        tables: dict[str, dict[str, Any]] = {}
+        for table in ("limits", "permissions", "config"):
+            tables[table] = data.get(table, {})
+            if not isinstance(tables[table], dict):
+                mistakes.add("must be a table", table)
+                tables[table] = {}
         try:  # what each worker is handed: it must be expressible
-            json.dumps(config, default=str)
+            json.dumps(tables["config"], default=str)
         except (RecursionError, ValueError) as exc:
-            raise ManifestError(
-                path, f"cannot be handed to the plugin: {exc}", key="config"
-            ) from None
-        description = plugin.get("description", "")
+            mistakes.add(f"cannot be handed to the plugin: {exc}", "config")
+        limits = Limits.checked(tables["limits"], mistakes)
+        permissions = Permissions.checked(tables["permissions"], mistakes)
+        mistakes.raise_any()
+        description = plugin.get("description", "") if isinstance(plugin, dict) else ""
         return cls(
             name=name,
             version=version,
             entrypoint=entrypoint,
             subscribe=frozenset(subscribe),
             directory=path.parent.resolve(),
-            limits=Limits.from_table(path, limits),
-            permissions=Permissions.from_table(path, permissions),
-            config=config,
+            limits=limits,
+            permissions=permissions,
+            config=tables["config"],
             description=description if isinstance(description, str) else "",
         )
 
 
-def _required_str(path: Path, table: Mapping[str, Any], key: str) -> str:
+def _check_plugin(
+    path: Path, plugin: Mapping[str, Any], mistakes: Mistakes, *, name: str, entrypoint: str
+) -> None:
+    """The ``[plugin]`` table's name, entrypoint and subscriptions."""
+    if name and not _NAME_PATTERN.match(name):
+        mistakes.add(
+            f"{name!r} is not a valid name (lowercase letters, digits, underscores; "
+            "starting with a letter)",
+            "plugin.name",
+        )
+    if entrypoint and not _ENTRYPOINT_PATTERN.match(entrypoint):
+        mistakes.add(f"{entrypoint!r} is not of the form 'module:Class'", "plugin.entrypoint")
+    elif entrypoint:
+        module = entrypoint.split(":", 1)[0]
+        if _module_file(path.parent, module) is None:
+            mistakes.add(f"module {module!r} not found in {path.parent}", "plugin.entrypoint")
+    subscribe = plugin.get("subscribe")
+    if (
+        not isinstance(subscribe, list)
+        or not subscribe
+        or not all(isinstance(k, str) and k in EVENT_KINDS for k in subscribe)
+    ):
+        mistakes.add(
+            f"must be a non-empty list of {', '.join(EVENT_KINDS)}; got {subscribe!r}",
+            "plugin.subscribe",
+        )
+
+
+def _required_str(table: Mapping[str, Any], key: str, mistakes: Mistakes) -> str:
     value = table.get(key)
     if not isinstance(value, str) or not value.strip():
-        raise ManifestError(path, "missing or not a non-empty string", key=f"plugin.{key}")
+        mistakes.add("missing or not a non-empty string", f"plugin.{key}")
+        return ""
     return value.strip()
 
 

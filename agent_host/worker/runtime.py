@@ -11,6 +11,7 @@ pipes the host reads. Both reach the host's log tagged with the plugin's name an
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import logging
@@ -45,6 +46,9 @@ from agent_host.protocol import (
 HEARTBEAT_INTERVAL_S: Final = 1.0
 _OUTBOX_SIZE: Final = 1024
 _MAX_LOG_MESSAGE: Final = 4096
+#: Distinct errors whose traceback is shown (then one line each), and its last lines at most.
+_TRACEBACKS: Final = 32
+_TRACEBACK_LINES: Final = 40
 
 
 class _SessionLogHandler(logging.Handler):
@@ -93,7 +97,24 @@ def describe_exception(exc: BaseException, plugin_dir: Path) -> str:
     """One line naming the exception and where in the plugin it was raised."""
     where = _where(exc, plugin_dir)
     text = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
+    text += _meant(exc)
     return f"{text} (at {where})" if where else text
+
+
+def _meant(exc: BaseException) -> str:
+    """For a misspelt attribute (``event.process.cmdlin``), the name that was meant."""
+    if not isinstance(exc, AttributeError) or not exc.name:
+        return ""
+    obj = exc.obj
+    descriptor = getattr(obj, "DESCRIPTOR", None)  # an event: its fields, not protobuf's API
+    names = list(descriptor.fields_by_name) if descriptor is not None else dir(obj)
+    close = difflib.get_close_matches(exc.name, [n for n in names if not n.startswith("_")], n=1)
+    where = f"{type(obj).__name__} has no field {exc.name!r}" if descriptor is not None else ""
+    if close:
+        return (
+            f" ({where}; did you mean {close[0]!r}?)" if where else f" (did you mean {close[0]!r}?)"
+        )
+    return f" ({where})" if where else ""
 
 
 def load_plugin(start: Start) -> sdk.Plugin:
@@ -103,6 +124,11 @@ def load_plugin(start: Start) -> sdk.Plugin:
     sys.path.insert(0, str(plugin_dir))
     module = importlib.import_module(module_name)
     cls = getattr(module, class_name, None)
+    if cls is None:
+        classes = [n for n, v in vars(module).items() if isinstance(v, type) and n[0] != "_"]
+        close = difflib.get_close_matches(class_name, classes, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise AttributeError(f"module {module_name!r} has no class {class_name!r}{hint}")
     if not (isinstance(cls, type) and issubclass(cls, sdk.Plugin)):
         raise TypeError(f"{start.entrypoint} is not a subclass of agent_host.sdk.Plugin")
     plugin = cls()
@@ -150,6 +176,7 @@ class Runtime:
         self._plugin = plugin
         self._plugin_dir = plugin_dir
         self._log = logging.getLogger("agent_host.worker.runtime")
+        self._tracebacks_shown: set[tuple[str, str]] = set()
 
     def process(self, batch: EventBatch) -> WorkerMessage:
         message = WorkerMessage()
@@ -167,14 +194,27 @@ class Runtime:
             except Exception as exc:
                 errors += 1
                 if errors == 1:  # one line per batch is enough to debug; the count says the rest
-                    self._log.error(
-                        "on_event raised on event %d: %s",
-                        event.seq,
-                        describe_exception(exc, self._plugin_dir),
-                    )
+                    self._said_raised(event.seq, exc)
         result.processed = len(batch.events)
         result.errors = errors
         return message
+
+    def _said_raised(self, seq: int, exc: Exception) -> None:
+        """One line at error; at debug, the traceback too, the first time this error (its type
+        and where it was raised) is seen, so that an author sees where without a flood."""
+        self._log.error(
+            "on_event raised on event %d: %s", seq, describe_exception(exc, self._plugin_dir)
+        )
+        signature = (type(exc).__name__, _where(exc, self._plugin_dir))
+        if not self._log.isEnabledFor(logging.DEBUG) or signature in self._tracebacks_shown:
+            return
+        if len(self._tracebacks_shown) < _TRACEBACKS:
+            self._tracebacks_shown.add(signature)
+            # On one line, " | " between its lines: the host escapes a worker's line breaks,
+            # so that no plugin can write a line that looks like the host's own.
+            lines = "".join(traceback.format_exception(exc)).splitlines()[-_TRACEBACK_LINES:]
+            shown = " | ".join(t.strip() for t in lines if t.strip(" ^~"))
+            self._log.debug("on_event traceback: %s", shown)
 
     def stop(self) -> WorkerMessage:
         message = WorkerMessage(stopped=Stopped())
@@ -219,6 +259,7 @@ def serve(channel: grpc.Channel, worker_id: str, token: bytes) -> int:
             if body == "batch" and runtime is not None:
                 outbox.put(runtime.process(message.batch))
             elif body == "start":
+                logging.getLogger().setLevel(message.start.log_level or logging.INFO)
                 try:
                     runtime = Runtime(load_plugin(message.start), Path(message.start.plugin_dir))
                 except BaseException as exc:  # SystemExit at import is a load failure too

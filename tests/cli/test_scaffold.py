@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 from agent_host.testing import exec_event, run_plugin
 from tests.helpers import agent_host
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class TestPluginNew:
@@ -18,11 +21,20 @@ class TestPluginNew:
         assert made.returncode == 0, made.stderr
         folder = tmp_path / "plugins" / "netcat_watch"
         assert sorted(p.name for p in folder.iterdir()) == [
+            "README.md",
             "detector.py",
             "plugin.toml",
             "sample_events.jsonl",
             "test_netcat_watch.py",
         ]
+        # The tests need pytest, which `pip install agent-host` does not bring: the extra
+        # that does is named where the author looks, and it exists.
+        assert "pip install 'agent-host[plugin-dev]'" in (folder / "README.md").read_text()
+        assert "agent-host[plugin-dev]" in made.stdout
+        extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+        assert any(
+            need.startswith("pytest") for need in extras["optional-dependencies"]["plugin-dev"]
+        )
 
         run = run_plugin(folder, [exec_event("/usr/bin/ls"), exec_event("/usr/bin/ncat", "-l")])
         assert run.rules() == ["netcat_watch.suspicious_name"]

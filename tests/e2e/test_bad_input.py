@@ -76,10 +76,10 @@ class TestBadInput:
         assert "Traceback" not in run.stderr
         manifest_errors = [e["error"] for e in run.logs_with("plugin skipped: bad manifest")]
         assert len(manifest_errors) == 6
-        by_file = {e.split(": ")[0]: e for e in manifest_errors}
+        by_file = {e.split(":")[0]: e for e in manifest_errors}
         assert "not valid TOML" in by_file[f"{plugins}/bad_toml/plugin.toml"]
         assert by_file[f"{plugins}/no_entrypoint/plugin.toml"] == (
-            f"{plugins}/no_entrypoint/plugin.toml: plugin.entrypoint: module 'missing' not "
+            f"{plugins}/no_entrypoint/plugin.toml:4: plugin.entrypoint: module 'missing' not "
             f"found in {plugins}/no_entrypoint"
         )
         assert "not UTF-8 text" in by_file[f"{plugins}/not_utf8/plugin.toml"]
@@ -149,3 +149,20 @@ class TestBadInput:
 
         assert run.returncode == 2
         assert run.stderr == "agent-host: nope.jsonl: recording not found\n"
+
+
+def test_plugins_list_names_a_plugin_whose_module_does_not_import(tmp_path: Path) -> None:
+    """The manifest is fine, the module is not: `plugins list` starts each plugin in a
+    sandboxed worker, as a run would, and says so instead of `ok`."""
+    plugins = tmp_path / "plugins"
+    use_plugin(plugins, "tally")
+    make_plugin(plugins, "import_fails", IMPORT_FAILS)
+    listing = agent_host(["plugins", "list", "--plugins", str(plugins)], cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    rows = {line.split()[0]: line for line in listing.stdout.splitlines() if line[:1].isalpha()}
+    assert rows["tally"].endswith(" ok")
+    assert rows["import_fails"].endswith(
+        "fails to start: failed to load: RuntimeError: cannot reach the rule server "
+        "(at detector.py:3)"
+    )
+    assert "1 failing to start" in listing.stdout

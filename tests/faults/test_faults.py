@@ -97,6 +97,7 @@ def run_fault(
     limits: str = "",
     batch: int = 16,
     module: str = "faulty",
+    log_level: str = "info",
 ) -> FaultRun:
     plugins = tmp_path / "plugins"
     use_plugin(plugins, "tally")
@@ -117,6 +118,7 @@ def run_fault(
             "60000",
         ],
         cwd=tmp_path,
+        log_level=log_level,
     )
     letters = agent_host(["deadletters", "--json"], cwd=tmp_path)
     dead = [json.loads(line) for line in letters.stdout.splitlines()]
@@ -192,6 +194,25 @@ class TestCrashes:
             f"on_event raised on event 57: ValueError: cannot handle event 57 (at faulty.py:{line})"
         )
         assert raised[0]["plugin"] == "faulty"
+
+    def test_at_debug_each_distinct_error_comes_with_its_traceback_once(
+        self, tmp_path: Path
+    ) -> None:
+        fr = run_fault(tmp_path, "raise", poison=frozenset({57, 58, 190}), log_level="debug")
+        assert fr.faulty["errors"] == 3
+        raised = [e for e in fr.run.logs if e["event"].startswith("on_event raised")]
+        shown = [e["event"] for e in fr.run.logs if e["event"].startswith("on_event traceback")]
+        assert len(raised) == 2 and len(shown) == 1  # two batches, one error: one traceback
+        line = next(
+            n
+            for n, text in enumerate(
+                (TEST_PLUGINS / "faulty" / "faulty.py").read_text().split("\n"), 1
+            )
+            if "raise ValueError" in text
+        )
+        assert shown[0].startswith("on_event traceback: Traceback (most recent call last): | ")
+        assert f'faulty.py", line {line}, in misbehave' in shown[0]
+        assert shown[0].endswith("ValueError: cannot handle event 57")
 
     def test_exception_at_import(self, tmp_path: Path) -> None:
         fr = run_fault(tmp_path, "segfault", module="import_error")

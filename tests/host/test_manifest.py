@@ -96,6 +96,42 @@ class TestManifest:
 class TestDiscover:
     """discover() keeps the good plugins and reports each bad one, without importing any."""
 
+    def test_every_mistake_is_named_with_its_line_and_the_name_meant(self, tmp_path: Path) -> None:
+        """An author fixes a manifest in one go: every mistake at once, in the file's order,
+        each with its line, and "did you mean" for a misspelt table or key."""
+        path = tmp_path / "plugin.toml"
+        (tmp_path / "detector.py").write_text(CODE)
+        path.write_text(
+            "[plugin]\n"
+            'name = "p"\n'
+            'version = "1"\n'
+            'entrypoint = "detector:Detector"\n'
+            'subscribe = ["process", "dns"]\n'
+            'descripton = "typo"\n'
+            "[limit]\n"
+            "memory_mb = 64\n"
+            "[limits]\n"
+            "memory_mbs = 64\n"
+            "open_files = -1\n"
+            "[permissions]\n"
+            "network = 1\n"
+        )
+        with pytest.raises(ManifestError) as info:
+            Manifest.load(path)
+        lines = str(info.value).splitlines()
+        assert [line.split(": ", 2)[:2] for line in lines] == [
+            [f"{path}:5", "plugin.subscribe"],
+            [f"{path}:6", "plugin.descripton"],
+            [f"{path}:7", "limit"],
+            [f"{path}:10", "limits.memory_mbs"],
+            [f"{path}:11", "limits.open_files"],
+            [f"{path}:13", "permissions.network"],
+        ]
+        assert "did you mean 'description'?" in lines[1]
+        assert "unknown table; did you mean 'limits'?" in lines[2]
+        assert "did you mean 'memory_mb'?" in lines[3]
+        assert len(info.value.mistakes) == 6
+
     def test_bad_ones_reported_good_ones_kept(self, tmp_path: Path) -> None:
         make_plugin(tmp_path, "alpha", CODE)
         make_plugin(tmp_path, "beta", "raise SystemExit('imported!')\n")  # must not be imported

@@ -296,7 +296,9 @@ class NetworkEvent(_message.Message):
     exe: _builtins.str
     """Sigma: Image"""
     protocol: _builtins.str
-    """"tcp", "udp", "tcp6", "udp6" """
+    """"tcp", "udp", "tcp6", "udp6" from the socket table (origin "poll"); "ip" or "ip6" from an
+    audited system call (origin "audit"), whose record does not say the socket's type.
+    """
     local_address: _builtins.str
     """Sigma: SourceIp"""
     local_port: _builtins.int

@@ -26,15 +26,15 @@ from agent_host.protocol.v1 import event_pb2 as agent__host_dot_protocol_dot_v1_
 from agent_host.protocol.v1 import finding_pb2 as agent__host_dot_protocol_dot_v1_dot_finding__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agent_host/protocol/v1/session.proto\x12\x16\x61gent_host.protocol.v1\x1a\"agent_host/protocol/v1/event.proto\x1a$agent_host/protocol/v1/finding.proto\"\x87\x03\n\rWorkerMessage\x12.\n\x05hello\x18\x01 \x01(\x0b\x32\x1d.agent_host.protocol.v1.HelloH\x00\x12.\n\x05ready\x18\x02 \x01(\x0b\x32\x1d.agent_host.protocol.v1.ReadyH\x00\x12\x39\n\x0bload_failed\x18\x03 \x01(\x0b\x32\".agent_host.protocol.v1.LoadFailedH\x00\x12\x35\n\x06result\x18\x04 \x01(\x0b\x32#.agent_host.protocol.v1.BatchResultH\x00\x12\x36\n\theartbeat\x18\x05 \x01(\x0b\x32!.agent_host.protocol.v1.HeartbeatH\x00\x12\x30\n\x03log\x18\x06 \x01(\x0b\x32!.agent_host.protocol.v1.LogRecordH\x00\x12\x32\n\x07stopped\x18\x07 \x01(\x0b\x32\x1f.agent_host.protocol.v1.StoppedH\x00\x42\x06\n\x04\x62ody\"6\n\x05Hello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x0b\n\x03pid\x18\x03 \x01(\r\"\x07\n\x05Ready\"\x1c\n\nLoadFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"u\n\x0b\x42\x61tchResult\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x31\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x1f.agent_host.protocol.v1.Finding\x12\x11\n\tprocessed\x18\x03 \x01(\r\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\r\"\x0b\n\tHeartbeat\";\n\tLogRecord\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0e\n\x06logger\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"<\n\x07Stopped\x12\x31\n\x08\x66indings\x18\x01 \x03(\x0b\x32\x1f.agent_host.protocol.v1.Finding\"\xa8\x01\n\x0bHostMessage\x12.\n\x05start\x18\x01 \x01(\x0b\x32\x1d.agent_host.protocol.v1.StartH\x00\x12\x33\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\".agent_host.protocol.v1.EventBatchH\x00\x12,\n\x04stop\x18\x03 \x01(\x0b\x32\x1c.agent_host.protocol.v1.StopH\x00\x42\x06\n\x04\x62ody\"m\n\x05Start\x12\x13\n\x0bplugin_name\x18\x01 \x01(\t\x12\x12\n\nplugin_dir\x18\x02 \x01(\t\x12\x12\n\nentrypoint\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\x12\n\nvalidating\x18\x05 \x01(\x08\"\x06\n\x04Stop*\x95\x01\n\nWorkerExit\x12\x12\n\x0eWORKER_EXIT_OK\x10\x00\x12\x1a\n\x16WORKER_EXIT_BOOT_ERROR\x10\x03\x12\x1a\n\x16WORKER_EXIT_LOAD_ERROR\x10\x04\x12\x1c\n\x18WORKER_EXIT_SESSION_LOST\x10\x05\x12\x1d\n\x19WORKER_EXIT_OUT_OF_MEMORY\x10\x06\x32j\n\rWorkerSession\x12Y\n\x07Session\x12%.agent_host.protocol.v1.WorkerMessage\x1a#.agent_host.protocol.v1.HostMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$agent_host/protocol/v1/session.proto\x12\x16\x61gent_host.protocol.v1\x1a\"agent_host/protocol/v1/event.proto\x1a$agent_host/protocol/v1/finding.proto\"\x87\x03\n\rWorkerMessage\x12.\n\x05hello\x18\x01 \x01(\x0b\x32\x1d.agent_host.protocol.v1.HelloH\x00\x12.\n\x05ready\x18\x02 \x01(\x0b\x32\x1d.agent_host.protocol.v1.ReadyH\x00\x12\x39\n\x0bload_failed\x18\x03 \x01(\x0b\x32\".agent_host.protocol.v1.LoadFailedH\x00\x12\x35\n\x06result\x18\x04 \x01(\x0b\x32#.agent_host.protocol.v1.BatchResultH\x00\x12\x36\n\theartbeat\x18\x05 \x01(\x0b\x32!.agent_host.protocol.v1.HeartbeatH\x00\x12\x30\n\x03log\x18\x06 \x01(\x0b\x32!.agent_host.protocol.v1.LogRecordH\x00\x12\x32\n\x07stopped\x18\x07 \x01(\x0b\x32\x1f.agent_host.protocol.v1.StoppedH\x00\x42\x06\n\x04\x62ody\"6\n\x05Hello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x0b\n\x03pid\x18\x03 \x01(\r\"\x07\n\x05Ready\"\x1c\n\nLoadFailed\x12\x0e\n\x06reason\x18\x01 \x01(\t\"u\n\x0b\x42\x61tchResult\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x04\x12\x31\n\x08\x66indings\x18\x02 \x03(\x0b\x32\x1f.agent_host.protocol.v1.Finding\x12\x11\n\tprocessed\x18\x03 \x01(\r\x12\x0e\n\x06\x65rrors\x18\x04 \x01(\r\"\x0b\n\tHeartbeat\";\n\tLogRecord\x12\r\n\x05level\x18\x01 \x01(\x05\x12\x0e\n\x06logger\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"<\n\x07Stopped\x12\x31\n\x08\x66indings\x18\x01 \x03(\x0b\x32\x1f.agent_host.protocol.v1.Finding\"\xa8\x01\n\x0bHostMessage\x12.\n\x05start\x18\x01 \x01(\x0b\x32\x1d.agent_host.protocol.v1.StartH\x00\x12\x33\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\".agent_host.protocol.v1.EventBatchH\x00\x12,\n\x04stop\x18\x03 \x01(\x0b\x32\x1c.agent_host.protocol.v1.StopH\x00\x42\x06\n\x04\x62ody\"\x80\x01\n\x05Start\x12\x13\n\x0bplugin_name\x18\x01 \x01(\t\x12\x12\n\nplugin_dir\x18\x02 \x01(\t\x12\x12\n\nentrypoint\x18\x03 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x04 \x01(\t\x12\x12\n\nvalidating\x18\x05 \x01(\x08\x12\x11\n\tlog_level\x18\x06 \x01(\x05\"\x06\n\x04Stop*\x95\x01\n\nWorkerExit\x12\x12\n\x0eWORKER_EXIT_OK\x10\x00\x12\x1a\n\x16WORKER_EXIT_BOOT_ERROR\x10\x03\x12\x1a\n\x16WORKER_EXIT_LOAD_ERROR\x10\x04\x12\x1c\n\x18WORKER_EXIT_SESSION_LOST\x10\x05\x12\x1d\n\x19WORKER_EXIT_OUT_OF_MEMORY\x10\x06\x32j\n\rWorkerSession\x12Y\n\x07Session\x12%.agent_host.protocol.v1.WorkerMessage\x1a#.agent_host.protocol.v1.HostMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agent_host.protocol.v1.session_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKEREXIT']._serialized_start=1173
-  _globals['_WORKEREXIT']._serialized_end=1322
+  _globals['_WORKEREXIT']._serialized_start=1193
+  _globals['_WORKEREXIT']._serialized_end=1342
   _globals['_WORKERMESSAGE']._serialized_start=139
   _globals['_WORKERMESSAGE']._serialized_end=530
   _globals['_HELLO']._serialized_start=532
@@ -53,10 +53,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STOPPED']._serialized_end=880
   _globals['_HOSTMESSAGE']._serialized_start=883
   _globals['_HOSTMESSAGE']._serialized_end=1051
-  _globals['_START']._serialized_start=1053
-  _globals['_START']._serialized_end=1162
-  _globals['_STOP']._serialized_start=1164
-  _globals['_STOP']._serialized_end=1170
-  _globals['_WORKERSESSION']._serialized_start=1324
-  _globals['_WORKERSESSION']._serialized_end=1430
+  _globals['_START']._serialized_start=1054
+  _globals['_START']._serialized_end=1182
+  _globals['_STOP']._serialized_start=1184
+  _globals['_STOP']._serialized_end=1190
+  _globals['_WORKERSESSION']._serialized_start=1344
+  _globals['_WORKERSESSION']._serialized_end=1450
 # @@protoc_insertion_point(module_scope)

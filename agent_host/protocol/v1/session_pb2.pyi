@@ -303,6 +303,7 @@ class Start(_message.Message):
     ENTRYPOINT_FIELD_NUMBER: _builtins.int
     CONFIG_JSON_FIELD_NUMBER: _builtins.int
     VALIDATING_FIELD_NUMBER: _builtins.int
+    LOG_LEVEL_FIELD_NUMBER: _builtins.int
     plugin_name: _builtins.str
     plugin_dir: _builtins.str
     entrypoint: _builtins.str
@@ -313,6 +314,11 @@ class Start(_message.Message):
     """A validation run (a new version or new content, before it is activated): content the
     plugin cannot use (a rule that does not parse) fails its start rather than being skipped.
     """
+    log_level: _builtins.int
+    """The host's log level (Python's numbers: 10 debug, 20 info; 0 is info): what the worker's
+    log would say below it is not sent, and at debug an exception in on_event comes with its
+    traceback, once per distinct error.
+    """
     def __init__(
         self,
         *,
@@ -321,10 +327,11 @@ class Start(_message.Message):
         entrypoint: _builtins.str = ...,
         config_json: _builtins.str = ...,
         validating: _builtins.bool = ...,
+        log_level: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "entrypoint", b"entrypoint", "plugin_dir", b"plugin_dir", "plugin_name", b"plugin_name", "validating", b"validating"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "entrypoint", b"entrypoint", "log_level", b"log_level", "plugin_dir", b"plugin_dir", "plugin_name", b"plugin_name", "validating", b"validating"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
