@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import sys
 
+import shtab
+
 from agent_host import early, logs
 from agent_host.cli import (
     admin,
@@ -81,8 +83,12 @@ def _service(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """``config check``: every mistake of the file, one a line; 0 if there is none."""
+def _config(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``config check``: every mistake of the file, one a line; 0 if there is none.
+    ``config default``: a file of every setting, commented out."""
+    if args.config_command == "default":
+        print(config_file.commented_default(command_parser(parser, "run")), end="")
+        return 0
     path = config_file.chosen(args.config)
     if path is None:
         print(f"no config file: {config_file.DEFAULT_CONFIG} does not exist (--config FILE)")
@@ -137,7 +143,10 @@ def _admin(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command in ("plugins", "status", "tail", "attest", "deadletters"):
         _from_daemon_config(args, parser)
     if args.command == "config":
-        return _check_config(args, parser)
+        return _config(args, parser)
+    if args.command == "completion":
+        print(shtab.complete(parser, args.shell), end="")
+        return 0
     if args.command == "plugins":
         return _plugins(args)
     if args.command == "service":

@@ -89,6 +89,9 @@ def add_config_group(sub: argparse._SubParsersAction[Parser]) -> None:
     commands = config.add_subparsers(dest="config_command", metavar="COMMAND", required=True)
     check = commands.add_parser("check", help="check the config file; name each mistake")
     add_config(check)
+    commands.add_parser(
+        "default", help="print a config file with every setting commented out at its default"
+    )
 
 
 def add_service_group(sub: argparse._SubParsersAction[Parser]) -> None:
@@ -103,6 +106,16 @@ def add_service_group(sub: argparse._SubParsersAction[Parser]) -> None:
         metavar="DIR",
         help="where to write agent-host.service (default %(default)s)",
     )
+
+
+def add_completion_command(sub: argparse._SubParsersAction[Parser]) -> None:
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script, generated from this parser",
+        description="bash: source it, or put it in /usr/share/bash-completion/completions/"
+        "agent-host; zsh: put it as _agent-host in a folder of $fpath",
+    )
+    completion.add_argument("shell", choices=["bash", "zsh"])
 
 
 def add_keys_group(sub: argparse._SubParsersAction[Parser]) -> None:

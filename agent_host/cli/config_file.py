@@ -15,11 +15,16 @@ The default file, ``/etc/agent-host/agent-host.toml``, is read if it exists; one
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import re
+import textwrap
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from agent_host.cli.options import LOG_DEFAULTS
 
 DEFAULT_CONFIG: Final = Path("/etc/agent-host/agent-host.toml")
 #: Flags that are not settings: the file names itself, and help is not a setting.
@@ -107,7 +112,9 @@ def read(path: Path, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], l
         action = known.get(dest)
         if action is None:
             line = _line_of(text, key)
-            mistakes.append(Mistake(path, line, key, "not a setting of agent-host run"))
+            close = difflib.get_close_matches(dest, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            mistakes.append(Mistake(path, line, key, f"not a setting of agent-host run{hint}"))
             continue
         if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             # [[key]] tables: each checked alone, a mistake named at its own table's line
@@ -139,3 +146,39 @@ def chosen(given: Path | None) -> Path | None:
     if given is not None:
         return given
     return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def commented_default(parser: argparse.ArgumentParser) -> str:
+    """A config file with every setting of ``parser``'s command, commented out at its default
+    (or, where it has none, a placeholder), each under its help: what a package installs."""
+    parts = [
+        "# agent-host's config file: every setting of `agent-host run`, by its flag's name",
+        "# (underscores for dashes); a flag on the command line wins over it. Uncomment what you",
+        "# change; `agent-host config check` names each mistake with its line.",
+    ]
+    for dest, action in settings_of(parser).items():
+        if action.help in (None, argparse.SUPPRESS):
+            continue
+        default = action.default
+        if default is argparse.SUPPRESS:  # the log's options: their default is the command's
+            default = LOG_DEFAULTS.get(dest)
+        helped = str(action.help).replace("%(default)s", str(default))
+        parts.append("")
+        parts += textwrap.wrap(helped, 96, initial_indent="# ", subsequent_indent="# ")
+        parts.append(f"# {dest} = {_toml_value(action, default)}")
+    return "\n".join(parts) + "\n"
+
+
+def _toml_value(action: argparse.Action, value: Any) -> str:
+    """``value`` as TOML; a placeholder where there is no default."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return json.dumps([str(v) for v in value])
+    if value is None:
+        placeholder = str(action.metavar or action.dest.upper())
+        many = isinstance(action, argparse._AppendAction)
+        return json.dumps([placeholder] if many else placeholder)
+    return json.dumps(str(value))

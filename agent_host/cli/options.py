@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Final, Literal, Self
 
 from agent_host.host.caps import Caps
 from agent_host.host.config import HostConfig, SandboxMode, SignaturePolicy
@@ -23,6 +23,8 @@ from agent_host.sources.live import OverflowPolicy
 
 #: The host's own defaults, which the options' defaults repeat nowhere else.
 _HOST = HostConfig()
+#: The log's options and their defaults; taken before the command or after it.
+LOG_DEFAULTS: Final = {"log_format": "auto", "log_level": "info"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

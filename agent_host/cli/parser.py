@@ -12,6 +12,7 @@ from pathlib import Path
 from agent_host import __version__
 from agent_host.cli.admin_parser import (
     add_attest_group,
+    add_completion_command,
     add_config_group,
     add_deadletters_command,
     add_keys_group,
@@ -38,6 +39,7 @@ from agent_host.cli.flags import (
     suppression,
     syslog_target,
 )
+from agent_host.cli.options import LOG_DEFAULTS
 from agent_host.cli.options import RUN_DEFAULTS as DEFAULTS
 from agent_host.host.config import SandboxMode
 from agent_host.sources.live import OverflowPolicy
@@ -217,16 +219,43 @@ def command_parser(parser: argparse.ArgumentParser, name: str) -> argparse.Argum
     raise KeyError(name)
 
 
+def _add_log_options(p: argparse.ArgumentParser, *, global_: bool = False) -> None:
+    """``--log-format`` and ``--log-level``: before the command (``agent-host --log-format json
+    run``) or after it (``agent-host run --log-format json``, as the unit says it); after it,
+    they leave the one before alone unless given (no default of their own)."""
+    for flag, choices, helped in (
+        (
+            "--log-format",
+            ["auto", "console", "json"],
+            "auto: console style on a terminal, else JSON",
+        ),
+        ("--log-level", ["debug", "info", "warning", "error"], "default info"),
+    ):
+        dest = flag[2:].replace("-", "_")
+        p.add_argument(
+            flag,
+            choices=choices,
+            default=LOG_DEFAULTS[dest] if global_ else argparse.SUPPRESS,
+            help=helped,
+        )
+
+
+def _log_options_everywhere(p: argparse.ArgumentParser) -> None:
+    """The log's options on every command and subcommand below ``p``."""
+    for action in p._actions:  # argparse keeps its subparsers only here
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _add_log_options(command)
+                _log_options_everywhere(command)
+
+
 def build_parser() -> Parser:
     parser = Parser(
         prog="agent-host",
         description="Run detection plugins, each in its own sandboxed worker process.",
     )
     parser.add_argument("--version", action="version", version=f"agent-host {__version__}")
-    parser.add_argument("--log-format", choices=["auto", "console", "json"], default="auto")
-    parser.add_argument(
-        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
-    )
+    _add_log_options(parser, global_=True)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     run = sub.add_parser("run", help="run on live sensors (or another source) until signalled")
@@ -340,10 +369,11 @@ def build_parser() -> Parser:
     add_keys_group(sub)
     add_service_group(sub)
     add_config_group(sub)
+    add_completion_command(sub)
     add_status_commands(sub)
     add_attest_group(sub)
     add_deadletters_command(sub)
-
+    _log_options_everywhere(parser)
     return parser
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import structlog
 
 from agent_host import early, logs
-from agent_host.cli import metrics, paths, reconfigure, resume, status
+from agent_host.cli import metrics, paths, progress, reconfigure, resume, status
 from agent_host.cli.options import LiveOptions, RecordOptions, RunOptions
 from agent_host.cli.summary import report, status_line, summary_of
 from agent_host.cli.systemd import Notifier
@@ -335,6 +335,8 @@ async def _serve(
         watch.start()
         tasks.append(asyncio.ensure_future(watch.run()))
     tasks.append(asyncio.ensure_future(_stop_on_failure(sup, signals)))
+    if isinstance(source, ReplaySource) and progress.wanted(sys.stderr, options.log_format):
+        tasks.append(asyncio.ensure_future(progress.Progress(source, sup, sys.stderr).keep()))
     checkpoints = keeping = None
     if options.command == "replay" and isinstance(source, ReplaySource):
         checkpoints = resume.Checkpoints(state_dir_for(options), source, sup)

@@ -30,9 +30,10 @@ UNIT_NAME: Final = "agent-host.service"
 UNIT_TEMPLATE: Final = Path(__file__).resolve().parent / UNIT_NAME
 
 
-def unit_text() -> str:
-    """The shipped unit, its ExecStart naming the interpreter this agent-host runs from."""
-    return UNIT_TEMPLATE.read_text().replace("@EXEC@", f"{sys.executable} -m agent_host")
+def unit_text(command: str | None = None) -> str:
+    """The shipped unit, its ExecStart naming ``command`` (the Debian package's), else the
+    interpreter this agent-host runs from."""
+    return UNIT_TEMPLATE.read_text().replace("@EXEC@", command or f"{sys.executable} -m agent_host")
 
 
 def install_unit(folder: Path) -> Path:

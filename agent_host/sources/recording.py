@@ -147,10 +147,13 @@ class JsonLinesReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        #: The open file while it is read (``tell()`` says how far: a progress bar's reading).
+        self.file: IO[bytes] | None = None
 
     def __iter__(self) -> Iterator[tuple[int, Event | RecordingError]]:
         name = str(self.path)
         with self.path.open("rb") as f:
+            self.file = f
             for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -165,10 +168,13 @@ class BinaryReader:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        #: The open file while it is read (``tell()`` says how far: a progress bar's reading).
+        self.file: IO[bytes] | None = None
 
     def __iter__(self) -> Iterator[tuple[int, Event | RecordingError]]:
         name = str(self.path)
         with self.path.open("rb") as f:
+            self.file = f
             header = f.read(len(HEADER))
             if header[: len(MAGIC)] != MAGIC or len(header) < len(HEADER):
                 yield 0, RecordingError(name, 0, "not a binary recording (bad header)")
@@ -238,7 +244,7 @@ class BinaryReader:
             yield number, event
 
 
-def read_recording(path: Path) -> Iterable[tuple[int, Event | RecordingError]]:
+def read_recording(path: Path) -> JsonLinesReader | BinaryReader:
     """The entries of the recording at ``path``, whichever its format."""
     return BinaryReader(path) if is_binary(path) else JsonLinesReader(path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ shadow_events = 0
 nope = 1
 
 shadow = "no"
+webhok = "http://x/"
 """
 
 
@@ -36,6 +38,7 @@ def test_check_names_each_mistake(tmp_path: Path) -> None:
         "bad.toml:3: shadow_events: must be positive, got 0",
         "bad.toml:4: nope: not a setting of agent-host run",
         "bad.toml:6: shadow: must be true or false, got 'no'",
+        "bad.toml:7: webhok: not a setting of agent-host run; did you mean 'webhook'?",
     ]
     (tmp_path / "broken.toml").write_text("plugins = [\n")
     broken = cli(["config", "check", "--config", "broken.toml"], tmp_path)
@@ -179,3 +182,22 @@ def test_admin_commands_find_the_daemon_by_its_config_file(tmp_path: Path) -> No
     history = cli(["plugins", "history", "tally", "--plugins", "plugins"], tmp_path)
     assert history.stderr == ""  # the flag is taken, as by `plugins list` (it was refused)
     assert history.stdout == "no history of tally in this state folder\n"
+
+
+def test_the_commented_default_is_every_setting_and_checks_clean(tmp_path: Path) -> None:
+    """`config default` (what the package installs): all commented out it says nothing;
+    with every line that has a default uncommented it still passes `config check`."""
+    made = cli(["config", "default"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "commented.toml").write_text(made.stdout)
+    assert cli(["config", "check", "--config", "commented.toml"], tmp_path).stdout.endswith(
+        "ok (0 settings)\n"
+    )
+    settings = [m[1] for m in re.finditer(r"(?m)^# ([a-z_]+ = .*)$", made.stdout)]
+    placeholders = {"FILE", "DIR", "URL", "PATH", "SUBJECT", "COMMAND", "TARGET", "KEY"}
+    real = [s for s in settings if not any(f'"{p}"' in s for p in placeholders)]
+    (tmp_path / "uncommented.toml").write_text("\n".join(real) + "\n")
+    checked = cli(["config", "check", "--config", "uncommented.toml"], tmp_path)
+    assert checked.returncode == 0, checked.stdout
+    for flag in ("webhook", "syslog", "program", "findings_max_mb", "shadow", "export"):
+        assert any(s.startswith(f"{flag} = ") for s in settings), flag
