@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_host.cli.parser import build_parser
 from tests.e2e.test_signals import REPO
 from tests.helpers import make_plugin
 
@@ -103,6 +105,12 @@ def test_the_shipped_unit(tmp_path: Path) -> None:
     for directive in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "NotifyAccess=main"):
         assert f"\n{directive}" in unit
     assert f"ExecStart={sys.executable} -m agent_host run " in unit
+    # Its command line is one the agent takes (it once said `run --log-format json`, which
+    # only the global option took): the options as the daemon will read them.
+    (exec_start,) = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    argv = shlex.split(exec_start)[3:]
+    args = build_parser().parse_args(argv)
+    assert (args.command, args.log_format, args.quiet) == ("run", "json", True)
     installed = subprocess.run(
         [sys.executable, "-m", "agent_host", "service", "install", "--dest", str(tmp_path)],
         capture_output=True,
