@@ -21,7 +21,6 @@ import os
 import socket
 import stat
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Final
 
 from agent_host.protocol import BROKER_MAX_PATH_BYTES
@@ -33,7 +32,7 @@ class FileBroker:
     """Serves one worker's requests to open granted files, on the host's event loop."""
 
     def __init__(self, grants: Iterable[str]) -> None:
-        self._grants = [os.path.realpath(grant) for grant in grants]
+        self._grants = frozenset(os.path.realpath(grant) for grant in grants)
         self._sock, self._theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._sock.setblocking(False)
         self.opened = 0
@@ -54,21 +53,30 @@ class FileBroker:
     def open(self, path: str) -> int:
         """A descriptor of ``path`` if it is a granted regular file; raises OSError."""
         real = os.path.realpath(path)
-        if not any(Path(real).is_relative_to(grant) for grant in self._grants):
+        if not self.granted(real):
             raise OSError(errno.EACCES, "not granted")
         if not stat.S_ISREG(os.stat(real).st_mode):
             raise OSError(errno.EACCES, "not a regular file")
         fd = os.open(real, _OPEN_FLAGS)
         try:
             opened = os.readlink(f"/proc/self/fd/{fd}")
-            if not stat.S_ISREG(os.fstat(fd).st_mode) or not any(
-                Path(opened).is_relative_to(grant) for grant in self._grants
-            ):
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or not self.granted(opened):
                 raise OSError(errno.EACCES, "changed while being opened")
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    def granted(self, real: str) -> bool:
+        """Whether ``real`` (an absolute path, resolved) is a grant or lies below one: each of
+        its folders looked up in a set, not each grant tried (a Path per grant cost 18 us a
+        request with eight grants, most of the broker's time)."""
+        folder = real
+        while folder not in self._grants:
+            if folder == "/":
+                return False
+            folder = folder[: folder.rfind("/")] or "/"
+        return True
 
     def _serve(self) -> None:
         while True:

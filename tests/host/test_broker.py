@@ -50,6 +50,23 @@ class TestWhatItOpens:
         assert refusal(broker, granted / ".." / "secret.txt") == errno.EACCES
         broker.close()
 
+    def test_a_folder_whose_name_starts_like_the_grant_is_not_in_it(
+        self, granted: Path, tmp_path: Path
+    ) -> None:
+        """granted2/ is not below granted/: folders are compared whole, not as text."""
+        (tmp_path / "granted2").mkdir()
+        (tmp_path / "granted2" / "x.txt").write_text("a neighbour")
+        (granted / "deep" / "er").mkdir(parents=True)
+        (granted / "deep" / "er" / "y.txt").write_text("deep in the grant")
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other" / "z.txt").write_text("in the second grant")
+        broker = FileBroker([str(granted), str(tmp_path / "granted" / ".." / "other")])
+        assert refusal(broker, tmp_path / "granted2" / "x.txt") == errno.EACCES
+        os.close(broker.open(str(granted / "deep" / "er" / "y.txt")))
+        os.close(broker.open(str(tmp_path / "other" / "z.txt")))  # a grant is resolved too
+        assert not broker.granted("/") and not broker.granted(str(granted) + "2")
+        broker.close()
+
     def test_no_fifo_device_or_folder_which_could_block_or_act(self, granted: Path) -> None:
         os.mkfifo(granted / "fifo")  # opening it for reading would block the host
         broker = FileBroker([str(granted), "/dev"])
