@@ -85,6 +85,25 @@ def finding_json(finding: Finding) -> bytes:
     return orjson.dumps(out)
 
 
+class Batch(list[Finding]):
+    """Findings written together, each serialized once: the findings file and every output
+    (export, webhook, syslog, program) take the same JSON (each serialized it again before)."""
+
+    _json: list[bytes] | None = None
+
+    def json(self) -> list[bytes]:
+        if self._json is None:
+            self._json = [finding_json(f) for f in self]
+        return self._json
+
+
+def json_lines(findings: Sequence[Finding]) -> list[bytes]:
+    """Each finding's JSON: a :class:`Batch`'s own, else serialized here."""
+    if isinstance(findings, Batch):
+        return findings.json()
+    return [finding_json(f) for f in findings]
+
+
 class JsonLinesSink:
     """Appends findings to a JSON Lines file and shows them on a terminal.
 
@@ -138,7 +157,7 @@ class JsonLinesSink:
 
     def write(self, findings: Sequence[Finding]) -> None:
         if self._fd is not None:
-            self._append(b"".join(finding_json(f) + b"\n" for f in findings))
+            self._append(b"".join(line + b"\n" for line in json_lines(findings)))
         if self._terminal is not None:
             for f in findings:
                 ids = ",".join(map(str, f.event_ids[:5]))
@@ -344,7 +363,7 @@ class FindingPipeline:
         if not fresh:
             return
         stats.findings += len(fresh)
-        self._write(fresh)
+        self._write(Batch(fresh))
 
     def _cap(self, source: Source, findings: Sequence[Finding]) -> Sequence[Finding]:
         """Drop the findings of any event that has more than the manifest allows."""

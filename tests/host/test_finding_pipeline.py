@@ -3,13 +3,20 @@ deduplicator, and the stamps the host puts on what a plugin reports."""
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import pytest
 
+from agent_host.host import findings as findings_module
+from agent_host.host.exports import sender as sender_module
+from agent_host.host.exports.syslog import SyslogOutput
 from agent_host.host.findings import (
     RESERVED_ATTRIBUTES,
     CollectingSink,
     Deduplicator,
     FindingPipeline,
+    JsonLinesSink,
     Source,
     check,
 )
@@ -121,3 +128,34 @@ class TestPipeline:
         pipeline.accept(source, [finding()])  # a redelivered event's finding
         assert len(sink.findings) == 1
         assert source.stats.duplicate_findings == 1
+
+
+def test_each_finding_is_serialized_once_for_the_file_and_every_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file and two outputs take the same JSON: one serialization a finding, not three."""
+    made: list[str] = []
+    real = findings_module.finding_json
+
+    def counted(f: Finding) -> bytes:
+        made.append(f.id)
+        return real(f)
+
+    monkeypatch.setattr(findings_module, "finding_json", counted)
+    monkeypatch.setattr(sender_module, "finding_json", counted, raising=False)
+    pipeline = FindingPipeline(JsonLinesSink(tmp_path / "f.jsonl", terminal=None), "host")
+    spooled = []
+
+    async def accept() -> None:
+        for n in range(2):
+            output = SyslogOutput(f"unix:{tmp_path}/none", tmp_path / f"out{n}", 1)
+            pipeline.listeners.append(output.findings_written)
+            spooled.append(output)
+        pipeline.accept(given_up_to(3), [finding(event_ids=[1]), finding(event_ids=[2])])
+
+    asyncio.run(accept())
+    assert len(made) == 2 and len(set(made)) == 2
+    file_lines = (tmp_path / "f.jsonl").read_bytes().splitlines()
+    for output in spooled:  # the same bytes in each output's spool as in the file
+        assert [line.split(b" ", 2)[2] for line in output.spool.peek(10)] == file_lines
+        output.spool.close()

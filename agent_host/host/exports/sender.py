@@ -20,7 +20,7 @@ import orjson
 import structlog
 
 from agent_host.host.exports.spool import Spool
-from agent_host.host.findings import finding_json
+from agent_host.host.findings import json_lines
 from agent_host.protocol import Finding
 
 log = structlog.get_logger("agent_host")
@@ -62,7 +62,8 @@ class SpooledOutput(abc.ABC):
     # -- what the host hands over (never waits) --------------------------------------------
 
     def findings_written(self, findings: Sequence[Finding]) -> None:
-        self.spool.append([record("findings", f.id, finding_json(f)) for f in findings])
+        pairs = zip(findings, json_lines(findings), strict=True)
+        self.spool.append([record("findings", f.id, line) for f, line in pairs])
         self._wake.set()
 
     def summary(self, summary: dict[str, object], run_id: str) -> None:
