@@ -10,6 +10,7 @@ Sigma string matching is case-insensitive unless the value is cased; ``re`` sear
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import operator
 import re
@@ -72,12 +73,18 @@ FOLDED = "\0folded"
 
 
 def prepare(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields plus a casefolded copy of each text field, folded once per event rather than
-    once per test (most Sigma values are case-insensitive)."""
+    """The fields plus a casefolded text copy of each, folded once per event rather than once
+    per test. Numbers and booleans too: "All values are treated as case-insensitive strings"
+    (the specification, Search-Identifier, General), so ``DestinationPort: '4444'`` and
+    ``DestinationPort|startswith: '44'`` test the port's text."""
     prepared = dict(fields)
     for name, value in fields.items():
         if isinstance(value, str):
             prepared[name + FOLDED] = value.casefold()
+        elif isinstance(value, bool):
+            prepared[name + FOLDED] = "true" if value else "false"
+        elif isinstance(value, int | float):
+            prepared[name + FOLDED] = str(value)
     return prepared
 
 
@@ -160,13 +167,19 @@ def _number(value: Any) -> float | None:
         return None
 
 
+def number_text(value: st.SigmaNumber) -> str:
+    """How a number in a rule reads as text: as YAML wrote it (4444, 1.5)."""
+    return str(value.number)
+
+
 def value_test(value: Any, prefolded: bool = False) -> ValueTest:
     """A test of one field value against one Sigma value (``prefolded``: see _string_test)."""
     if isinstance(value, st.SigmaString):
         return _string_test(value, prefolded)
     if isinstance(value, st.SigmaNumber):
-        number = float(value.number)
-        return lambda v: _number(v) == number
+        # A number is a string too: CommandLine: 1234 is "1234", not 01234, 1.234e3 or 1_234.
+        text = number_text(value)
+        return lambda v: _as_text(v) == text
     if isinstance(value, st.SigmaRegularExpression):
         flags = 0
         for flag in value.flags:
@@ -203,6 +216,25 @@ def value_test(value: Any, prefolded: bool = False) -> ValueTest:
     raise UnsupportedRuleError(f"value type {type(value).__name__}")
 
 
+def anywhere(value: Any) -> Any:
+    """A keyword's value as a search anywhere in a text: ``*value*`` (each of a list's)."""
+    if isinstance(value, st.SigmaExpansion):
+        return st.SigmaExpansion([anywhere(v) for v in value.values])
+    if isinstance(value, st.SigmaNumber):
+        value = st.SigmaString(number_text(value))
+    if not isinstance(value, st.SigmaString):
+        return value  # a regular expression searches anywhere already
+    wild = st.SpecialChars.WILDCARD_MULTI
+    parts = list(value.s)
+    if not parts or parts[0] != wild:
+        parts.insert(0, wild)
+    if parts[-1] != wild:
+        parts.append(wild)
+    searched = copy.copy(value)
+    searched.s = tuple(parts)
+    return searched
+
+
 # -- conditions ----------------------------------------------------------------------------
 
 
@@ -220,15 +252,22 @@ def compile_condition(node: Any) -> Predicate:
     if isinstance(node, cond.ConditionFieldEqualsValueExpression):
         name = node.field
         if isinstance(node.value, st.SigmaFieldReference):
-            other = node.value.field
-            return lambda f: f.get(name) is not None and f.get(name) == f.get(other)
+            # Case-insensitive, as every Sigma comparison unless |cased says otherwise.
+            mine, other = name + FOLDED, node.value.field + FOLDED
+            return lambda f: f.get(mine) is not None and f.get(mine) == f.get(other)
         if _folded_only(node.value):
             test, key = value_test(node.value, prefolded=True), name + FOLDED
         else:
             test, key = value_test(node.value), name
         return lambda f: test(f.get(key))
-    if isinstance(node, cond.ConditionValueExpression):  # a keyword: any field may hold it
-        test = value_test(node.value)
+    if isinstance(node, cond.ConditionValueExpression):
+        # A keyword: "searching for keywords across an entire event" (the specification,
+        # Keywords search): anywhere in any field's text, not a whole field's value.
+        keyword = anywhere(node.value)
+        if _folded_only(keyword):
+            test = value_test(keyword, prefolded=True)
+            return lambda f: any(test(v) for k, v in f.items() if k.endswith(FOLDED))
+        test = value_test(keyword)
         return lambda f: any(
             test(v) for k, v in f.items() if v is not None and not k.endswith(FOLDED)
         )

@@ -3,8 +3,9 @@
 Each rule gets a *necessary condition*: a set of literal atoms (field, kind, text) of which at
 least one holds whenever the rule matches. ``Image|endswith: /nc`` gives (Image, suffix, "/nc");
 an ``or`` gives the union of its parts; an ``and`` needs only its most selective part; a value
-with wildcards inside gives its longest literal piece as a substring. A rule whose condition
-has no such atoms (a ``not`` at the top, a regex, a number) is always evaluated.
+with wildcards inside gives its longest literal piece as a substring, a number its text. A rule
+whose condition has no such atoms (a ``not`` at the top, a regex, a keyword) is always
+evaluated.
 
 Per logsource category the atoms are indexed by field, all kinds in one Aho-Corasick automaton
 per field (exact values, prefixes and suffixes are words anchored to marks of the value's start
@@ -25,7 +26,7 @@ from typing import Any
 import ahocorasick
 import sigma.conditions as cond
 import sigma.types as st
-from engine import FOLDED, CompiledRule
+from engine import FOLDED, CompiledRule, number_text
 
 Atom = tuple[str, str, str]  # (field key, "eq" | "prefix" | "suffix" | "contains", text)
 _KIND_RANK = {"eq": 0, "prefix": 1, "suffix": 1, "contains": 2}
@@ -41,6 +42,8 @@ def _value_atoms(name: str, value: Any) -> frozenset[Atom] | None:
                 return None
             found |= atoms
         return frozenset(found)
+    if isinstance(value, st.SigmaNumber):  # compared as its text (see engine.value_test)
+        return frozenset({(name + FOLDED, "eq", number_text(value))})
     if not isinstance(value, st.SigmaString) or isinstance(value, st.SigmaCasedString):
         return None
     wild = st.SpecialChars.WILDCARD_MULTI
