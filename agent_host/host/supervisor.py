@@ -53,8 +53,8 @@ from agent_host.protocol import (
 log = structlog.get_logger("agent_host")
 
 #: The watchdog's pace, and how often it measures workers, while the host is quiet.
-_QUIET_TICK_S: Final = 0.25
-_QUIET_SAMPLE_S: Final = 1.0
+_QUIET_TICK_S: Final = 1.0
+_QUIET_SAMPLE_S: Final = 2.0
 #: The phases with no deadline shorter than seconds (heartbeats, probation): quiet ones.
 _SETTLED: Final = frozenset({Phase.RUNNING, Phase.QUARANTINED, Phase.FAILED, Phase.STOPPED})
 #: A watchdog tick later than this past its time means the host itself was not running.

@@ -43,7 +43,8 @@ from agent_host.protocol import (
     WorkerSessionStub,
 )
 
-HEARTBEAT_INTERVAL_S: Final = 1.0
+HEARTBEAT_INTERVAL_S: Final = 2.0
+_GRPC_WAIT_SLICE_S: Final = 5.0
 _OUTBOX_SIZE: Final = 1024
 _MAX_LOG_MESSAGE: Final = 4096
 #: Distinct errors whose traceback is shown (then one line each), and its last lines at most.
@@ -237,8 +238,20 @@ def _heartbeat(outbox: queue.Queue[WorkerMessage | None], stop: threading.Event)
             outbox.put(WorkerMessage(heartbeat=Heartbeat()))
 
 
+def _slow_grpc_wait_polls() -> None:
+    """grpc's blocking calls wait in slices of ``grpc._common.MAXIMUM_WAIT_TIMEOUT`` (0.1 s)
+    so that the main thread can run Python signal handlers; an idle worker's main thread, in
+    the session's iterator, woke ten times a second for it, most of its idle CPU. A worker
+    handles no signal in Python (SIGTERM kills it by the kernel's default action), so the
+    slices can be long. A private constant: if grpc drops it, this does nothing."""
+    common = getattr(grpc, "_common", None)
+    if common is not None and hasattr(common, "MAXIMUM_WAIT_TIMEOUT"):
+        common.MAXIMUM_WAIT_TIMEOUT = _GRPC_WAIT_SLICE_S
+
+
 def serve(channel: grpc.Channel, worker_id: str, token: bytes) -> int:
     """Run the session until the host stops it; return the exit code."""
+    _slow_grpc_wait_polls()
     outbox: queue.Queue[WorkerMessage | None] = queue.Queue(_OUTBOX_SIZE)
     handler = _SessionLogHandler(outbox)
     handler.setFormatter(logging.Formatter("%(message)s"))
