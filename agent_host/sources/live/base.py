@@ -13,6 +13,17 @@ from agent_host.protocol import Event
 Emit = Callable[[Event], None]
 
 
+def emit_all(emit: Emit, events: list[Event]) -> None:
+    """Hand over ``events`` together: through the hub's ``many`` where there is one (one lock
+    and at most one wakeup of the host for all of them), else one by one."""
+    many = getattr(emit, "many", None)
+    if many is not None:
+        many(events)
+    else:
+        for event in events:
+            emit(event)
+
+
 class Sensor(Protocol):
     """A source of live events. ``run`` blocks until ``stop`` is set, emitting as it goes."""
 

@@ -17,7 +17,7 @@ import enum
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Final
 
 import structlog
@@ -112,28 +112,50 @@ class SensorHub:
             log.info("sensor started", sensor=sensor.name, kind=type(sensor).__name__)
 
     def _emitter(self, sensor: str) -> Emit:
-        def emit(event: Event) -> None:
-            self.emit(sensor, event)
-
-        return emit
+        return _SensorEmit(self, sensor)
 
     def emit(self, sensor: str, event: Event) -> None:
         """Queue one event (thread-safe); applies the overflow policy when full."""
+        self.emit_many(sensor, (event,))
+
+    def emit_many(self, sensor: str, events: Sequence[Event]) -> None:
+        """Queue ``events`` under one lock, waking the host at most once (thread-safe);
+        applies the overflow policy to each when full."""
+        if not events:
+            return
         with self._lock:
-            while len(self._queue) >= self._capacity:
-                if self._policy is OverflowPolicy.DROP_OLDEST:
-                    dropped_from, _ = self._queue.popleft()
-                    self.dropped[dropped_from] += 1
-                    break
-                if self._stop.is_set():
-                    self.dropped[sensor] += 1
-                    return
-                self._lock.wait(0.1)
-            self._queue.append((sensor, event))
-            self.emitted[sensor] += 1
+            for event in events:
+                if self._room(sensor):
+                    self._queue.append((sensor, event))
+                    self.emitted[sensor] += 1
             wake = self._consumer_waiting
             self._consumer_waiting = False
-        if wake and self._loop is not None and self._ready is not None:
+        if wake:
+            self._call_consumer()
+
+    def _room(self, sensor: str) -> bool:
+        """(Under the lock) room for one more event: wait for the host to drain (block), or
+        drop the oldest (counted); False if the hub is stopping and this one is dropped."""
+        while len(self._queue) >= self._capacity:
+            if self._policy is OverflowPolicy.DROP_OLDEST:
+                dropped_from, _ = self._queue.popleft()
+                self.dropped[dropped_from] += 1
+                return True
+            if self._stop.is_set():
+                self.dropped[sensor] += 1
+                return False
+            self._wake_consumer()  # it may be waiting for the first of this batch
+            self._lock.wait(0.1)
+        return True
+
+    def _wake_consumer(self) -> None:
+        """(Under the lock) the host must drain a full queue: wake it if it waits."""
+        if self._consumer_waiting:
+            self._consumer_waiting = False
+            self._call_consumer()
+
+    def _call_consumer(self) -> None:
+        if self._loop is not None and self._ready is not None:
             self._loop.call_soon_threadsafe(self._ready.set)
 
     def _take(self, most: int) -> list[Event]:
@@ -179,3 +201,18 @@ class SensorHub:
     def report(self) -> None:
         """Log the final drop count (at shutdown)."""
         self._report_drops()
+
+
+class _SensorEmit:
+    """What one sensor hands its events to: one at a time, or ``many`` at once (see
+    :func:`agent_host.sources.live.base.emit_all`)."""
+
+    def __init__(self, hub: SensorHub, sensor: str) -> None:
+        self._hub = hub
+        self._sensor = sensor
+
+    def __call__(self, event: Event) -> None:
+        self._hub.emit_many(self._sensor, (event,))
+
+    def many(self, events: Sequence[Event]) -> None:
+        self._hub.emit_many(self._sensor, events)

@@ -206,6 +206,27 @@ class NetlinkProcessSensor:
             self._exes.clear()
         self._exes[pid] = exe
 
+    def receive_ready(self, sock: socket.socket, emit: Emit, most: int = 256) -> None:
+        """Read the datagrams waiting now, at most ``most``, without waiting."""
+        if sock.gettimeout() != 0:  # a socket with a timeout would poll first
+            sock.settimeout(0)
+        for _ in range(most):
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno != 105:
+                    raise
+                self._overrun()
+                return
+            self._handle_datagram(data, emit)
+
+    def _overrun(self) -> None:
+        """ENOBUFS: the kernel dropped events we were too slow for; counted and said."""
+        self.overruns += 1
+        log.warning("process events lost: netlink buffer overrun", overruns=self.overruns)
+
     def receive_once(self, sock: socket.socket, emit: Emit) -> None:
         """Read one datagram of process events (waiting at most the socket's timeout)."""
         try:
@@ -214,10 +235,12 @@ class NetlinkProcessSensor:
             return
         except OSError as exc:
             if exc.errno == 105:  # ENOBUFS: the kernel dropped events we were too slow for
-                self.overruns += 1
-                log.warning("process events lost: netlink buffer overrun", overruns=self.overruns)
+                self._overrun()
                 return
             raise
+        self._handle_datagram(data, emit)
+
+    def _handle_datagram(self, data: bytes, emit: Emit) -> None:
         offset = 0
         while offset + _NLMSG_HEADER.size <= len(data):
             length = _NLMSG_HEADER.unpack_from(data, offset)[0]

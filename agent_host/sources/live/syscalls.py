@@ -20,6 +20,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Final
 
 import structlog
@@ -38,7 +39,7 @@ from agent_host.sources.live.audit import (
     number,
     text,
 )
-from agent_host.sources.live.base import Emit
+from agent_host.sources.live.base import Emit, emit_all
 from agent_host.sources.live.dns import DnsAnswers
 from agent_host.sources.live.execs import ExecTable
 from agent_host.sources.live.process import (
@@ -49,6 +50,7 @@ from agent_host.sources.live.process import (
     exit_event,
     user_name,
 )
+from agent_host.sources.live.recent import Recent
 
 log = structlog.get_logger("agent_host")
 
@@ -60,6 +62,14 @@ _SOCKADDR_IN6: Final = 28
 _EINPROGRESS: Final = 115
 #: How often the kernel's count of lost records is read.
 _LOST_EVERY_S: Final = 5.0
+#: How long a parent's exe and command line, and an interpreter's real path, are remembered.
+_PARENT_TTL_S: Final = 1.0
+_RESOLVED_TTL_S: Final = 5.0
+#: After a round of reading, the wait before the next select: a burst is read in rounds of
+#: many records (one wakeup of the host each), not a round a record.
+_ROUND_GAP_S: Final = 0.002
+#: Audit records read after one select before the next: a burst is read in rounds this big.
+_RECORDS_A_ROUND: Final = 512
 #: How long an exit waits for the audit records of its exec before it is reported without.
 _EXEC_RECORD_WAIT_S: Final = 2.0
 
@@ -77,20 +87,33 @@ def rules(process: bool, network: bool) -> tuple[Rule, ...]:
     return tuple(found)
 
 
-def _script(paths: list[dict[str, bytes]], exe: str, cwd: str) -> str:
+def _script(
+    paths: list[dict[str, bytes]], exe: str, cwd: str, resolve: Callable[[str], str]
+) -> str:
     """The script of an exec through an interpreter: the first PATH record is the file that
     was asked for, the second the interpreter the kernel then opened (for an ELF binary, the
     second is its loader instead)."""
     if len(paths) < 2:
         return ""
     asked, opened = text(paths[0], "name"), text(paths[1], "name")
-    if not asked or os.path.realpath(os.path.join(cwd, opened)) != os.path.realpath(exe):
+    # The kernel's exe is resolved already: only the name the interpreter was opened by is.
+    if not asked or (opened != exe and resolve(os.path.join(cwd, opened)) != exe):
         return ""
     return os.path.normpath(os.path.join(cwd, asked))
 
 
-def process_event(record: AuditEvent) -> ProcessEvent | None:
-    """The START event of an audited exec; None for one that failed."""
+def _parent_from_proc(ppid: int) -> tuple[str, list[str]]:
+    return _link(f"/proc/{ppid}/exe"), _cmdline(ppid)
+
+
+def process_event(
+    record: AuditEvent,
+    parent_of: Callable[[int], tuple[str, list[str]]] = _parent_from_proc,
+    resolve: Callable[[str], str] = os.path.realpath,
+) -> ProcessEvent | None:
+    """The START event of an audited exec; None for one that failed. ``parent_of`` (the
+    parent's exe and command line, from /proc) and ``resolve`` (a path's real path) may
+    remember what they read a moment ago."""
     syscall = record.first(SYSCALL)
     if syscall.get("success") != b"yes":
         return None
@@ -112,10 +135,10 @@ def process_event(record: AuditEvent) -> ProcessEvent | None:
     )
     process.user = user_name(process.uid)
     process.cmdline.extend(audit.argv(record.first(EXECVE)))
-    process.script = _script(record.all(PATH), exe, cwd)
+    process.script = _script(record.all(PATH), exe, cwd, resolve)
     if ppid:  # the parent is still there far more often than a short-lived child
-        process.parent_exe = _link(f"/proc/{ppid}/exe")
-        process.parent_cmdline.extend(_cmdline(ppid))
+        process.parent_exe, parent_cmdline = parent_of(ppid)
+        process.parent_cmdline.extend(parent_cmdline)
     return process
 
 
@@ -191,6 +214,24 @@ class SyscallSensor:
         self._calls = {number: name for name, number in arch.syscalls.items()} if arch else {}
         self._exits = NetlinkProcessSensor(execs=False) if process else None
         self._dns: DnsAnswers | None = None
+        self._parents: Recent[int, tuple[str, list[str]]] = Recent(_PARENT_TTL_S)
+        self._resolved: Recent[str, str] = Recent(_RESOLVED_TTL_S)
+
+    def _parent_of(self, ppid: int) -> tuple[str, list[str]]:
+        now = time.monotonic()
+        known = self._parents.get(ppid, now)
+        if known is None:
+            known = _parent_from_proc(ppid)
+            self._parents.put(ppid, known, now)
+        return known
+
+    def _resolve(self, path: str) -> str:
+        now = time.monotonic()
+        known = self._resolved.get(path, now)
+        if known is None:
+            known = os.path.realpath(path)
+            self._resolved.put(path, known, now)
+        return known
 
     def _emit_record(self, record: AuditEvent, emit: Emit) -> None:
         syscall = record.first(SYSCALL)
@@ -198,8 +239,9 @@ class SyscallSensor:
             return  # the host's own calls are not this machine's activity
         name = self._calls.get(number(syscall, "syscall"), "")
         if name in _EXEC_CALLS:
-            process = process_event(record)
+            process = process_event(record, self._parent_of, self._resolve)
             if process is not None:
+                self._parents.forget(process.pid)  # a parent that execs is another program
                 if self.execs is not None:
                     self._remember(process, self.execs)
                 event = Event(source="sensor:process", process=process)
@@ -258,14 +300,18 @@ class SyscallSensor:
             while not stop.is_set():
                 readable = [connection.fileno()] + ([exits.fileno()] if exits else [])
                 ready = self._wait(readable)
+                # What this round read is handed over together (one lock, one wakeup).
+                events: list[Event] = []
                 if exits is not None and exits.fileno() in ready:
                     assert self._exits is not None
-                    self._exits.receive_once(exits, emit)
+                    self._exits.receive_ready(exits, events.append)
                 if connection.fileno() in ready:
-                    record = connection.receive(0)
-                    if record is not None:
+                    for record in connection.receive_ready(_RECORDS_A_ROUND):
                         for done in assembler.add(*record):
-                            self._emit_record(done, emit)
+                            self._emit_record(done, events.append)
+                emit_all(emit, events)
+                if ready:
+                    stop.wait(_ROUND_GAP_S)
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + _LOST_EVERY_S

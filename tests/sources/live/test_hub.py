@@ -9,7 +9,7 @@ import structlog
 
 from agent_host.protocol import Event, FileEvent
 from agent_host.sources.live import OverflowPolicy, SensorHub
-from agent_host.sources.live.base import Emit
+from agent_host.sources.live.base import Emit, emit_all
 
 
 def file_event(n: int) -> Event:
@@ -115,3 +115,27 @@ class TestOverflow:
         hub, events = asyncio.run(scenario())
         assert [e.file.path for e in events] == [f"/x/{n}" for n in range(1000)]
         assert hub.dropped == {}
+
+    def test_a_batch_larger_than_the_queue_waits_for_a_waiting_host(self) -> None:
+        """A sensor hands over what one read of the kernel gave, many at once; a batch that
+        fills the queue while the host waits for the first event wakes it, or both would wait
+        on each other (the host is told only once a batch is queued)."""
+        events = [file_event(n) for n in range(1000)]
+
+        class Burst(Flaky):
+            def run(self, emit: Emit, stop: threading.Event) -> None:
+                self.ready.set()
+                emit_all(emit, events)
+                stop.wait()
+
+        sensor = Burst(failures=0, count=0)
+
+        async def scenario() -> list[Event]:
+            hub = SensorHub([sensor], capacity=10, policy=OverflowPolicy.BLOCK)
+            hub.start()
+            got = await collect(hub, 1000, timeout=10)
+            await asyncio.to_thread(hub.stop)
+            return got
+
+        got = asyncio.run(scenario())
+        assert [e.file.path for e in got] == [f"/x/{n}" for n in range(1000)]
