@@ -106,6 +106,19 @@ class TestWebhook:
         }  # fmt: skip
         assert f"{FINDINGS} findings REFUSED by the webhook receiver" in run.stdout
 
+    def test_a_password_in_the_url_is_not_logged(
+        self, tmp_path: Path, receiver: tuple[str, type[Receiver]]
+    ) -> None:
+        url, handler = receiver
+        handler.answers = [503]  # said unreachable once, with the target
+        with_password = url.replace("http://", "http://ops:pw-s3cret@")
+        run = run_with(tmp_path, "--webhook", with_password)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "pw-s3cret" not in run.stderr
+        said = run.logs_with("webhook receiver unreachable; findings spooled on disk")
+        assert said and said[0]["target"] == url.replace("http://", "http://ops:***@")
+        assert {h["Authorization"] for _, h, _ in handler.taken} == {"Basic b3BzOnB3LXMzY3JldA=="}
+
     @pytest.mark.parametrize("url", ["ftp://x/y", "http://", "http://h:99999/", "x"])
     def test_a_url_that_is_not_http_is_one_line(self, tmp_path: Path, url: str) -> None:
         run = agent_host(["run", "--source", "synthetic", "--webhook", url], tmp_path)

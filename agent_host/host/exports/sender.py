@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Final
@@ -59,6 +60,16 @@ class SpooledOutput(abc.ABC):
         #: The counts when the output closed (its spool with it).
         self._final: dict[str, int] | None = None
 
+    @property
+    def shown(self) -> str:
+        """The target as the log shows it: a URL without its password."""
+        parts = urllib.parse.urlsplit(self.target)
+        if parts.password is None:
+            return self.target
+        host = parts.hostname or ""
+        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
     # -- what the host hands over (never waits) --------------------------------------------
 
     def findings_written(self, findings: Sequence[Finding]) -> None:
@@ -101,7 +112,7 @@ class SpooledOutput(abc.ABC):
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._send_forever())
-        log.info("exporting findings", output=self.kind, target=self.target)
+        log.info("exporting findings", output=self.kind, target=self.shown)
 
     async def _send_forever(self) -> None:
         attempt = 0
@@ -117,7 +128,7 @@ class SpooledOutput(abc.ABC):
                 self._went_away(str(exc))
                 await self._let_go()
             except Exception:  # a defect of ours: said with its traceback, and retried
-                log.exception(f"the {self.kind} output failed; retrying", target=self.target)
+                log.exception(f"the {self.kind} output failed; retrying", target=self.shown)
                 await self._let_go()
                 await asyncio.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
                 attempt += 1
@@ -148,7 +159,7 @@ class SpooledOutput(abc.ABC):
             self._down_said = True
             log.warning(
                 f"{self.kind} {self.noun} unreachable; findings spooled on disk",
-                target=self.target,
+                target=self.shown,
                 error=error,
             )
 
