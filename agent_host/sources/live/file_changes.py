@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from agent_host.protocol import Event, FileEvent
+from agent_host.sources.live.base import stamp
 
 DEFAULT_PATHS: Final = ("/tmp", "/etc", "/home", "/root")  # noqa: S108  # watched, never written
 _COALESCE_MEMORY: Final = 16_384  # files remembered for coalescing; bounded
@@ -74,5 +75,5 @@ class ChangeFilter:
 
 def file_event(file: FileEvent) -> Event:
     event = Event(source="sensor:file", file=file)
-    event.time.GetCurrentTime()
+    stamp(event)
     return event

@@ -15,7 +15,7 @@ import psutil
 import structlog
 
 from agent_host.protocol import Event, NetworkEvent
-from agent_host.sources.live.base import Emit
+from agent_host.sources.live.base import Emit, stamp
 
 log = structlog.get_logger("agent_host")
 
@@ -113,5 +113,5 @@ class NetworkSensor:
                 remote_port=key.remote_port,
             ),
         )
-        event.time.GetCurrentTime()
+        stamp(event)
         return event

@@ -24,7 +24,7 @@ import psutil
 import structlog
 
 from agent_host.protocol import Event, ProcessEvent
-from agent_host.sources.live.base import Emit
+from agent_host.sources.live.base import Emit, stamp
 
 log = structlog.get_logger("agent_host")
 
@@ -139,7 +139,7 @@ def exit_event(pid: int, exe: str, status: int) -> Event:
 
 def _event(process: ProcessEvent, source: str) -> Event:
     event = Event(source=source, process=process)
-    event.time.GetCurrentTime()
+    stamp(event)
     return event
 
 

@@ -39,7 +39,7 @@ from agent_host.sources.live.audit import (
     number,
     text,
 )
-from agent_host.sources.live.base import Emit, emit_all
+from agent_host.sources.live.base import Emit, emit_all, stamp
 from agent_host.sources.live.dns import DnsAnswers
 from agent_host.sources.live.execs import ExecTable
 from agent_host.sources.live.process import (
@@ -245,7 +245,7 @@ class SyscallSensor:
                 if self.execs is not None:
                     self._remember(process, self.execs)
                 event = Event(source="sensor:process", process=process)
-                event.time.FromNanoseconds(int(record.timestamp * 1e9))
+                stamp(event, int(record.timestamp * 1e9))
                 emit(event)
                 self._after_start(process, emit)
         elif self.network:
@@ -254,7 +254,7 @@ class SyscallSensor:
                 if self._dns is not None and network.remote_address:
                     network.remote_hostname = self._dns.name_of(network.remote_address)
                 event = Event(source="sensor:network", network=network)
-                event.time.FromNanoseconds(int(record.timestamp * 1e9))
+                stamp(event, int(record.timestamp * 1e9))
                 emit(event)
 
     @staticmethod
