@@ -19,8 +19,8 @@ from typing import Final
 
 import structlog
 
-from agent_host.protocol import FileEvent
-from agent_host.sources.live.base import Emit
+from agent_host.protocol import Event, FileEvent
+from agent_host.sources.live.base import Emit, emit_all
 from agent_host.sources.live.execs import ExecTable
 from agent_host.sources.live.fanotify import (
     FAN_ATTRIB,
@@ -44,6 +44,8 @@ _ORDER: Final = (
     (FAN_RENAME, FileEvent.MOVED),
     (FAN_DELETE, FileEvent.DELETED),
 )
+#: After a round of reading, the wait before the next: a burst is read in big rounds.
+_ROUND_GAP_S: Final = 0.002
 _WHO_TTL_S: Final = 0.5  # a burst of changes by one process reads /proc once
 _WHO_MEMORY: Final = 4096
 #: How long a change by an exited process waits for its exec to be read by the syscall sensor
@@ -124,8 +126,13 @@ class FanotifySensor:
             reported = 0
             while not stop.is_set():
                 if group.wait(0.5):
+                    # What one read round gave is handed over together (one lock, one wakeup
+                    # of the host), then a short gap lets a burst gather.
+                    events: list[Event] = []
                     for change in group.changes():
-                        self._report(change, emit)
+                        self._report(change, events.append)
+                    emit_all(emit, events)
+                    stop.wait(_ROUND_GAP_S)
                 if group.overflows > reported:
                     self.counters["overflows"] = reported = group.overflows
                     log.warning(
