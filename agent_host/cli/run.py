@@ -50,8 +50,8 @@ log = structlog.get_logger("agent_host")
 EXIT_OK = 0
 EXIT_NOTHING_RAN = 1
 EXIT_ABORTED = 130
-#: How long the export may take at the end to send what is spooled (the rest waits on disk).
-_EXPORT_DRAIN_S = 5.0
+#: How long each output may take at the end to send what is spooled (the rest waits on disk).
+_OUTPUT_DRAIN_S = 5.0
 #: A task of the host's own failed (the log says which): the host stopped.
 EXIT_HOST_FAILED = 3
 #: Findings were accepted but could not be written (a full disk): the summary says how many.
@@ -107,8 +107,7 @@ def _open_source(options: RunOptions, exclude: list[str]) -> AsyncIterable[Event
 class _Outputs:
     """Where findings went besides the file, once the host has started them."""
 
-    export: NatsExport | None = None
-    #: Every output with a spool, the export among them.
+    #: Every output with a spool: the NATS export, the webhook, syslog, the program.
     spooled: list[SpooledOutput] = field(default_factory=list)
 
 
@@ -290,8 +289,8 @@ async def host(options: RunOptions) -> int:
     if code == EXIT_NOTHING_RAN:
         return code
     report(options, sup, source, time.monotonic() - started, outputs.spooled)
-    dropped = sum(output.spool.dropped + output.refused for output in outputs.spooled)
-    if (sup.findings.lost or dropped) and code == EXIT_OK:
+    undelivered = sum(output.spool.dropped + output.refused for output in outputs.spooled)
+    if (sup.findings.lost or undelivered) and code == EXIT_OK:
         return EXIT_FINDINGS_LOST
     return code
 
@@ -358,7 +357,7 @@ async def _serve(
         summary = summary_of(sup, source, time.monotonic() - started)
         for output in outputs.spooled:
             output.summary(summary, sup.findings.run_id)
-        await asyncio.gather(*(output.close(_EXPORT_DRAIN_S) for output in outputs.spooled))
+        await asyncio.gather(*(output.close(_OUTPUT_DRAIN_S) for output in outputs.spooled))
     if sup.failure:
         log.error("the host stopped because of its own fault", failure=sup.failure)
         return EXIT_HOST_FAILED
@@ -390,8 +389,7 @@ def _start_outputs(sup: Supervisor, options: RunOptions, outputs: _Outputs) -> N
     ``--syslog``, ``--program``), each with its spool in the state folder, started."""
     folder, bound = state_dir_for(options), options.export_spool_mb
     if options.export:
-        outputs.export = NatsExport(options.export, options.export_subject, folder, bound)
-        outputs.spooled.append(outputs.export)
+        outputs.spooled.append(NatsExport(options.export, options.export_subject, folder, bound))
     if options.webhook:
         headers = dict(_header(text) for text in options.webhook_header)
         outputs.spooled.append(Webhook(options.webhook, folder, bound, headers))
