@@ -5,6 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
+from agent_host.protocol import Finding
 from agent_host.testing import file_event, run_plugin
 from tests.helpers import agent_host
 
@@ -66,3 +69,43 @@ def test_files_gone_before_their_scan_are_counted_not_listed(tmp_path: Path) -> 
     assert not [e for e in run.logs if str(e["event"]).startswith("not scanned (")]
     (said,) = [e for e in run.logs if str(e["event"]).startswith("files not scanned: ")]
     assert said["plugin"] == "yara_scan" and said["level"] == "info"
+
+
+class TestContext:
+    """An ELF that pip unpacked into a virtualenv under /tmp is a package's (INFO), not a
+    dropped binary (HIGH); one a downloader wrote there, or one outside such a tree, or in a
+    tree without the venv's pyvenv.cfg, stays HIGH."""
+
+    def test_an_elf_in_a_venvs_package_tree_is_info_unless_downloaded(self, tmp_path: Path) -> None:
+        if not str(tmp_path).startswith("/tmp/"):
+            pytest.skip("the rule is about /tmp, and the test's folder is elsewhere")
+        venv = tmp_path / "venv"
+        site = venv / "lib" / "python3.11" / "site-packages" / "grpc" / "_cython"
+        site.mkdir(parents=True)
+        (venv / "pyvenv.cfg").write_text("home = /usr/bin\nversion = 3.11.7\n")
+        packaged = site / "cygrpc.cpython-311-x86_64-linux-gnu.so"
+        fake = tmp_path / "fake" / "lib" / "python3.11" / "site-packages" / "evil.so"
+        fake.parent.mkdir(parents=True)  # the same tree, but no pyvenv.cfg at its root
+        dropped = tmp_path / "kworkerd"
+        downloaded = site / "helper.so"  # in the tree, but written by curl
+        for elf in (packaged, fake, dropped, downloaded):
+            shutil.copy("/bin/true", elf)
+        events = [file_event(str(p)) for p in (packaged, fake, dropped, downloaded)]
+        events[0].file.exe = f"{venv}/bin/python3"
+        events[3].file.exe = "/usr/bin/curl"
+        run = run_plugin(PLUGIN, events)
+        got = [
+            (f.event_ids[0], f.rule, f.severity, f.attributes.get("context", ""))
+            for f in run.findings
+        ]
+        assert got == [
+            (
+                1,
+                "yara.elf_in_world_writable_folder",
+                Finding.INFO,
+                f"inside the Python environment {venv}",
+            ),
+            (2, "yara.elf_in_world_writable_folder", Finding.HIGH, ""),
+            (3, "yara.elf_in_world_writable_folder", Finding.HIGH, ""),
+            (4, "yara.elf_in_world_writable_folder", Finding.HIGH, ""),
+        ]

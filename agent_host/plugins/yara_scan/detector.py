@@ -9,6 +9,7 @@ scanned again only when its size or modification time changed.
 from __future__ import annotations
 
 import os
+import re
 import stat as stat_module
 from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping
@@ -91,9 +92,19 @@ class YaraScan(Plugin):
             return
         for match in matches:
             meta = match.meta
+            severity = SEVERITY.get(str(meta.get("severity", "medium")), Severity.MEDIUM)
+            context = {}
+            if match.rule in PACKAGED_ELF_RULES and not _downloader(file.exe):
+                environment = python_environment(path)
+                if environment is not None:
+                    # pip unpacks compiled extensions (.so) into a virtualenv's site-packages:
+                    # an ELF there is a package's, said at INFO. Run from a world-writable
+                    # folder it is still caught, at its severity, by the exec rules.
+                    severity = Severity.INFO
+                    context = {"context": f"inside the Python environment {environment}"}
             yield Finding(
                 rule=f"yara.{match.rule}",
-                severity=SEVERITY.get(str(meta.get("severity", "medium")), Severity.MEDIUM),
+                severity=severity,
                 message=f"{meta.get('description', match.rule)}: {path}",
                 attributes={
                     "path": path,
@@ -101,6 +112,34 @@ class YaraScan(Plugin):
                     "strings": ", ".join(s.identifier for s in match.strings)[:200],
                     # Who wrote it, when the sensor knows: what a suppression names.
                     **({"exe": file.exe} if file.exe else {}),
+                    **context,
                 },
                 techniques=(str(meta["technique"]),) if "technique" in meta else (),
             )
+
+
+#: Rules about an ELF's place that a package manager's own tree explains.
+PACKAGED_ELF_RULES = frozenset({"elf_in_world_writable_folder"})
+#: Writers whose file is a download, whatever tree it lands in.
+DOWNLOADERS = frozenset({"curl", "wget", "aria2c", "ftp", "tftp", "scp", "sftp", "nc", "ncat"})
+_SITE = re.compile(r"^(?P<root>/.+?)/lib(?:64)?/python3(?:\.\d+)?/(?:site|dist)-packages/[^/]")
+
+
+def _downloader(exe: str) -> bool:
+    return os.path.basename(exe) in DOWNLOADERS
+
+
+def python_environment(path: str) -> str | None:
+    """The virtual environment whose package tree holds ``path`` (its root has the
+    ``pyvenv.cfg`` every venv and virtualenv writes), or None. Read through the broker."""
+    found = _SITE.match(path)
+    if found is None or ".." in path.split("/"):
+        return None
+    root = found.group("root")
+    try:
+        with open_file(f"{root}/pyvenv.cfg") as marker:
+            if not stat_module.S_ISREG(os.fstat(marker.fileno()).st_mode):
+                return None
+    except OSError:
+        return None
+    return root
