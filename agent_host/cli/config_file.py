@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agent_host.cli.options import LOG_DEFAULTS
+from agent_host.toml_lines import line_of
 
 DEFAULT_CONFIG: Final = Path("/etc/agent-host/agent-host.toml")
 #: Flags that are not settings: the file names itself, and help is not a setting.
@@ -50,12 +51,6 @@ def settings_of(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
         for action in parser._actions  # argparse keeps them only here
         if action.option_strings and action.dest not in _NOT_SETTINGS
     }
-
-
-def _line_of(text: str, key: str) -> int:
-    pattern = re.compile(rf"^[ \t]*[\"']?{re.escape(key)}[\"']?[ \t]*=", re.MULTILINE)
-    match = pattern.search(text)
-    return text.count("\n", 0, match.start()) + 1 if match else 0
 
 
 def _convert(action: argparse.Action, value: Any) -> Any:
@@ -111,7 +106,7 @@ def read(path: Path, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], l
         dest = key.replace("-", "_")
         action = known.get(dest)
         if action is None:
-            line = _line_of(text, key)
+            line = line_of(text, key)
             close = difflib.get_close_matches(dest, sorted(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             mistakes.append(Mistake(path, line, key, f"not a setting of agent-host run{hint}"))
@@ -131,7 +126,7 @@ def read(path: Path, parser: argparse.ArgumentParser) -> tuple[dict[str, Any], l
         try:
             settings[dest] = _convert(action, value)
         except ValueError as exc:
-            mistakes.append(Mistake(path, _line_of(text, key), key, str(exc)))
+            mistakes.append(Mistake(path, line_of(text, key), key, str(exc)))
     return settings, mistakes
 
 

@@ -19,6 +19,7 @@ from typing import Any, Final
 
 from agent_host.errors import ManifestError
 from agent_host.protocol import EVENT_KINDS, EventKind
+from agent_host.toml_lines import line_of
 
 MANIFEST_NAME: Final = "plugin.toml"
 _NAME_PATTERN: Final = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -157,20 +158,7 @@ class Mistakes:
             raise ManifestError.several(self.found)
 
     def _line_of(self, key: str | None) -> int:
-        """The line of ``key`` (``table.name``, or a table) in the file, 0 if not found."""
-        if not key or not self._text:
-            return 0
-        table, _, name = key.rpartition(".")
-        start = 0
-        if table:
-            header = re.search(rf"(?m)^[ \t]*\[[ \t]*{re.escape(table)}[ \t]*\]", self._text)
-            if header is None:
-                return 0
-            start = header.end()
-        found = re.compile(
-            rf"(?m)^[ \t]*(\[[ \t]*{re.escape(name)}[ \t]*\]|[\"']?{re.escape(name)}[\"']?[ \t]*=)"
-        ).search(self._text, start)
-        return self._text.count("\n", 0, found.start()) + 1 if found else 0
+        return line_of(self._text, key) if key and self._text else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,12 +6,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from agent_host.protocol import Event
 
 #: How a sensor hands over an event; it may block (the hub's overflow policy decides).
 Emit = Callable[[Event], None]
+#: After a round of reading the kernel, a sensor's wait before the next: a burst is read in
+#: rounds of many events (one wakeup of the host each), not a round an event.
+ROUND_GAP_S: Final = 0.002
 
 
 def stamp(event: Event, ns: int | None = None) -> Event:

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Sequence
 from typing import Final
 
 import structlog
 
 from agent_host.protocol import Event, FileEvent
-from agent_host.sources.live.base import Emit, emit_all
+from agent_host.sources.live.base import ROUND_GAP_S, Emit, emit_all
 from agent_host.sources.live.execs import ExecTable
 from agent_host.sources.live.fanotify import (
     FAN_ATTRIB,
@@ -33,6 +32,7 @@ from agent_host.sources.live.fanotify import (
 )
 from agent_host.sources.live.file_changes import ChangeFilter, file_event, mode_of
 from agent_host.sources.live.process import _link, _status
+from agent_host.sources.live.recent import Recent
 
 log = structlog.get_logger("agent_host")
 
@@ -44,8 +44,6 @@ _ORDER: Final = (
     (FAN_RENAME, FileEvent.MOVED),
     (FAN_DELETE, FileEvent.DELETED),
 )
-#: After a round of reading, the wait before the next: a burst is read in big rounds.
-_ROUND_GAP_S: Final = 0.002
 _WHO_TTL_S: Final = 0.5  # a burst of changes by one process reads /proc once
 _WHO_MEMORY: Final = 4096
 #: How long a change by an exited process waits for its exec to be read by the syscall sensor
@@ -74,14 +72,13 @@ class _Who:
     """uid and executable of a pid, from /proc or the execs seen, remembered briefly."""
 
     def __init__(self, execs: ExecTable | None) -> None:
-        self._known: dict[int, tuple[float, int, str]] = {}
+        self._known: Recent[int, tuple[int, str]] = Recent(_WHO_TTL_S, _WHO_MEMORY)
         self._execs = execs
 
     def __call__(self, pid: int) -> tuple[int, str]:
-        now = time.monotonic()
-        known = self._known.get(pid)
-        if known is not None and now - known[0] < _WHO_TTL_S:
-            return known[1], known[2]
+        return self._known.remembered(pid, lambda: self._read(pid))
+
+    def _read(self, pid: int) -> tuple[int, str]:
         # The real uid, as process events and the execs table have it.
         exe, (_, real_uid, _) = _link(f"/proc/{pid}/exe"), _status(pid)
         uid = real_uid or 0
@@ -89,9 +86,6 @@ class _Who:
             seen = self._execs.lookup(pid, _EXEC_WAIT_S) if self._execs is not None else None
             if seen is not None:
                 uid, exe = seen.uid, seen.exe
-        if len(self._known) >= _WHO_MEMORY:
-            self._known.clear()
-        self._known[pid] = (now, uid, exe)
         return uid, exe
 
 
@@ -132,7 +126,7 @@ class FanotifySensor:
                     for change in group.changes():
                         self._report(change, events.append)
                     emit_all(emit, events)
-                    stop.wait(_ROUND_GAP_S)
+                    stop.wait(ROUND_GAP_S)
                 if group.overflows > reported:
                     self.counters["overflows"] = reported = group.overflows
                     log.warning(

@@ -114,10 +114,6 @@ class SensorHub:
     def _emitter(self, sensor: str) -> Emit:
         return _SensorEmit(self, sensor)
 
-    def emit(self, sensor: str, event: Event) -> None:
-        """Queue one event (thread-safe); applies the overflow policy when full."""
-        self.emit_many(sensor, (event,))
-
     def emit_many(self, sensor: str, events: Sequence[Event]) -> None:
         """Queue ``events`` under one lock, waking the host at most once (thread-safe);
         applies the overflow policy to each when full."""

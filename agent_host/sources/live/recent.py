@@ -10,7 +10,9 @@ upgrade, not between two execs), and is forgotten at once when what it describes
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -39,6 +41,15 @@ class Recent(Generic[K, V]):
         self._entries.move_to_end(key)
         if len(self._entries) > self._capacity:
             self._entries.popitem(last=False)
+
+    def remembered(self, key: K, read: Callable[[], V]) -> V:
+        """The value kept for ``key`` if it is fresh, else ``read()``, kept from now."""
+        now = time.monotonic()
+        value = self.get(key, now)
+        if value is None:
+            value = read()
+            self.put(key, value, now)
+        return value
 
     def forget(self, key: K) -> None:
         self._entries.pop(key, None)

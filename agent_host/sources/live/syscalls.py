@@ -39,7 +39,7 @@ from agent_host.sources.live.audit import (
     number,
     text,
 )
-from agent_host.sources.live.base import Emit, emit_all, stamp
+from agent_host.sources.live.base import ROUND_GAP_S, Emit, emit_all, stamp
 from agent_host.sources.live.dns import DnsAnswers
 from agent_host.sources.live.execs import ExecTable
 from agent_host.sources.live.process import (
@@ -65,9 +65,6 @@ _LOST_EVERY_S: Final = 5.0
 #: How long a parent's exe and command line, and an interpreter's real path, are remembered.
 _PARENT_TTL_S: Final = 1.0
 _RESOLVED_TTL_S: Final = 5.0
-#: After a round of reading, the wait before the next select: a burst is read in rounds of
-#: many records (one wakeup of the host each), not a round a record.
-_ROUND_GAP_S: Final = 0.002
 #: Audit records read after one select before the next: a burst is read in rounds this big.
 _RECORDS_A_ROUND: Final = 512
 #: How long an exit waits for the audit records of its exec before it is reported without.
@@ -218,20 +215,10 @@ class SyscallSensor:
         self._resolved: Recent[str, str] = Recent(_RESOLVED_TTL_S)
 
     def _parent_of(self, ppid: int) -> tuple[str, list[str]]:
-        now = time.monotonic()
-        known = self._parents.get(ppid, now)
-        if known is None:
-            known = _parent_from_proc(ppid)
-            self._parents.put(ppid, known, now)
-        return known
+        return self._parents.remembered(ppid, lambda: _parent_from_proc(ppid))
 
     def _resolve(self, path: str) -> str:
-        now = time.monotonic()
-        known = self._resolved.get(path, now)
-        if known is None:
-            known = os.path.realpath(path)
-            self._resolved.put(path, known, now)
-        return known
+        return self._resolved.remembered(path, lambda: os.path.realpath(path))
 
     def _emit_record(self, record: AuditEvent, emit: Emit) -> None:
         syscall = record.first(SYSCALL)
@@ -311,7 +298,7 @@ class SyscallSensor:
                             self._emit_record(done, events.append)
                 emit_all(emit, events)
                 if ready:
-                    stop.wait(_ROUND_GAP_S)
+                    stop.wait(ROUND_GAP_S)
                 now = time.monotonic()
                 if now >= next_check:
                     next_check = now + _LOST_EVERY_S
